@@ -1,0 +1,62 @@
+"""The command line: ``python -m core <command> ...``.
+
+Commands live in the modules that implement them; each module defines ``add_arguments(parser)`` and
+``main(args) -> int``. They are imported only when their command runs, so ``--help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .errors import DeltaAtlasError
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "embed": ("core.engine_cli", "compute the Delta Activations of every model in a catalog"),
+    "build-demo": ("core.demo_build", "train the built-in demo zoo from the datasets folder"),
+    "report": ("core.report", "measure a pool: clustering against baselines, additivity, robustness"),
+    "map": ("core.projection", "project a vector file to 2-D and cluster it"),
+    "find": ("core.task", "find the models that fit a task, from a few examples"),
+    "merge": ("core.merge", "merge adapters for a task and evaluate the result"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description="Delta Atlas: map, search and merge finetuned LLMs "
+                                     "by their Delta Activations.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        command.set_defaults(_module=module)
+        if _wants_help_for(name):
+            importlib.import_module(module).add_arguments(command)
+    return parser
+
+
+def _wants_help_for(name: str) -> bool:
+    """Only import the module of the command that runs (or whose help is shown)."""
+    argv = sys.argv[1:]
+    positional = [a for a in argv if not a.startswith("-")]
+    return bool(positional) and positional[0] == name
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    parser = build_parser()
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if not args.command:
+        parser.print_help()
+        return 0
+    try:
+        return int(importlib.import_module(args._module).main(args) or 0)
+    except DeltaAtlasError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,41 @@
+"""Device and dtype choice: CUDA, then MPS, then CPU; bf16 on a GPU, fp32 on the CPU. Both can be overridden."""
+from __future__ import annotations
+
+import torch
+
+from .errors import DeltaAtlasError
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """The device to run on: ``name`` if given ("cpu", "cuda", "cuda:1", "mps"), else the best one available."""
+    if name in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeltaAtlasError(f"Unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeltaAtlasError(f"Device {name!r} was asked for but no CUDA GPU is available: use --device cpu.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeltaAtlasError(f"Device {name!r} was asked for but MPS is not available: use --device cpu.")
+    return device
+
+
+def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """The compute dtype: ``name`` if given, else bf16 on a GPU and fp32 on the CPU."""
+    if name in (None, "", "auto"):
+        return torch.bfloat16 if device.type in ("cuda", "mps") else torch.float32
+    if name not in DTYPES:
+        raise DeltaAtlasError(f"Unknown dtype {name!r}: use auto, float32, bfloat16 or float16.")
+    return DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")

@@ -1,0 +1,83 @@
+"""Vector tables: one row per model with ``name``, ``vector`` (list of float32) and every label column.
+
+Parquet is the contract between the engine, the CLI and the app; CSV export is offered besides.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import DeltaAtlasError
+
+META_KEY = b"delta_atlas"
+
+
+def make_table(names: list[str], vectors: np.ndarray, labels: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Assemble a vector table. ``vectors`` is [n_models, d]; ``labels`` has a ``name`` column (extra rows ignored)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    frame = pd.DataFrame({"name": list(names), "vector": [row for row in vectors]})
+    if labels is not None and len(labels.columns) > 1:
+        frame = frame.merge(labels, on="name", how="left", sort=False)
+    return frame
+
+
+def matrix(table: pd.DataFrame) -> np.ndarray:
+    """The vectors of a table as one float32 array [n_models, d]."""
+    if len(table) == 0:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.stack([np.asarray(v, dtype=np.float32) for v in table["vector"]])
+
+
+def label_columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns if c not in ("name", "vector")]
+
+
+def write_vectors(table: pd.DataFrame, path: str | Path, metadata: dict | None = None) -> Path:
+    """Write a vector table to Parquet (or CSV when the suffix is .csv), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if path.suffix.lower() == ".csv":
+        flat = table.copy()
+        flat["vector"] = [json.dumps([float(x) for x in v]) for v in flat["vector"]]
+        flat.to_csv(tmp, index=False)
+    else:
+        vectors = pa.array([np.asarray(v, dtype=np.float32) for v in table["vector"]], type=pa.list_(pa.float32()))
+        rest = pa.Table.from_pandas(table.drop(columns=["vector"]).astype(str), preserve_index=False)
+        arrow = rest.add_column(1, "vector", vectors)
+        meta = dict(arrow.schema.metadata or {})
+        meta[META_KEY] = json.dumps(metadata or {}).encode()
+        pq.write_table(arrow.replace_schema_metadata(meta), tmp)
+    tmp.replace(path)
+    return path
+
+
+def read_vectors(path: str | Path) -> pd.DataFrame:
+    """Read a vector table written by :func:`write_vectors` (Parquet or CSV)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DeltaAtlasError(f"Vector file {path} does not exist: run `python -m core embed` to make it.")
+    try:
+        if path.suffix.lower() == ".csv":
+            table = pd.read_csv(path, dtype=str, keep_default_na=False)
+            table["vector"] = [np.asarray(json.loads(v), dtype=np.float32) for v in table["vector"]]
+        else:
+            table = pq.read_table(path).to_pandas()
+            table["vector"] = [np.asarray(v, dtype=np.float32) for v in table["vector"]]
+    except Exception as exc:  # noqa: BLE001 - any parse failure means the same thing to the user
+        raise DeltaAtlasError(f"Vector file {path} cannot be read ({exc}); recompute it with `python -m core embed`.") from None
+    if "name" not in table.columns or "vector" not in table.columns:
+        raise DeltaAtlasError(f"Vector file {path} lacks a 'name' or 'vector' column; recompute it with `python -m core embed`.")
+    return table
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The engine's metadata stored with a Parquet vector file (base, probes, layer, dtype, engine version)."""
+    schema = pq.read_schema(path)
+    raw = (schema.metadata or {}).get(META_KEY)
+    return json.loads(raw) if raw else {}
