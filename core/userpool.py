@@ -1,0 +1,315 @@
+"""The user's own models: a catalog on disk that the app's "Add models" page grows and the map shows.
+
+A user adds a model by hub id, by local folder, or by uploading a zipped adapter. Each addition is embedded right
+away (against the base of the pool it joins) and only then written to ``<user dir>/catalog.csv`` and
+``<user dir>/vectors.parquet``; a failed addition leaves both files, and the models folder, as they were.
+
+Safety for a public deployment: local folders are read only under allowed roots (the user dir, plus the folders in
+``DELTA_ATLAS_ALLOWED_ROOTS``, ``os.pathsep``-separated), after resolving symlinks and ``..``; uploads are size-capped,
+extracted file by file with no absolute path, no ``..``, no symlink, a cap on the number of files and on the total
+unpacked size, and weights in safetensors only.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import shutil
+import stat
+import threading
+import uuid
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Callable
+
+import pandas as pd
+
+from .catalog import HUB_ID, REQUIRED_COLUMNS, Catalog, read_catalog, write_catalog
+from .errors import DeltaAtlasError, ModelSourceError, PathNotAllowedError
+from .progress import ProgressFn
+from .vectors import read_vectors, write_vectors
+
+log = logging.getLogger(__name__)
+
+USER_DIR_ENV = "DELTA_ATLAS_USER_DIR"
+ALLOWED_ROOTS_ENV = "DELTA_ATLAS_ALLOWED_ROOTS"
+DEFAULT_USER_DIR = Path(__file__).resolve().parents[1] / "data" / "user"
+
+# Upload limits, in one place.
+MAX_ZIP_BYTES = 512 * 2**20          # the uploaded file itself
+MAX_UNPACKED_BYTES = 2 * 2**30       # every file of the archive together, counted while extracting
+MAX_FILES = 200
+ALLOWED_SUFFIXES = (".safetensors", ".json", ".txt", ".md", ".model", ".jinja", ".tiktoken")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+_WRITE_LOCK = threading.Lock()  # one read-modify-write of the user catalog at a time in this process
+
+EmbedFn = Callable[..., object]  # core.engine.embed_catalog's signature: (catalog, *, progress=None, ...) -> EmbedResult
+
+
+def user_dir() -> Path:
+    """The folder of the user catalog: ``$DELTA_ATLAS_USER_DIR`` or ``data/user`` in the repository."""
+    return Path(os.environ.get(USER_DIR_ENV) or DEFAULT_USER_DIR)
+
+
+def allowed_roots(user_root: Path | None = None) -> list[Path]:
+    """Folders a user may add local models from: the user dir and ``$DELTA_ATLAS_ALLOWED_ROOTS`` (resolved)."""
+    roots = [Path(user_root or user_dir())]
+    roots += [Path(p) for p in os.environ.get(ALLOWED_ROOTS_ENV, "").split(os.pathsep) if p.strip()]
+    return [r.expanduser().resolve() for r in roots]
+
+
+def check_local_path(path: str | Path, roots: list[Path]) -> Path:
+    """``path`` resolved (symlinks and ``..`` followed) if it lies under one of ``roots``; else PathNotAllowedError."""
+    resolved = Path(path).expanduser().resolve()
+    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
+        where = ", ".join(str(r) for r in roots)
+        raise PathNotAllowedError(f"The folder {path} is outside the folders this app may read ({where}): copy the "
+                                  f"model there, or ask the admin to add its folder to {ALLOWED_ROOTS_ENV}.")
+    if not resolved.is_dir():
+        raise ModelSourceError(f"The folder {path} does not exist: give the folder that holds the model's files.")
+    return resolved
+
+
+def safe_name(text: str) -> str:
+    """A model name made from a folder, hub id or file name: letters, digits, '.', '_' and '-'."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text.strip()).strip("-._")[:100]
+    return name or "model"
+
+
+class UserPool:
+    """The user catalog in ``root`` (default :func:`user_dir`). ``embed`` defaults to ``core.engine.embed_catalog``."""
+
+    def __init__(self, root: str | Path | None = None, roots: list[Path] | None = None, embed: EmbedFn | None = None):
+        self.root = Path(root) if root is not None else user_dir()
+        self.roots = roots if roots is not None else allowed_roots(self.root)
+        self.embed = embed
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / "catalog.csv"
+
+    @property
+    def vectors_path(self) -> Path:
+        return self.root / "vectors.parquet"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    # ---- reading -------------------------------------------------------------------------------------------------
+
+    def rows(self) -> list[dict]:
+        """The catalog rows as dicts of strings ([] when the user has added nothing)."""
+        if not self.catalog_path.is_file():
+            return []
+        frame = pd.read_csv(self.catalog_path, dtype=str, keep_default_na=False)
+        return frame.to_dict("records")
+
+    def catalog(self) -> Catalog | None:
+        return read_catalog(self.catalog_path) if self.rows() else None
+
+    def vectors(self, base: str | Path | None = None) -> pd.DataFrame | None:
+        """The user's vector table (only the models still in the catalog, and of ``base`` when given)."""
+        rows = self.rows()
+        if not rows or not self.vectors_path.is_file():
+            return None
+        if base is not None:
+            wanted = str(Path(base).resolve()) if Path(str(base)).exists() else str(base)
+            rows = [r for r in rows if r["base"] == wanted]
+        table = read_vectors(self.vectors_path)
+        table = table[table["name"].isin([r["name"] for r in rows])].reset_index(drop=True)
+        return table if len(table) else None
+
+    # ---- adding --------------------------------------------------------------------------------------------------
+
+    def add_hub(self, hub_id: str, base: str | Path, name: str | None = None, kind: str = "auto",
+                labels: dict | None = None, progress: ProgressFn | None = None, **embed_kwargs) -> pd.DataFrame:
+        """Add a Hugging Face model by id (``org/name`` or ``org/name@revision``); returns its vector row."""
+        hub_id = hub_id.strip()
+        if not HUB_ID.match(hub_id):
+            raise ModelSourceError(f"{hub_id!r} is not a hub id: write it as organisation/model, e.g. "
+                                   "ASethi04/llama-3.1-8b-gsm8k-first (optionally @revision).")
+        name = name or safe_name(hub_id.split("@")[0].split("/")[-1])
+        return self._add(name, hub_id, kind, base, labels, progress, embed_kwargs)
+
+    def add_local(self, folder: str | Path, base: str | Path, name: str | None = None, kind: str = "auto",
+                  labels: dict | None = None, progress: ProgressFn | None = None, **embed_kwargs) -> pd.DataFrame:
+        """Add a model folder on the server's disk (only under the allowed roots); it is read in place."""
+        resolved = check_local_path(folder, self.roots)
+        name = name or safe_name(resolved.name)
+        return self._add(name, str(resolved), kind, base, labels, progress, embed_kwargs)
+
+    def add_zip(self, data: bytes, base: str | Path, name: str, kind: str = "auto", labels: dict | None = None,
+                progress: ProgressFn | None = None, **embed_kwargs) -> pd.DataFrame:
+        """Add an uploaded zip of a model folder (safetensors only); it is unpacked under ``models/<name>``."""
+        self._check_new_name(name)
+        staging = self.models_dir / f".upload-{uuid.uuid4().hex[:8]}"
+        target, moved = self.models_dir / name, False
+        try:
+            extract_zip(data, staging)
+            if target.exists():
+                raise DeltaAtlasError(f"A folder {target} is already there: choose another name.")
+            staging.rename(target)
+            moved = True
+            return self._add(name, str(target.resolve()), kind, base, labels, progress, embed_kwargs)
+        except BaseException:  # also when the user leaves the page: nothing half-added stays behind
+            shutil.rmtree(staging, ignore_errors=True)
+            if moved:
+                shutil.rmtree(target, ignore_errors=True)
+            raise
+
+    def remove(self, name: str) -> None:
+        """Take ``name`` out of the user catalog (and delete its unpacked upload, if it was one)."""
+        with _WRITE_LOCK:
+            rows = self.rows()
+            kept = [r for r in rows if r["name"] != name]
+            if len(kept) == len(rows):
+                raise DeltaAtlasError(f"{name!r} is not among your models.")
+            source = next(r["source"] for r in rows if r["name"] == name)
+            if self.vectors_path.is_file():
+                table = read_vectors(self.vectors_path)
+                write_vectors(table[table["name"] != name].reset_index(drop=True), self.vectors_path)
+            if kept:
+                write_catalog(kept, self.catalog_path)
+            else:
+                self.catalog_path.unlink()
+        folder = (self.models_dir / name).resolve()
+        if source == str(folder) and folder.is_dir():  # an upload we unpacked; never a folder the user pointed at
+            shutil.rmtree(folder, ignore_errors=True)
+
+    # ---- internals -----------------------------------------------------------------------------------------------
+
+    def _check_new_name(self, name: str) -> None:
+        if not NAME.match(name or ""):
+            raise DeltaAtlasError(f"The name {name!r} is not allowed: use letters, digits, '.', '_' or '-' "
+                                  "(up to 100, starting with a letter or digit).")
+        if name in {r["name"] for r in self.rows()}:
+            raise DeltaAtlasError(f"You already added a model called {name!r}: choose another name or remove it first.")
+
+    def _add(self, name: str, source: str, kind: str, base: str | Path, labels: dict | None,
+             progress: ProgressFn | None, embed_kwargs: dict) -> pd.DataFrame:
+        """Embed one new model against ``base``; only when that works, write the vectors and then the catalog."""
+        self._check_new_name(name)
+        base_text = str(Path(base).resolve()) if Path(str(base)).exists() else str(base)
+        row = {"name": name, "source": source, "kind": kind, "base": base_text, **(labels or {})}
+        self.root.mkdir(parents=True, exist_ok=True)
+        pending = self.root / f".pending-{uuid.uuid4().hex[:8]}.csv"
+        try:
+            write_catalog([row], pending)
+            one = read_catalog(pending)  # validates the row exactly as any catalog
+        finally:
+            pending.unlink(missing_ok=True)
+        one.path = self.catalog_path
+        result = self._embed_fn()(one, progress=progress, **embed_kwargs)
+        failures = list(getattr(result, "failures", []) or [])
+        if failures or len(result.table) == 0:
+            reason = failures[0].reason if failures else "no vector came back"
+            raise ModelSourceError(f"{name} could not be embedded: {reason}")
+        with _WRITE_LOCK:
+            rows = [r for r in self.rows() if r["name"] != name] + [row]
+            old = read_vectors(self.vectors_path) if self.vectors_path.is_file() else None
+            table = result.table if old is None else pd.concat([old[old["name"] != name], result.table],
+                                                                ignore_index=True)
+            write_vectors(_strings(table), self.vectors_path)
+            write_catalog(_fill(rows), self.catalog_path)
+        log.info("added %s (%s) to the user catalog %s", name, source, self.catalog_path)
+        return result.table
+
+    def _embed_fn(self) -> EmbedFn:
+        if self.embed is None:
+            from .engine import embed_catalog  # imported late: torch and transformers are heavy
+            self.embed = embed_catalog
+        return self.embed
+
+
+def _fill(rows: list[dict]) -> list[dict]:
+    """Give every row every column (labels differ between additions)."""
+    columns = list(dict.fromkeys([*REQUIRED_COLUMNS, *(k for r in rows for k in r)]))
+    return [{c: r.get(c, "") for c in columns} for r in rows]
+
+
+def _strings(table: pd.DataFrame) -> pd.DataFrame:
+    labels = [c for c in table.columns if c not in ("name", "vector")]
+    table = table.copy()
+    table[labels] = table[labels].fillna("").astype(str)
+    return table
+
+
+# ---- safe zip extraction -----------------------------------------------------------------------------------------
+
+def extract_zip(data: bytes, out_dir: Path) -> Path:
+    """Unpack an uploaded model folder into ``out_dir`` (which must not exist), refusing anything unsafe.
+
+    A single top-level folder in the archive is stripped, so both "zip of the folder" and "zip of its files" work.
+    """
+    if len(data) > MAX_ZIP_BYTES:
+        raise ModelSourceError(f"The upload is {len(data) / 2**20:.0f} MB, over the {MAX_ZIP_BYTES // 2**20} MB limit: "
+                               "upload the adapter only (not a full model), or add it by hub id.")
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise ModelSourceError("The upload is not a zip file: zip the folder that save_pretrained wrote.") from None
+    members = [(info, _member_path(info)) for info in archive.infolist() if not info.is_dir()]
+    members = [(info, path) for info, path in members if not _is_junk(path)]
+    if len(members) > MAX_FILES:
+        raise ModelSourceError(f"The zip holds {len(members)} files, over the limit of {MAX_FILES}: zip only the model folder.")
+    for _, path in members:
+        _check_suffix(path)
+    files, paths = [m[0] for m in members], [m[1] for m in members]
+    prefix = _common_folder(paths)
+    if not any(p.suffix == ".safetensors" for p in paths):
+        raise ModelSourceError("The zip holds no .safetensors file: save the model with safe_serialization=True "
+                               "(pickle .bin weights are refused).")
+    if not any(p.name in ("adapter_config.json", "config.json") for p in paths):
+        raise ModelSourceError("The zip holds no adapter_config.json or config.json: zip the whole folder that "
+                               "save_pretrained wrote.")
+    out_dir.mkdir(parents=True)
+    budget = MAX_UNPACKED_BYTES
+    for info, path in zip(files, paths):
+        target = out_dir.joinpath(*path.parts[len(prefix):])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with archive.open(info) as src, open(target, "wb") as dst:
+            while chunk := src.read(2**20):
+                budget -= len(chunk)
+                if budget < 0:
+                    raise ModelSourceError(f"The zip unpacks to more than {MAX_UNPACKED_BYTES // 2**30} GB: "
+                                           "upload the adapter only.")
+                dst.write(chunk)
+    return out_dir
+
+
+def _member_path(info: zipfile.ZipInfo) -> PurePosixPath:
+    """The member's relative path, or ModelSourceError if it is absolute, escapes with '..' or is a link."""
+    raw = info.filename.replace("\\", "/")
+    path = PurePosixPath(raw)
+    if raw.startswith("/") or re.match(r"^[A-Za-z]:", raw) or ".." in path.parts:
+        raise ModelSourceError(f"The zip entry {info.filename!r} points outside the folder: rebuild the zip from "
+                               "inside the model folder.")
+    if stat.S_ISLNK(info.external_attr >> 16):
+        raise ModelSourceError(f"The zip entry {info.filename!r} is a symbolic link: zip real files only.")
+    return path
+
+
+def _is_junk(path: PurePosixPath) -> bool:
+    """Files archivers add on their own (macOS resource forks, .DS_Store, other hidden files): skipped."""
+    return path.parts[0] == "__MACOSX" or any(part.startswith(".") for part in path.parts)
+
+
+def _check_suffix(path: PurePosixPath) -> None:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise ModelSourceError(f"The zip entry {str(path)!r} holds pickle weights, which can run code: save the "
+                               "model with safe_serialization=True to get .safetensors files.")
+    if path.suffix.lower() not in ALLOWED_SUFFIXES:
+        raise ModelSourceError(f"The zip entry {str(path)!r} is not a model file (allowed: "
+                               f"{', '.join(ALLOWED_SUFFIXES)}): zip only the model folder.")
+
+
+def _common_folder(paths: list[PurePosixPath]) -> tuple[str, ...]:
+    """The single top-level folder every path shares, if there is one (as path parts to strip)."""
+    tops = {p.parts[0] for p in paths if len(p.parts) > 1}
+    if len(tops) == 1 and all(len(p.parts) > 1 for p in paths):
+        return (tops.pop(),)
+    return ()
