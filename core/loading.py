@@ -1,0 +1,244 @@
+"""Where a model comes from and whether it can be trusted and used: local folders and hub ids, safetensors-only
+weights, adapter-or-full detection, and the checks that a model fits its base.
+
+Nothing here computes activations; the engine calls these before it spends time on a model so that a bad model
+fails early with one line that names it (and its base) and says what to do.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from .catalog import Source
+from .errors import IncompatibleModelError, ModelSourceError
+
+log = logging.getLogger(__name__)
+
+SAFE_WEIGHTS = ("*.safetensors",)
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+                   "vocab.json", "merges.txt", "added_tokens.json")
+HUB_PATTERNS = [*SAFE_WEIGHTS, "*.json", "tokenizer*", "*.model", "*.tiktoken", "merges.txt", "vocab.txt"]
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' and the hub's own progress bars and log lines: the engine reports progress itself."""
+    import huggingface_hub.utils
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+
+
+# ---------------------------------------------------------------------------------------------------------- sources
+def resolve_source(source: Source, allow_pickle: bool = False) -> Path:
+    """The local folder holding ``source``'s files: the folder itself, or a hub snapshot (downloaded if needed).
+
+    Weights must be safetensors unless ``allow_pickle``; every safetensors header is read so a corrupt or truncated
+    file fails here, with its name, instead of deep inside a loader.
+    """
+    if source.is_local:
+        path = source.local
+        if not path.exists():
+            raise ModelSourceError(f"Model folder {path} does not exist: fix the path (relative paths are relative "
+                                   "to the catalog file's folder).")
+        if not path.is_dir():
+            raise ModelSourceError(f"Model source {path} is a file, not a folder: point to the folder that holds "
+                                   "config.json or adapter_config.json.")
+    else:
+        path = _download(source, allow_pickle)
+    check_weights(path, allow_pickle)
+    return path
+
+
+def _download(source: Source, allow_pickle: bool) -> Path:
+    import huggingface_hub
+
+    quiet_transformers()
+    patterns = HUB_PATTERNS + (list(PICKLE_WEIGHTS) if allow_pickle else [])
+    try:
+        folder = huggingface_hub.snapshot_download(repo_id=source.hub_id, revision=source.revision,
+                                                   allow_patterns=patterns)
+    except Exception as exc:  # noqa: BLE001 - offline, gated, missing repo, bad revision: all mean "cannot reach"
+        reason = _first_line(exc).split(". ")[0].rstrip(".")
+        raise ModelSourceError(f"Hub model {source.text!r} cannot be fetched ({type(exc).__name__}: {reason}); "
+                               "check the id and revision, your network and HF token, or use a local folder.") from None
+    return Path(folder)
+
+
+def weight_files(path: Path, allow_pickle: bool = False) -> list[Path]:
+    """The weight files a loader will read: safetensors when there are any, else pickle files if allowed."""
+    safe = sorted(p for pattern in SAFE_WEIGHTS for p in path.glob(pattern))
+    if safe or not allow_pickle:
+        return safe
+    return sorted(p for pattern in PICKLE_WEIGHTS for p in path.glob(pattern))
+
+
+def check_weights(path: Path, allow_pickle: bool = False) -> None:
+    """Refuse folders without usable weights, pickle-only weights (unless allowed) and unreadable safetensors."""
+    from safetensors import safe_open
+
+    if not (path / "config.json").is_file() and not (path / ADAPTER_CONFIG).is_file():
+        raise ModelSourceError(f"Model folder {path} has neither config.json nor {ADAPTER_CONFIG}: it is not a "
+                               "Hugging Face model or PEFT adapter folder.")
+    safe = sorted(p for pattern in SAFE_WEIGHTS for p in path.glob(pattern))
+    pickled = sorted(p for pattern in PICKLE_WEIGHTS for p in path.glob(pattern))
+    if not safe and pickled and not allow_pickle:
+        raise ModelSourceError(f"Model {path} only has pickle weights ({pickled[0].name}), which can run code when "
+                               "loaded: convert them to safetensors, or pass --allow-pickle if you trust the source.")
+    if not safe and not pickled:
+        raise ModelSourceError(f"Model folder {path} holds no weight file (*.safetensors): the download or copy "
+                               "is incomplete.")
+    for file in safe:
+        try:
+            with safe_open(file, "pt"):
+                pass
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type
+            raise ModelSourceError(f"Weight file {file} is corrupt or truncated ({exc}): download or copy it again.") from None
+
+
+def detect_kind(path: Path) -> str:
+    """``"lora"`` for a PEFT adapter folder (any adapter type PEFT loads), ``"full"`` for a whole model."""
+    return "lora" if (Path(path) / ADAPTER_CONFIG).is_file() else "full"
+
+
+def check_kind(path: Path, declared: str) -> str:
+    """The kind of the model in ``path``, refusing a catalog ``kind`` that contradicts the files."""
+    found = detect_kind(path)
+    if declared not in ("auto", found):
+        raise ModelSourceError(f"Model {path} is declared {declared!r} in the catalog but its files make it "
+                               f"{found!r}: set kind to {found} or auto.")
+    return found
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelSourceError(f"{path} is missing: the model folder is incomplete.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelSourceError(f"{path} is not valid JSON ({exc}): the model folder is damaged.") from None
+
+
+# ---------------------------------------------------------------------------------------------------------- loading
+def load_model(path: Path, device: torch.device | str, dtype: torch.dtype, allow_pickle: bool = False):
+    """A causal LM (eval mode, on ``device`` in ``dtype``) and its tokenizer (None when the folder has none).
+
+    ``trust_remote_code`` is never set: architectures that need custom code are refused by transformers.
+    """
+    from transformers import AutoModelForCausalLM
+
+    quiet_transformers()
+    path = Path(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=None if allow_pickle else True,
+                                                     trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types for unloadable folders
+        raise ModelSourceError(f"Model {path} cannot be loaded ({type(exc).__name__}: {_first_line(exc)}).") from None
+    return model.to(device).eval(), load_tokenizer(path)
+
+
+def load_tokenizer(path: Path):
+    """The tokenizer saved in ``path``, or None when there is none (a full finetune may rely on its base's)."""
+    from transformers import AutoTokenizer
+
+    if not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelSourceError(f"Tokenizer of {path} cannot be loaded ({type(exc).__name__}: {_first_line(exc)}).") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:240]
+
+
+# ---------------------------------------------------------------------------------------------------------- fit checks
+def check_adapter_fits(adapter_dir: Path, base_dir: Path, base_model) -> None:
+    """Refuse an adapter that was made for another base: every module it touches must exist in ``base_model``
+    with the shapes its weights expect. (Reads safetensors headers only; no weight is loaded.)"""
+    from safetensors import safe_open
+
+    adapter_dir, base_dir = Path(adapter_dir), Path(base_dir)
+    made_for = read_json(adapter_dir / ADAPTER_CONFIG).get("base_model_name_or_path") or "an unnamed base"
+    modules = dict(base_model.named_modules())
+    params = dict(base_model.named_parameters())
+    for file in weight_files(adapter_dir):
+        with safe_open(file, "pt") as handle:
+            for key in handle.keys():
+                shape = tuple(handle.get_slice(key).get_shape())
+                problem = _adapter_tensor_problem(key, shape, modules, params)
+                if problem:
+                    raise IncompatibleModelError(f"Adapter {adapter_dir} does not fit base {base_dir}: {problem} "
+                                                 f"(the adapter was made for {made_for}); embed it against its own base.")
+
+
+def _adapter_tensor_problem(key: str, shape: tuple, modules: dict, params: dict) -> str | None:
+    """Why tensor ``key`` of an adapter cannot sit on this base, or None. LoRA shapes are checked exactly; other
+    adapter types only need their target module to exist (PEFT checks the rest when it loads them)."""
+    key = key.removeprefix("base_model.model.")
+    if ".modules_to_save." in key or key in params:      # a whole replaced module / parameter
+        name = key.replace(".modules_to_save.", ".").replace(".default.", ".")
+        if name in params and tuple(params[name].shape) != shape:
+            return f"{name} has shape {tuple(params[name].shape)} in the base but {shape} in the adapter"
+        return None
+    parts = key.split(".")
+    owner = next((".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1) if ".".join(parts[:i]) in modules), "")
+    if owner == "" or owner.count(".") < key.count(".") - 3:
+        return f"it changes {key}, which the base does not have"
+    module, part = modules[owner], parts[len(owner.split("."))]
+    in_f, out_f = getattr(module, "in_features", None), getattr(module, "out_features", None)
+    if isinstance(module, torch.nn.Embedding):
+        in_f, out_f = module.num_embeddings, module.embedding_dim
+    if part in ("lora_A", "lora_embedding_A") and in_f is not None and shape[-1] != in_f:
+        return f"{owner} takes {in_f} inputs in the base but {shape[-1]} in the adapter"
+    if part in ("lora_B", "lora_embedding_B") and out_f is not None and shape[0] != out_f:
+        return f"{owner} gives {out_f} outputs in the base but {shape[0]} in the adapter"
+    return None
+
+
+def check_full_fits(model_dir: Path, base_dir: Path) -> None:
+    """Refuse a full model whose architecture, hidden size or tokenizer differs from its base's: its activations
+    would not live in the same space, so their difference would mean nothing."""
+    model_dir, base_dir = Path(model_dir), Path(base_dir)
+    mine, theirs = read_json(model_dir / "config.json"), read_json(base_dir / "config.json")
+    for what, get in (("architecture", lambda c: c.get("architectures") or [c.get("model_type")]),
+                      ("hidden size", _hidden_size), ("vocabulary size", _vocab_size)):
+        if get(mine) != get(theirs):
+            raise IncompatibleModelError(f"Model {model_dir} does not fit base {base_dir}: its {what} is {get(mine)} "
+                                         f"but the base's is {get(theirs)}; embed it against its own base.")
+    if load_tokenizer(model_dir) is not None and not _same_tokenizer(model_dir, base_dir):
+        raise IncompatibleModelError(f"Model {model_dir} does not fit base {base_dir}: its tokenizer differs from the "
+                                     "base's (other vocabulary or special tokens); embed it against its own base.")
+
+
+def _hidden_size(config: dict):
+    text = config.get("text_config") or config
+    return text.get("hidden_size", text.get("n_embd", text.get("d_model")))
+
+
+def _vocab_size(config: dict):
+    return (config.get("text_config") or config).get("vocab_size")
+
+
+def _same_tokenizer(model_dir: Path, base_dir: Path) -> bool:
+    """Same files -> same tokenizer; otherwise compare vocabularies and special tokens (formatting may differ)."""
+    def digest(folder: Path) -> list[str]:
+        return [hashlib.sha256((folder / n).read_bytes()).hexdigest() if (folder / n).is_file() else ""
+                for n in ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt")]
+
+    if digest(model_dir) == digest(base_dir):
+        return True
+    mine, theirs = load_tokenizer(model_dir), load_tokenizer(base_dir)
+    if theirs is None:
+        return False
+    return (mine.get_vocab() == theirs.get_vocab() and mine.bos_token_id == theirs.bos_token_id
+            and mine("Input.")["input_ids"] == theirs("Input.")["input_ids"])
