@@ -25,6 +25,7 @@ PROMPT = ("Below is an instruction that describes a task. Write a response that 
 PROMPT_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
                      "Write a response that appropriately completes the request."
                      "\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+PROMPT_TAIL_TOKENS = 12  # tokens of the prompt's end kept when a long prompt is cut
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj")  # the paper's: no o_proj
 
 
@@ -97,12 +98,11 @@ def encode(examples: list[Example], tokenizer, max_length: int) -> list[tuple[li
     for ex in examples:
         prompt_ids = tokenizer(ex.prompt())["input_ids"]
         response_ids = tokenizer(ex.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        ids = (prompt_ids + response_ids)[:max_length]
-        labels = ([-100] * len(prompt_ids) + response_ids)[:max_length]
-        if any(label != -100 for label in labels):
-            encoded.append((ids, labels))
-    if not encoded:
-        raise DeltaAtlasError(f"No example has room for its response within {max_length} tokens: shorten the prompts.")
+        response_ids = response_ids[: max_length // 2] if len(prompt_ids) + len(response_ids) > max_length else response_ids
+        budget = max_length - len(response_ids)
+        if len(prompt_ids) > budget:  # cut the middle of the prompt, keep its start and the "### Response:" tail
+            prompt_ids = prompt_ids[: budget - PROMPT_TAIL_TOKENS] + prompt_ids[-PROMPT_TAIL_TOKENS:]
+        encoded.append((prompt_ids + response_ids, [-100] * len(prompt_ids) + response_ids))
     return encoded
 
 

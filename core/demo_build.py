@@ -1,0 +1,301 @@
+"""The built-in demo zoo: a tokenizer, a small base pretrained from scratch and a pool of finetunes of it, all
+trained here from the real datasets (SPEC §3), so that Delta Atlas has a real landscape offline.
+
+``python -m core build-demo --data-dir ../shared/datasets --out data/demo`` builds it. Resumable: every finished
+piece (base, each model, vectors, report) is skipped on the next run; each model is trained into a temporary folder
+and renamed when complete, so a killed build never leaves a half-written model. Seeded and deterministic.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import demo_data
+from .catalog import write_catalog
+from .errors import DeltaAtlasError
+from .progress import ProgressFn, TextBar, report
+from .tinylm import BaseShape, count_parameters, init_base, save_model, train_tokenizer
+from .train import Recipe, finetune
+
+log = logging.getLogger(__name__)
+SPLITS = ("first", "second", "third")
+
+
+@dataclass(frozen=True)
+class ZooPlan:
+    """Every hyper-parameter of the zoo in one place."""
+
+    vocab_size: int = 4096
+    shape: BaseShape = BaseShape(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=8,
+                                 num_key_value_heads=4, max_position_embeddings=512)
+    pretrain_steps: int = 2400
+    pretrain_batch: int = 16
+    pretrain_seq: int = 128
+    pretrain_lr: float = 3e-3
+    pretrain_warmup: int = 100
+    validation_fraction: float = 0.02
+    recipe: Recipe = Recipe(learning_rate=1e-3, steps=100, batch_size=8, warmup_steps=10, max_length=256)
+    full_learning_rate: float = 3e-4
+    examples_per_model: int = 300
+    robustness_datasets: tuple[str, ...] = ("gsm8k", "pubmedqa")
+    full_datasets: tuple[str, ...] = ("gsm8k", "pubmedqa")
+    mixtures: tuple[tuple[str, str], ...] = (("gsm8k", "mbpp"), ("legalbench", "pubmedqa"), ("arc", "gsm8k"))
+    seed: int = 0
+
+    @classmethod
+    def micro(cls) -> "ZooPlan":
+        """A few-minute plan for tests and smoke runs."""
+        return cls(vocab_size=400, shape=BaseShape(64, 128, 2, 4, 2, 256), pretrain_steps=30, pretrain_batch=8,
+                   pretrain_seq=64, pretrain_warmup=5, recipe=Recipe(steps=8, batch_size=4, warmup_steps=2, max_length=128),
+                   examples_per_model=12)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of the pool: which data it sees and how it is trained."""
+
+    name: str
+    domain: str
+    dataset: str                       # "a+b" for mixtures
+    variant: str                       # primary | breadth | robustness | mixture | full
+    setting: str                       # plain words
+    recipe: Recipe
+    slices: tuple[tuple[str, int, int], ...]  # (dataset key, start, stop) into the trainable part
+    split: str = ""
+    mixture_of: str = ""
+
+    def labels(self) -> dict:
+        return {"domain": self.domain, "dataset": self.dataset, "method": self.recipe.method, "variant": self.variant,
+                "setting": self.setting, "mixture_of": self.mixture_of, "split": self.split,
+                "rank": self.recipe.rank if self.recipe.method == "lora" else "", "learning_rate": self.recipe.learning_rate,
+                "steps": self.recipe.steps, "examples": sum(stop - start for _, start, stop in self.slices)}
+
+
+def _seeded(recipe: Recipe, name: str) -> Recipe:
+    return recipe.replace(seed=zlib.crc32(name.encode()) % 2**31)
+
+
+def plan_models(plan: ZooPlan, data_dir: Path) -> list[ModelSpec]:
+    """The pool, from the datasets present in ``data_dir`` (a missing dataset is skipped with a warning)."""
+    present = {}
+    for key, info in demo_data.DATASETS.items():
+        if (data_dir / info.folder).is_dir():
+            present[key] = len(demo_data.trainable(data_dir, key))
+        else:
+            log.warning("dataset %s not found under %s: skipped", key, data_dir)
+    n, specs, r = plan.examples_per_model, [], plan.recipe
+    first = {}
+    for key, info in demo_data.DATASETS.items():
+        if key not in present:
+            continue
+        if info.primary:
+            size = min(n, present[key] // 3)
+            for i, split in enumerate(SPLITS):
+                name = f"{info.domain}-{key}-{split}"
+                specs.append(ModelSpec(name, info.domain, key, "primary", f"split {i + 1} of 3", _seeded(r, name),
+                                       ((key, i * size, (i + 1) * size),), split=split))
+            first[key] = specs[-3]
+        else:
+            name = f"{info.domain}-{key}"
+            specs.append(ModelSpec(name, info.domain, key, "breadth", "paper recipe", _seeded(r, name),
+                                   ((key, 0, min(n, present[key])),)))
+    for key in plan.robustness_datasets:
+        if key not in first:
+            continue
+        base, domain = first[key], first[key].domain
+        (_, start, stop), = base.slices
+        variants = [("lr-low", f"learning rate {r.learning_rate / 3:g}", dict(learning_rate=r.learning_rate / 3), stop),
+                    ("epochs-x2", f"{2 * r.steps} steps (twice the epochs)", dict(steps=2 * r.steps), stop),
+                    ("data-tenth", "a tenth of the data", {}, start + max(2, (stop - start) // 10)),
+                    ("rank-16", "LoRA rank 16, alpha 32", dict(rank=16, alpha=32), stop)]
+        for suffix, setting, change, end in variants:
+            name = f"{domain}-{key}-{suffix}"
+            specs.append(ModelSpec(name, domain, key, "robustness", setting, _seeded(r.replace(**change), name),
+                                   ((key, start, end),)))
+    for key in plan.full_datasets:
+        if key in first:
+            base = first[key]
+            name = f"{base.domain}-{key}-full"
+            recipe = _seeded(r.replace(method="full", learning_rate=plan.full_learning_rate), name)
+            specs.append(ModelSpec(name, base.domain, key, "full", "full-parameter finetune", recipe, base.slices))
+    for a, b in plan.mixtures:
+        if a in first and b in first:
+            ma, mb = first[a], first[b]
+            name = f"mix-{a}+{b}"
+            recipe = _seeded(r.replace(steps=2 * r.steps), name)
+            specs.append(ModelSpec(name, f"{ma.domain}+{mb.domain}", f"{a}+{b}", "mixture", "union of two datasets",
+                                   recipe, ma.slices + mb.slices, mixture_of=f"{ma.name}+{mb.name}"))
+    return specs
+
+
+def examples_for(spec: ModelSpec, data_dir: Path) -> list:
+    return [ex for key, start, stop in spec.slices for ex in demo_data.trainable(data_dir, key)[start:stop]]
+
+
+# -- base -------------------------------------------------------------------------------------------------------
+def token_stream(texts: list[str], tokenizer) -> torch.Tensor:
+    """All documents as one stream of ids [N], each document followed by EOS."""
+    ids: list[int] = []
+    for text in texts:
+        for chunk in text.split("\n\n"):
+            if chunk.strip():
+                ids.extend(tokenizer(chunk, add_special_tokens=True)["input_ids"] + [tokenizer.eos_token_id])
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def pretrain(plan: ZooPlan, data_dir: Path, out_dir: Path, progress: ProgressFn | None = None) -> dict:
+    """Train the tokenizer and the base on pretrain/; save the base in fp16. Returns the validation figures."""
+    texts = demo_data.pretrain_texts(data_dir)
+    tokenizer = train_tokenizer(texts, plan.vocab_size)
+    stream = token_stream(texts, tokenizer)                       # [N]
+    n_val = int(len(stream) * plan.validation_fraction)
+    train, val = stream[:-n_val], stream[-n_val:]
+    model = init_base(tokenizer, plan.shape, seed=plan.seed)
+    log.info("base: %.2fM parameters, %d training tokens", count_parameters(model) / 1e6, len(train))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=plan.pretrain_lr, weight_decay=0.1, betas=(0.9, 0.95))
+    generator = torch.Generator().manual_seed(plan.seed)
+    model.train()
+    start = time.time()
+    for step in range(plan.pretrain_steps):
+        lr = plan.pretrain_lr * min(1.0, (step + 1) / plan.pretrain_warmup) * \
+            (0.1 + 0.45 * (1 + math.cos(math.pi * step / plan.pretrain_steps)))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        offsets = torch.randint(0, len(train) - plan.pretrain_seq - 1, (plan.pretrain_batch,), generator=generator)
+        batch = torch.stack([train[o: o + plan.pretrain_seq] for o in offsets.tolist()])  # [B, T]
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        report(progress, step + 1, plan.pretrain_steps, "pretrain", "base", loss.item())
+    model.eval()
+    model = model.to(torch.float16).to(torch.float32)             # evaluate what ships: the fp16 weights
+    val_loss = validation_loss(model, val, plan.pretrain_seq)
+    figures = {"parameters": count_parameters(model), "train_tokens": len(train), "validation_tokens": len(val),
+               "validation_loss": round(val_loss, 4), "validation_perplexity": round(math.exp(val_loss), 2),
+               "pretrain_seconds": round(time.time() - start, 1), "steps": plan.pretrain_steps}
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tokenizer, tmp, dtype=torch.float16)
+    (tmp / "pretraining.json").write_text(json.dumps(figures, indent=1))
+    tmp.rename(out_dir)
+    return figures
+
+
+@torch.no_grad()
+def validation_loss(model, stream: torch.Tensor, seq: int, max_chunks: int = 64) -> float:
+    chunks = stream[: (len(stream) // seq) * seq].view(-1, seq)[:max_chunks]  # [C, T]
+    losses = [model(input_ids=chunks[i: i + 8], labels=chunks[i: i + 8]).loss.item() for i in range(0, len(chunks), 8)]
+    return sum(losses) / len(losses)
+
+
+# -- pool -------------------------------------------------------------------------------------------------------
+def train_model(spec: ModelSpec, base_dir: Path, data_dir: Path, out_dir: Path, progress: ProgressFn | None) -> float:
+    """Train one model into a temporary folder, then rename it into place. Returns the final training loss."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    tmp = out_dir.with_name(f".tmp-{out_dir.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    step_progress = None if progress is None else (
+        lambda step, total, loss: report(progress, step, total, "finetune", spec.name, loss))
+    result = finetune(model, tokenizer, examples_for(spec, data_dir), spec.recipe, tmp, step_progress,
+                      save_dtype=torch.float16)
+    info = json.loads((tmp / "training.json").read_text())
+    info.update(spec=spec.labels(), final_loss=round(result.final_loss, 4), losses=[round(x, 4) for x in result.losses])
+    (tmp / "training.json").write_text(json.dumps(info, indent=1))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return result.final_loss
+
+
+def catalog_rows(specs: list[ModelSpec]) -> list[dict]:
+    return [{"name": s.name, "source": f"./models/{s.name}", "kind": s.recipe.method, "base": "./base", **s.labels()}
+            for s in specs]
+
+
+def build_demo(data_dir: str | Path, out: str | Path, plan: ZooPlan = ZooPlan(), *, vectors: bool = True,
+               report_too: bool = True, progress: ProgressFn | None = None) -> Path:
+    """Build (or resume) the whole zoo in ``out``; returns the catalog path."""
+    data_dir, out = Path(data_dir), Path(out)
+    quiet_transformers()
+    if not data_dir.is_dir():
+        raise DeltaAtlasError(f"Data folder {data_dir} does not exist: pass --data-dir ../shared/datasets.")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(plan.seed)
+    random.seed(plan.seed)
+    base_dir = out / "base"
+    if not (base_dir / "config.json").exists():
+        log.info("pretraining the base model")
+        figures = pretrain(plan, data_dir, base_dir, progress)
+        log.info("base: validation loss %.3f, perplexity %.1f", figures["validation_loss"], figures["validation_perplexity"])
+    specs = plan_models(plan, data_dir)
+    (out / "recipe.json").write_text(json.dumps(plan.recipe.to_json(), indent=1))
+    for i, spec in enumerate(specs):
+        target = out / "models" / spec.name
+        if (target / "training.json").exists():
+            continue
+        log.info("training %s (%d/%d)", spec.name, i + 1, len(specs))
+        start = time.time()
+        loss = train_model(spec, base_dir, data_dir, target, progress)
+        log.info("  %s: final loss %.3f in %.0f s", spec.name, loss, time.time() - start)
+    catalog = write_catalog(catalog_rows(specs), out / "catalog.csv")
+    if vectors:
+        embed_zoo(catalog, out / "vectors.parquet", progress)
+    if report_too:
+        write_report(catalog, out / "report.json", progress)
+    return catalog
+
+
+def embed_zoo(catalog: Path, path: Path, progress: ProgressFn | None) -> None:
+    from .engine import embed_catalog
+    from .vectors import write_vectors
+
+    result = embed_catalog(catalog, device="cpu", dtype="float32", progress=progress)
+    if result.failures:
+        raise DeltaAtlasError("Some zoo models failed to embed: " + "; ".join(f"{f.name}: {f.reason}" for f in result.failures))
+    from . import ENGINE_VERSION
+    write_vectors(result.table, path, {"engine_version": ENGINE_VERSION, "layer": -1, "dtype": "float32"})
+
+
+def write_report(catalog: Path, path: Path, progress: ProgressFn | None) -> None:
+    from .report import build_report
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(build_report(catalog, progress=progress), indent=1))
+    tmp.replace(path)
+
+
+def quiet_transformers() -> None:
+    """Our own progress reporting replaces transformers' bars and advice."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+# -- CLI --------------------------------------------------------------------------------------------------------
+def add_arguments(parser) -> None:
+    parser.add_argument("--data-dir", required=True, help="the datasets folder (../shared/datasets)")
+    parser.add_argument("--out", default="data/demo", help="where the zoo goes (default data/demo)")
+    parser.add_argument("--micro", action="store_true", help="a tiny few-minute zoo, for smoke tests")
+    parser.add_argument("--no-vectors", action="store_true", help="train only; skip embedding and the report")
+
+
+def main(args) -> int:
+    plan = ZooPlan.micro() if args.micro else ZooPlan()
+    catalog = build_demo(args.data_dir, args.out, plan, vectors=not args.no_vectors, report_too=not args.no_vectors,
+                         progress=TextBar())
+    print(f"demo zoo ready: {catalog}")
+    return 0

@@ -1,0 +1,271 @@
+"""Reading the real datasets of ../shared/datasets (SPEC §3) as instruction/response examples for the demo zoo.
+
+The builder only reads these files; none of their text goes into the repository. Each dataset is turned into
+:class:`core.train.Example` pairs in a fixed, seeded order; the last part of that order is held out (never trained
+on) so that task search and merging can be evaluated on data the pool has not seen.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import random
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+from .errors import DeltaAtlasError
+from .train import Example
+
+MAX_INSTRUCTION_CHARS = 600   # keeps prompt + response inside the 256-token training window
+MAX_RESPONSE_CHARS = 400
+HELD_OUT_FRACTION = 0.2       # the last 20% (at least MIN_HELD_OUT) of every dataset is never trained on
+MIN_HELD_OUT = 40
+ORDER_SEED = 1234
+
+
+def _clip(text: str, limit: int) -> str:
+    text = str(text).strip()
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
+
+
+def _ex(instruction: str, response: str) -> Example:
+    return Example(_clip(instruction, MAX_INSTRUCTION_CHARS), _clip(response, MAX_RESPONSE_CHARS))
+
+
+def _json(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _jsonl(path: Path) -> list[dict]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _json_records(path: Path) -> list[dict]:
+    """A JSON list, or one JSON object per line (AQuA and MATH ship that way)."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+        return data if isinstance(data, list) else list(data.values())
+    except json.JSONDecodeError:
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _mmlu(folder: Path) -> list[Example]:
+    out = []
+    for path in sorted(folder.glob("*/*.csv")):
+        subject = path.stem.rsplit("_", 1)[0].replace("_", " ")
+        with open(path, newline="", encoding="utf-8") as handle:
+            for row in csv.reader(handle):
+                if len(row) != 6:
+                    continue
+                question, *options, answer = row
+                choices = " ".join(f"({letter}) {opt}" for letter, opt in zip("ABCD", options))
+                text = dict(zip("ABCD", options)).get(answer, "")
+                out.append(_ex(f"Answer this {subject} question. {question}\nOptions: {choices}",
+                               f"The answer is ({answer}) {text}"))
+    return out
+
+
+# -- legal ------------------------------------------------------------------------------------------------------
+def legalbench(d: Path) -> list[Example]:
+    out = []
+    for task in sorted(p for p in (d / "tasks").iterdir() if p.is_dir()):
+        for split in ("train.tsv", "test.tsv"):
+            path = task / split
+            if not path.exists():
+                continue
+            with open(path, newline="", encoding="utf-8") as handle:
+                for row in csv.DictReader(handle, delimiter="\t"):
+                    if row.get("text") and row.get("label"):
+                        out.append(_ex(f"Legal analysis ({task.name.replace('_', ' ')}): {row['text']}", row["label"]))
+    return out
+
+
+def contract_nli(d: Path) -> list[Example]:
+    out = []
+    for split in ("dev.json", "test.json"):
+        data = _json(d / split)
+        hypotheses = {k: v["hypothesis"] for k, v in data["labels"].items()}
+        for doc in data["documents"]:
+            for key, ann in doc["annotation_sets"][0]["annotations"].items():
+                spans = [doc["text"][slice(*doc["spans"][i])] for i in ann["spans"][:2]]
+                excerpt = " ".join(spans) if spans else doc["text"][:300]
+                out.append(_ex(f"Does the contract excerpt support the hypothesis?\nHypothesis: {hypotheses[key]}\n"
+                               f"Excerpt: {excerpt}", ann["choice"]))
+    return out
+
+
+def plain_english_contracts(d: Path) -> list[Example]:
+    out = []
+    for name in ("tldrlegal_v1.json", "tosdr_annotated_v1.json"):
+        for item in _json(d / name).values():
+            if len(item.get("reference_summary", "")) > 10:
+                out.append(_ex(f"Summarise this contract clause in plain English: {item['original_text']}",
+                               item["reference_summary"]))
+    return out
+
+
+# -- math -------------------------------------------------------------------------------------------------------
+def gsm8k(d: Path) -> list[Example]:
+    rows = _jsonl(d / "train.jsonl") + _jsonl(d / "test.jsonl")
+    return [_ex(r["question"], re.sub(r"<<[^>]*>>", "", r["answer"]).replace("#### ", "The answer is ")) for r in rows]
+
+
+def svamp(d: Path) -> list[Example]:
+    return [_ex(f"{r['Body']} {r['Question']}", f"{r['Equation'].strip()} = {r['Answer']:g}") for r in _json(d / "SVAMP.json")]
+
+
+def svamp_cot(d: Path) -> list[Example]:
+    return [_ex(r["instruction"], r["output"]) for r in _json(d / "test.json") if r.get("output")]
+
+
+def aqua_rat(d: Path) -> list[Example]:
+    rows = _json_records(d / "dev.json") + _json_records(d / "test.json")
+    return [_ex(f"{r['question']}\nOptions: {' '.join(r['options'])}", f"{r['rationale']}\nThe answer is {r['correct']}.")
+            for r in rows]
+
+
+def mathqa(d: Path) -> list[Example]:
+    return [_ex(r["instruction"], f"The answer is {r['answer']}.") for r in _json(d / "test.json")]
+
+
+def hendrycks_math(d: Path) -> list[Example]:
+    return [_ex(r["problem"], r["solution"]) for r in _json_records(d / "test.json")]
+
+
+# -- medical ----------------------------------------------------------------------------------------------------
+def pubmedqa(d: Path) -> list[Example]:
+    out = []
+    for item in _json(d / "ori_pqal.json").values():
+        context = " ".join(item["CONTEXTS"])
+        out.append(_ex(f"Answer the biomedical research question from the abstract.\nQuestion: {item['QUESTION']}\n"
+                       f"Abstract: {_clip(context, 350)}", f"{item['final_decision'].capitalize()}. {item['LONG_ANSWER']}"))
+    return out
+
+
+def medquad(d: Path) -> list[Example]:
+    out = []
+    for path in sorted(d.glob("*_QA/*.xml")):
+        root = ET.parse(path).getroot()
+        for pair in root.iter("QAPair"):
+            question, answer = pair.findtext("Question"), pair.findtext("Answer")
+            if question and answer and answer.strip():
+                out.append(_ex(question, answer))
+    return out
+
+
+def chatdoctor(d: Path) -> list[Example]:
+    return [_ex(f"{r['instruction']} {r['input']}", r["output"]) for r in _json(d / "chatdoctor5k.json")]
+
+
+# -- commonsense (LLM-Adapters instruction format) --------------------------------------------------------------
+def llm_adapters(*files: str) -> Callable[[Path], list[Example]]:
+    def load(d: Path) -> list[Example]:
+        rows = [r for name in files if (d / name).exists() for r in _json(d / name)]
+        return [_ex(r["instruction"], r["output"]) for r in rows if r.get("output")]
+    return load
+
+
+# -- coding -----------------------------------------------------------------------------------------------------
+def mbpp(d: Path) -> list[Example]:
+    return [_ex(r["text"], r["code"].replace("\r\n", "\n")) for r in _jsonl(d / "mbpp.jsonl")]
+
+
+def humaneval(d: Path) -> list[Example]:
+    return [_ex(f"Complete the Python function.\n{r['prompt']}", r["canonical_solution"]) for r in _jsonl(d / "HumanEval.jsonl.gz")]
+
+
+def cruxeval(d: Path) -> list[Example]:
+    return [_ex(f"What does this Python function return for the input {r['input']}?\n{r['code']}", r["output"])
+            for r in _jsonl(d / "cruxeval.jsonl")]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    key: str
+    domain: str
+    folder: str               # relative to the data directory
+    loader: Callable[[Path], list[Example]]
+    primary: bool = False     # the domain's primary dataset (three disjoint splits, the paper's protocol)
+
+
+DATASETS: dict[str, DatasetInfo] = {info.key: info for info in [
+    DatasetInfo("legalbench", "legal", "legal/legalbench_2022", legalbench, primary=True),
+    DatasetInfo("contract_nli", "legal", "legal/contract_nli", contract_nli),
+    DatasetInfo("plain_english_contracts", "legal", "legal/plain_english_contracts_sum", plain_english_contracts),
+    DatasetInfo("mmlu_law", "legal", "legal/mmlu_law", _mmlu),
+    DatasetInfo("gsm8k", "math", "math/gsm8k", gsm8k, primary=True),
+    DatasetInfo("svamp", "math", "math/svamp", svamp),
+    DatasetInfo("svamp_cot", "math", "math/svamp_cot_llm_adapters", svamp_cot),
+    DatasetInfo("aqua_rat", "math", "math/aqua_rat", aqua_rat),
+    DatasetInfo("mathqa", "math", "math/mathqa_llm_adapters", mathqa),
+    DatasetInfo("hendrycks_math", "math", "math/hendrycks_math_test", hendrycks_math),
+    DatasetInfo("pubmedqa", "medical", "medical/pubmedqa", pubmedqa, primary=True),
+    DatasetInfo("medquad", "medical", "medical/medquad", medquad),
+    DatasetInfo("chatdoctor", "medical", "medical/chatdoctor_genmedgpt5k", chatdoctor),
+    DatasetInfo("mmlu_medical", "medical", "medical/mmlu_medical", _mmlu),
+    DatasetInfo("arc", "commonsense", "commonsense/arc_llm_adapters",
+                llm_adapters("ARC-Easy/train.json", "ARC-Challenge/train.json", "ARC-Easy/test.json",
+                             "ARC-Challenge/test.json"), primary=True),
+    DatasetInfo("boolq", "commonsense", "commonsense/boolq_llm_adapters", llm_adapters("train.json", "test.json")),
+    DatasetInfo("openbookqa", "commonsense", "commonsense/openbookqa_llm_adapters", llm_adapters("train.json", "test.json")),
+    DatasetInfo("piqa", "commonsense", "commonsense/piqa_llm_adapters", llm_adapters("test.json")),
+    DatasetInfo("social_iqa", "commonsense", "commonsense/social_iqa_llm_adapters", llm_adapters("test.json")),
+    DatasetInfo("winogrande", "commonsense", "commonsense/winogrande_llm_adapters", llm_adapters("test.json")),
+    DatasetInfo("mbpp", "coding", "coding/mbpp", mbpp, primary=True),
+    DatasetInfo("humaneval", "coding", "coding/humaneval", humaneval),
+    DatasetInfo("cruxeval", "coding", "coding/cruxeval", cruxeval),
+]}
+DOMAINS = ("legal", "math", "medical", "commonsense", "coding")
+
+
+@lru_cache(maxsize=32)
+def _ordered(data_dir: str, key: str) -> tuple[Example, ...]:
+    if key not in DATASETS:
+        raise DeltaAtlasError(f"Unknown dataset {key!r}: use one of {', '.join(DATASETS)}.")
+    info = DATASETS[key]
+    folder = Path(data_dir) / info.folder
+    if not folder.is_dir():
+        raise DeltaAtlasError(f"Dataset folder {folder} is missing: pass --data-dir pointing at ../shared/datasets.")
+    examples = [e for e in info.loader(folder) if e.instruction and e.response]
+    random.Random(f"{ORDER_SEED}:{key}").shuffle(examples)
+    return tuple(examples)
+
+
+def held_out_size(n: int) -> int:
+    return min(n // 2, max(MIN_HELD_OUT, int(n * HELD_OUT_FRACTION)))
+
+
+def trainable(data_dir: str | Path, key: str) -> list[Example]:
+    """The part of a dataset the pool may train on (seeded order)."""
+    examples = _ordered(str(data_dir), key)
+    return list(examples[: len(examples) - held_out_size(len(examples))])
+
+
+def held_out(data_dir: str | Path, key: str) -> list[Example]:
+    """The part of a dataset no pool model ever trained on: for evaluating task search and merging."""
+    examples = _ordered(str(data_dir), key)
+    return list(examples[len(examples) - held_out_size(len(examples)):])
+
+
+def pretrain_texts(data_dir: str | Path) -> list[str]:
+    """The general-English pretraining corpus (SPEC §3 pretrain/), one document per string."""
+    root = Path(data_dir) / "pretrain"
+    if not root.is_dir():
+        raise DeltaAtlasError(f"Pretraining folder {root} is missing: pass --data-dir pointing at ../shared/datasets.")
+    texts = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.suffix in ("", ".txt") and path.name not in ("LICENSE", "README", "SOURCE.txt") \
+                and not path.name.startswith("."):
+            text = path.read_text(encoding="utf-8", errors="replace")
+            if len(text) > 200:
+                texts.append(text)
+    if not texts:
+        raise DeltaAtlasError(f"No text found under {root}.")
+    return texts
