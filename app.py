@@ -1,0 +1,30 @@
+"""Delta Atlas in the browser: ``streamlit run app.py`` (or ``make run``).
+
+This file only builds the navigation and the sidebar; each page lives in ``pages/`` and can also run on its own.
+"""
+from __future__ import annotations
+
+import logging
+
+import streamlit as st
+
+from pages import _ui as ui
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+PAGES = [  # file, title, icon; the first is the home page
+    ("pages/map.py", "Map", ":material/scatter_plot:"),
+    ("pages/find.py", "Find models for a task", ":material/search:"),
+    ("pages/merge.py", "Merge", ":material/merge:"),
+    ("pages/add_models.py", "Add models", ":material/add_circle:"),
+    ("pages/how_it_works.py", "How it works", ":material/school:"),
+]
+
+st.set_page_config(page_title="Delta Atlas", page_icon=":material/scatter_plot:", layout="wide")
+navigation = st.navigation([st.Page(path, title=title, icon=icon, default=i == 0)
+                            for i, (path, title, icon) in enumerate(PAGES)])
+with st.sidebar:
+    st.markdown("**Delta Atlas** — a map of finetuned language models, by what they learned.")
+st.session_state[ui.APP_KEY] = True
+ui.sidebar()
+navigation.run()

@@ -1,0 +1,160 @@
+"""Plotly figures for the pages: the map of the models, marks on it (a task, a merge), loss bars, and the diagram
+that explains a delta activation. Plain functions: data in, ``go.Figure`` out; nothing here touches Streamlit."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+
+PALETTE = px.colors.qualitative.Bold + px.colors.qualitative.Pastel   # 22 distinct colours for groups
+WEBGL_FROM = 1500      # points above which the map draws with WebGL (fast for 10,000 models)
+MAX_HOVER_LABELS = 8   # labels shown when hovering a point
+MAP_HEIGHT = 620
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A point drawn on top of the models: the task (a star), a merge's predicted or measured position."""
+
+    x: float
+    y: float
+    label: str
+    symbol: str = "star"
+    colour: str = "#111111"
+    size: int = 22
+
+
+def hover_texts(frame: pd.DataFrame, columns: list[str]) -> list[str]:
+    """'<b>name</b><br>domain: legal<br>...' per model, skipping empty labels."""
+    shown = [c for c in columns if c in frame.columns][:MAX_HOVER_LABELS]
+    texts = []
+    for row in frame[["name", *shown]].itertuples(index=False):
+        parts = [f"<b>{row[0]}</b>"] + [f"{c}: {v}" for c, v in zip(shown, row[1:]) if str(v) not in ("", "nan")]
+        texts.append("<br>".join(parts))
+    return texts
+
+
+def colours_for(values: list[str]) -> dict[str, str]:
+    """A stable colour per group; more groups than the palette get evenly spaced hues."""
+    groups = list(dict.fromkeys(values))
+    if len(groups) <= len(PALETTE):
+        return {g: PALETTE[i] for i, g in enumerate(groups)}
+    scale = px.colors.sample_colorscale("Turbo", [i / max(len(groups) - 1, 1) for i in range(len(groups))])
+    return dict(zip(groups, scale))
+
+
+def map_figure(frame: pd.DataFrame, embedding: np.ndarray, colour: list[str], colour_title: str,
+               hover: list[str], focus: list[str] | None = None, marks: list[Mark] | None = None) -> go.Figure:
+    """The scatter of the models: one trace per colour group (the legend), the user's own models as diamonds,
+    ``focus`` models ringed, ``marks`` on top. ``customdata`` holds each model's name (read back on selection)."""
+    n = len(frame)
+    trace = go.Scattergl if n > WEBGL_FROM else go.Scatter
+    size = 10 if n <= 200 else 7 if n <= 2000 else 4
+    names = frame["name"].to_numpy()
+    mine = (frame["origin"] == "yours").to_numpy() if "origin" in frame.columns else np.zeros(n, bool)
+    colour = np.asarray(colour, dtype=object)
+    hover = np.asarray(hover, dtype=object)
+    palette = colours_for(sorted(set(colour), key=_natural))
+    fig = go.Figure()
+    for group, hue in palette.items():
+        rows = np.flatnonzero(colour == group)
+        fig.add_trace(trace(
+            x=embedding[rows, 0], y=embedding[rows, 1], mode="markers", name=str(group),
+            customdata=names[rows, None], hovertext=hover[rows], hovertemplate="%{hovertext}<extra></extra>",
+            marker=dict(color=hue, size=size, opacity=0.85, symbol=np.where(mine[rows], "diamond", "circle"),
+                        line=dict(width=0.5, color="white")),
+        ))
+    focus_rows = np.flatnonzero(np.isin(names, list(focus or [])))
+    if len(focus_rows):
+        fig.add_trace(go.Scatter(
+            x=embedding[focus_rows, 0], y=embedding[focus_rows, 1], mode="markers", name="selected",
+            customdata=names[focus_rows, None], hovertext=hover[focus_rows],
+            hovertemplate="%{hovertext}<extra></extra>",
+            marker=dict(size=size + 10, color="rgba(0,0,0,0)", line=dict(width=2.5, color="#111111")),
+        ))
+    for mark in marks or []:
+        fig.add_trace(go.Scatter(
+            x=[mark.x], y=[mark.y], mode="markers+text", name=mark.label, text=[mark.label],
+            textposition="top center", hovertemplate=f"<b>{mark.label}</b><extra></extra>",
+            marker=dict(symbol=mark.symbol, size=mark.size, color=mark.colour, line=dict(width=1.5, color="white")),
+        ))
+    fig.update_layout(
+        height=MAP_HEIGHT, margin=dict(l=10, r=10, t=30, b=10), legend_title_text=colour_title,
+        legend=dict(itemsizing="constant"), hoverlabel=dict(align="left"), plot_bgcolor="#fafafa",
+        xaxis=dict(visible=False), yaxis=dict(visible=False, scaleanchor="x"), clickmode="event+select",
+    )
+    return fig
+
+
+def _natural(value: str):
+    """Sort 'group 2' before 'group 10'."""
+    text = str(value)
+    digits = "".join(ch for ch in text if ch.isdigit())
+    return (text.rstrip("0123456789"), int(digits) if digits else -1, text)
+
+
+def loss_figure(losses: dict[str, float], title: str = "Loss on your examples (lower is better)") -> go.Figure:
+    """Bars for base, each ingredient and the merged model, in that order; the merged bar stands out."""
+    names = list(losses)
+    colours = ["#9e9e9e" if n == "base" else "#d62728" if n == "merged" else "#1f77b4" for n in names]
+    fig = go.Figure(go.Bar(x=names, y=[losses[n] for n in names], marker_color=colours,
+                           text=[f"{losses[n]:.3f}" for n in names], textposition="outside"))
+    fig.update_layout(title=title, height=380, margin=dict(l=10, r=10, t=50, b=10), yaxis_title="loss",
+                      yaxis=dict(rangemode="tozero"))
+    return fig
+
+
+def losses_curve(losses: list[float]) -> go.Figure:
+    fig = go.Figure(go.Scatter(y=losses, x=list(range(1, len(losses) + 1)), mode="lines"))
+    fig.update_layout(height=220, margin=dict(l=10, r=10, t=30, b=10), title="Finetuning loss per step",
+                      xaxis_title="step", yaxis_title="loss")
+    return fig
+
+
+def delta_diagram() -> go.Figure:
+    """A picture of the method: the same five questions go to the base and to the finetuned model; the change in
+    their last hidden state, averaged, is the model's vector."""
+    fig = go.Figure()
+    boxes = [  # x0, y0, x1, y1, text, colour
+        (0.0, 0.35, 0.2, 0.65, "5 generic<br>questions<br>(the same<br>for every model)", "#fff3cd"),
+        (0.32, 0.62, 0.56, 0.92, "base model", "#e0e0e0"),
+        (0.32, 0.08, 0.56, 0.38, "finetuned model", "#cfe2ff"),
+        (0.68, 0.62, 0.86, 0.92, "its inner state<br>(last word,<br>last layer)", "#f5f5f5"),
+        (0.68, 0.08, 0.86, 0.38, "its inner state<br>(last word,<br>last layer)", "#f5f5f5"),
+    ]
+    for x0, y0, x1, y1, text, colour in boxes:
+        fig.add_shape(type="rect", x0=x0, y0=y0, x1=x1, y1=y1, fillcolor=colour, line=dict(color="#555"))
+        fig.add_annotation(x=(x0 + x1) / 2, y=(y0 + y1) / 2, text=text, showarrow=False, font=dict(size=13))
+    arrows = [(0.2, 0.5, 0.32, 0.77), (0.2, 0.5, 0.32, 0.23), (0.56, 0.77, 0.68, 0.77), (0.56, 0.23, 0.68, 0.23),
+              (0.86, 0.77, 0.93, 0.55), (0.86, 0.23, 0.93, 0.45)]
+    for x0, y0, x1, y1 in arrows:
+        fig.add_annotation(x=x1, y=y1, ax=x0, ay=y0, xref="x", yref="y", axref="x", ayref="y", showarrow=True,
+                           arrowhead=3, arrowsize=1.2, arrowwidth=1.6, arrowcolor="#333", text="")
+    fig.add_annotation(x=0.965, y=0.5, text="<b>difference</b><br>= the model's<br><b>delta<br>activation</b>",
+                       showarrow=False, font=dict(size=13, color="#b02a37"))
+    fig.update_layout(height=320, margin=dict(l=0, r=0, t=10, b=0), plot_bgcolor="white",
+                      xaxis=dict(visible=False, range=[-0.02, 1.04]), yaxis=dict(visible=False, range=[0, 1]))
+    return fig
+
+
+def arrows_figure(points: dict[str, tuple[float, float]], sums: dict[str, tuple[float, float]] | None = None) -> go.Figure:
+    """Vectors as arrows from the origin (a 2-D picture of similarity: same direction = similar change)."""
+    fig = go.Figure()
+    hues = colours_for(list(points))
+    for name, (x, y) in points.items():
+        fig.add_annotation(x=x, y=y, ax=0, ay=0, xref="x", yref="y", axref="x", ayref="y", showarrow=True,
+                           arrowhead=3, arrowwidth=2.5, arrowcolor=hues[name], text="")
+        fig.add_trace(go.Scatter(x=[x], y=[y], mode="text", text=[name], textposition="top center",
+                                 showlegend=False, hoverinfo="skip"))
+    for name, (x, y) in (sums or {}).items():
+        fig.add_trace(go.Scatter(x=[x], y=[y], mode="markers+text", text=[name], textposition="bottom center",
+                                 marker=dict(symbol="x", size=12, color="#111"), showlegend=False, hoverinfo="skip"))
+    extent = max(1.0, *(abs(v) for p in [*points.values(), *(sums or {}).values()] for v in p)) * 1.2
+    fig.update_layout(height=320, margin=dict(l=0, r=0, t=10, b=0), plot_bgcolor="white",
+                      xaxis=dict(range=[-extent * 0.3, extent], zeroline=True, showgrid=False, showticklabels=False),
+                      yaxis=dict(range=[-extent * 0.3, extent], zeroline=True, showgrid=False, showticklabels=False,
+                                 scaleanchor="x"))
+    return fig

@@ -1,0 +1,111 @@
+"""Add models: the user's own adapters or finetuned models join a catalog kept on disk, and the map."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:  # the page runs on its own too (AppTest.from_file, streamlit run pages/add_models.py)
+    sys.path.insert(0, ROOT)
+
+import pandas as pd  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from core import userpool  # noqa: E402
+from core.errors import DeltaAtlasError  # noqa: E402
+from pages import _ui as ui  # noqa: E402
+
+FOLDER, ZIP, HUB = "A folder on this server", "Upload a zip", "Hugging Face Hub id"
+KINDS = {"auto": "find out by itself", "lora": "LoRA adapter", "full": "full finetuned model"}
+
+
+def main() -> None:
+    pool = ui.page_setup("Add models")
+    st.title("Add your own models")
+    users = ui.user_pool()
+    st.caption("Add finetuned models of the same base model as this pool. Each one is measured once (its delta "
+               "activation, a few seconds on the demo zoo) and joins **your models**: they appear on the map as "
+               "diamonds, in task searches, and can be merged. They are kept on this server, in "
+               f"`{users.root}`.")
+    with ui.guard("adding the model"):
+        if pool.is_user:
+            st.info("You are looking at your own models. To add more, first choose in the sidebar the pool they "
+                    "belong with (their base model must be that pool's).")
+        else:
+            data = ui.pool_data(pool)
+            st.markdown(f"Models must be finetuned from this pool's base: `{data.base}`.")
+            add_form(pool, data, users)
+    your_models(users)
+
+
+def add_form(pool: ui.Pool, data: ui.PoolData, users: userpool.UserPool) -> None:
+    how = st.radio("Where is the model?", [FOLDER, ZIP, HUB], horizontal=True, key="add_how")
+    if how == FOLDER:
+        where = st.text_input("Folder", key="add_folder", placeholder="/path/to/my-adapter",
+                              help="The folder that save_pretrained wrote (adapter_config.json or config.json, "
+                                   "and .safetensors weights).")
+        roots = ", ".join(f"`{r}`" for r in users.roots)
+        st.caption(f"For safety this server only reads folders under: {roots}. An admin can allow more with the "
+                   f"environment variable `{userpool.ALLOWED_ROOTS_ENV}`.")
+    elif how == ZIP:
+        where = st.file_uploader("Zip of the model folder", type=["zip"], key="add_zip")
+        st.caption(f"Up to {userpool.MAX_ZIP_BYTES // 2**20} MB, {userpool.MAX_FILES} files; weights as "
+                   ".safetensors only (pickle .bin files can run code, so they are refused).")
+    else:
+        where = st.text_input("Hub id", key="add_hub", placeholder="organisation/model-name",
+                              help="Needs internet access on the server; optionally @revision.")
+    left, mid, right = st.columns(3)
+    name = left.text_input("Name (optional)", key="add_name", help="Defaults to the folder, file or hub name.")
+    kind = mid.selectbox("Kind", list(KINDS), format_func=lambda k: f"{k} — {KINDS[k]}", key="add_kind")
+    domains = sorted(v for v in data.frame.get("domain", pd.Series(dtype=str)).unique() if v)
+    domain = right.text_input("Domain (optional)", key="add_domain",
+                              help="A label to colour the map by" + (f", e.g. {', '.join(domains[:5])}." if domains else "."))
+    note = st.text_input("Note (optional)", key="add_note")
+    if st.button("Add and measure", type="primary", disabled=not where, key="add_go"):
+        labels = {k: v.strip() for k, v in {"domain": domain, "note": note}.items() if v.strip()}
+        add(pool, data, users, how, where, name.strip() or None, kind, labels)
+
+
+def add(pool, data, users, how, where, name, kind, labels) -> None:
+    with ui.guard("adding the model"):
+        if how == ZIP and not name:
+            name = userpool.safe_name(Path(where.name).stem)
+        pool_names = set(ui.catalog_of(pool).names)
+        if name in pool_names:
+            raise DeltaAtlasError(f"The pool already has a model called {name!r}: choose another name.")
+        with ui.exclusive(data.base, "embedding"):
+            bar = ui.ProgressBar("Reading the model...")
+            common = dict(base=data.base, name=name, kind=kind, labels=labels, progress=bar)
+            if how == FOLDER:
+                table = users.add_local(where.strip(), **common)
+            elif how == ZIP:
+                table = users.add_zip(where.getvalue(), **common)
+            else:
+                table = users.add_hub(where.strip(), **common)
+            added = str(table["name"].iloc[0])
+            bar.done(f"{added} measured.")
+        ui.remember(ui.SELECTION_KEY, pool, names=[added])
+        st.success(f"**{added}** was added to your models. It is on the map now (a diamond), selected.")
+        ui.link("pages/map.py", "Map")
+
+
+def your_models(users: userpool.UserPool) -> None:
+    rows = users.rows()
+    st.subheader("Your models")
+    if not rows:
+        st.caption("None yet.")
+        return
+    frame = pd.DataFrame(rows)
+    st.dataframe(frame, hide_index=True, width="stretch")
+    left, right = st.columns([3, 1])
+    name = left.selectbox("Remove a model", [r["name"] for r in rows], index=None, key="add_remove_name",
+                          placeholder="Choose one of your models")
+    right.markdown("&nbsp;")
+    if right.button("Remove", disabled=name is None, key="add_remove"):
+        with ui.guard("removing the model"):
+            users.remove(name)
+            st.toast(f"{name} was removed.")
+            st.rerun()
+
+
+main()

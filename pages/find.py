@@ -1,0 +1,112 @@
+"""Find models for a task: a few examples in, the models that learned the closest thing out (and a star on the map)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:  # the page runs on its own too (AppTest.from_file, streamlit run pages/find.py)
+    sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from pages import _charts as charts  # noqa: E402
+from pages import _ui as ui  # noqa: E402
+
+SHOWN_MATCHES = 15
+TO_MERGE = 3          # best matches offered to the Merge page
+
+
+def main() -> None:
+    pool = ui.page_setup("Find models for a task")
+    st.title("Find models for your task")
+    st.caption("Give a handful of examples of what you want a model to do. The app teaches the base model your task "
+               "for a short moment, measures how that changed it (its delta activation), and ranks the models of the "
+               "pool that changed it the same way.")
+    with ui.guard("loading the pool"):
+        data = ui.pool_data(pool)
+        if len(data.frame) == 0:
+            st.info("This pool has no vectors yet: open the Map page to compute them first.")
+            return
+        title, examples = ui.examples_picker("find")
+        with st.expander("Settings"):
+            steps = st.number_input("Finetuning steps", 1, 1000, value=default_steps(), key="find_steps",
+                                    help="More steps describe the task more precisely but take longer.")
+        if st.button("Find matching models", type="primary", disabled=not examples, key="find_go"):
+            search(pool, data, title, examples, int(steps))
+        show_result(pool, data)
+
+
+def default_steps() -> int:
+    from core.task import TASK_STEPS
+
+    return TASK_STEPS
+
+
+def search(pool: ui.Pool, data: ui.PoolData, title: str, examples: list, steps: int) -> None:
+    from core.task import find_models
+
+    with ui.guard("searching for models"):
+        catalog = ui.combined_catalog(pool, data)
+        projector = ui.projector(data)
+        with ui.exclusive(data.base, "finetuning"):
+            bar = ui.ProgressBar("Preparing the base model...")
+            result = find_models(examples, catalog, vectors=data.table, projector=projector, steps=steps,
+                                 progress=bar)
+            bar.done(f"Done in {result.seconds:.0f} s.")
+        ui.remember(ui.TASK_KEY, pool, title=title, examples=examples, result=result, base=data.base)
+
+
+def show_result(pool: ui.Pool, data: ui.PoolData) -> None:
+    task = ui.remembered(ui.TASK_KEY, pool)
+    if not task:
+        return
+    result, title = task["result"], task["title"]
+    st.divider()
+    st.subheader(f"Models closest to “{title}”")
+    groups = result.group_matches
+    if len(groups):
+        best = groups.iloc[0]
+        st.markdown(f"The task sits closest to the **{best['group']}** models ({best['group_by']}; mean similarity "
+                    f"{best['similarity']:.2f} over {int(best['models'])} models).")
+    table_col, map_col = st.columns([2, 3], gap="medium")
+    with table_col:
+        matches = result.matches.head(SHOWN_MATCHES)
+        labels = [c for c in matches.columns if c not in ("name", "similarity")][:3]
+        st.dataframe(matches[["name", "similarity", *labels]], hide_index=True, width="stretch", column_config={
+            "similarity": st.column_config.ProgressColumn("similarity", min_value=0.0, max_value=1.0, format="%.3f",
+                                                          help="Cosine similarity of the model's vector to the "
+                                                               "task's: 1 = the same change, 0 = unrelated.")})
+        if len(result.losses):
+            st.plotly_chart(charts.losses_curve(result.losses), key="find_losses")
+        names = list(matches["name"].head(TO_MERGE))
+        if st.button(f"Merge the {len(names)} best matches", key="find_to_merge"):
+            ui.remember(ui.CANDIDATES_KEY, pool, names=names, why=f"the best matches for “{title}”")
+            st.success("Ready on the Merge page.")
+            ui.link("pages/merge.py", "Merge")
+    with map_col:
+        task_map(data, result, title)
+
+
+def task_map(data: ui.PoolData, result, title: str) -> None:
+    """The pool's map (as drawn on the Map page) with the task as a star and its best matches ringed."""
+    settings = ui.map_settings()
+    projector = ui.projector(data, settings)
+    embedding = np.asarray(projector.embedding_)
+    try:
+        position = np.asarray(projector.transform(result.vector[None, :]))[0]
+    except Exception:  # noqa: BLE001 - a layout without transform: fall back to where the search placed it
+        position = result.position
+    frame = data.frame
+    labels = [c for c in frame.columns if c not in ("name", "origin")]
+    colour_by = "domain" if "domain" in labels else (labels[0] if labels else None)
+    colour = list(frame[colour_by].astype(str)) if colour_by else ["model"] * len(frame)
+    marks = [] if position is None else [charts.Mark(float(position[0]), float(position[1]), "your task")]
+    fig = charts.map_figure(frame, embedding, colour, colour_by or "", charts.hover_texts(frame, labels),
+                            focus=list(result.matches["name"].head(TO_MERGE)), marks=marks)
+    st.plotly_chart(fig, key="find_map")
+    st.caption("★ = your task, placed among the models by the same map; ringed = the best matches.")
+
+
+main()

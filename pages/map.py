@@ -1,0 +1,266 @@
+"""Map: every model of the pool as a point; close points changed the base model in the same way."""
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:  # the page runs on its own too (AppTest.from_file, streamlit run pages/map.py)
+    sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from pages import _charts as charts  # noqa: E402
+from pages import _ui as ui  # noqa: E402
+
+NEIGHBOURS = 8           # closest models listed for a selected model
+COLOUR_GROUPS = "Groups found automatically"
+COLOUR_ORIGIN = "Where it came from"
+CHART_KEY = "map_chart"
+SEARCH_KEY = "map_search"
+
+
+def main() -> None:
+    pool = ui.page_setup("Map")
+    st.title("Map of the models")
+    st.caption("Each point is a finetuned model. Models that sit close together changed the base model in the same "
+               "way — usually because they learned similar things. Hover a point for its labels, click it (or draw "
+               "around several with the lasso at the top right of the map) to see its closest models.")
+    with ui.guard("loading the pool"):
+        data = ui.pool_data(pool)
+        if len(data.frame) == 0:
+            missing_vectors(pool, data)
+            return
+        if data.missing:
+            st.info(f"{len(data.missing)} model(s) of this catalog have no vector yet (e.g. {data.missing[0]}); "
+                    "they are not on the map. Compute them below the map.")
+        draw(pool, data)
+
+
+def draw(pool: ui.Pool, data: ui.PoolData) -> None:
+    frame = data.frame
+    labels = [c for c in frame.columns if c not in ("name", "origin")]
+    settings = controls(frame, labels)
+    with st.spinner("Drawing the map (the first time for this pool takes a few seconds)..."):
+        embedding = np.asarray(ui.projector(data, settings).embedding_)
+        colour, colour_title, group_note = colouring(data, settings)
+    shown = filtered(frame, settings)
+    selected = selection(pool, frame)
+    chart_col, side_col = st.columns([3, 2], gap="medium")
+    with chart_col:
+        fig = charts.map_figure(frame[shown], embedding[shown], list(np.asarray(colour)[shown]), colour_title,
+                                list(np.asarray(hover_texts(frame, labels))[shown]), focus=selected)
+        st.plotly_chart(fig, key=CHART_KEY, on_select=lambda: on_chart_select(pool), selection_mode=("points", "lasso"),
+                        config={"displaylogo": False, "toImageButtonOptions": {"filename": "delta-atlas-map"}})
+        st.caption(f"{int(shown.sum())} of {len(frame)} models shown · {group_note}")
+        quality_notes(data, embedding, settings)
+    with side_col:
+        details(pool, data, selected, labels)
+    exports(pool, data, fig)
+
+
+def controls(frame: pd.DataFrame, labels: list[str]) -> dict:
+    """The map's settings; a copy goes to session state so that other pages draw the same map."""
+    top = st.columns([2, 2, 3])
+    settings, n = ui.map_settings(), len(frame)
+    has_mine = bool((frame["origin"] == "yours").any())
+    settings["layout"] = top[0].radio("Layout", list(ui.LAYOUTS), horizontal=True, key="map_layout",
+                                      index=list(ui.LAYOUTS).index(settings["layout"]),
+                                      help="UMAP keeps neighbourhoods and groups; PCA is the simplest straight "
+                                           "projection; t-SNE separates tight groups.")
+    options = [COLOUR_GROUPS, *labels, *([COLOUR_ORIGIN] if has_mine else [])]
+    default = "domain" if "domain" in labels else COLOUR_GROUPS
+    settings["colour"] = top[1].selectbox("Colour by", options, index=options.index(settings.get("colour", default))
+                                          if settings.get("colour", default) in options else 0, key="map_colour")
+    with top[2].expander("More settings"):
+        if settings["colour"] == COLOUR_GROUPS:
+            choices = ["auto", *range(2, max(3, min(20, n)))]
+            settings["groups"] = st.select_slider("Number of groups", choices, value=settings.get("groups", "auto"),
+                                                  key="map_groups", help="'auto' picks the number that separates "
+                                                  "the models best (highest silhouette).")
+        settings["neighbours"] = st.select_slider(
+            "Neighbourhood size (UMAP)", ["auto", 5, 10, 15, 30, 50, 100], value=settings["neighbours"],
+            key="map_neighbours", help="How many neighbours each model keeps close on the map. 'auto' suits the "
+                                       "size of the pool (10 to 10,000 models).")
+        settings["seed"] = st.number_input("Random seed", 0, 9999, int(settings["seed"]), key="map_seed",
+                                           help="The same seed always draws the same map.")
+        column = st.selectbox("Show only models whose label...", ["(show all)", *labels], key="map_filter_column")
+        settings["filter_column"] = None if column == "(show all)" else column
+        settings["filter_values"] = []
+        if settings["filter_column"]:
+            values = sorted(frame[column].astype(str).unique())
+            settings["filter_values"] = st.multiselect("...is one of", values, key="map_filter_values")
+    st.session_state[ui.MAP_SETTINGS_KEY] = settings
+    return settings
+
+
+def colouring(data: ui.PoolData, settings: dict) -> tuple[list[str], str, str]:
+    colour = settings["colour"]
+    if colour == COLOUR_GROUPS:
+        names, k, silhouette = ui.clusters(data, settings.get("groups", "auto"))
+        how = "chosen automatically" if settings.get("groups", "auto") == "auto" else "set by you"
+        return names, "group", f"{k} groups ({how}), silhouette {silhouette:.2f}"
+    if colour == COLOUR_ORIGIN:
+        return [{"yours": "added by you"}.get(o, "this pool") for o in data.frame["origin"]], "origin", ""
+    values = data.frame[colour].astype(str).replace("", "(none)")
+    return list(values), colour, f"coloured by {colour}"
+
+
+def filtered(frame: pd.DataFrame, settings: dict) -> np.ndarray:
+    column, values = settings.get("filter_column"), settings.get("filter_values")
+    if not column or not values:
+        return np.ones(len(frame), dtype=bool)
+    return frame[column].astype(str).isin(values).to_numpy()
+
+
+def hover_texts(frame: pd.DataFrame, labels: list[str]) -> list[str]:
+    return charts.hover_texts(frame, labels)
+
+
+# ---- selection: the chart, the search box, and the shared state they both write --------------------------------
+
+def on_chart_select(pool: ui.Pool) -> None:
+    event = st.session_state.get(CHART_KEY) or {}
+    points = (event.get("selection") or {}).get("points") or []
+    names = list(dict.fromkeys(p["customdata"][0] for p in points if p.get("customdata")))
+    if names:
+        ui.remember(ui.SELECTION_KEY, pool, names=names)
+
+
+def on_search(pool: ui.Pool) -> None:
+    name = st.session_state.get(SEARCH_KEY)
+    if name:
+        ui.remember(ui.SELECTION_KEY, pool, names=[name])
+
+
+def selection(pool: ui.Pool, frame: pd.DataFrame) -> list[str]:
+    known = set(frame["name"])
+    remembered = ui.remembered(ui.SELECTION_KEY, pool)
+    return [n for n in (remembered or {}).get("names", []) if n in known]
+
+
+def details(pool: ui.Pool, data: ui.PoolData, selected: list[str], labels: list[str]) -> None:
+    names = list(data.frame["name"])
+    st.selectbox("Find a model by name", names, index=None, key=SEARCH_KEY, placeholder="Type a name...",
+                 on_change=on_search, args=(pool,))
+    if not selected:
+        st.info("Click a point on the map, or pick a name above, to see the model's closest relatives.")
+        return
+    if len(selected) == 1:
+        one_model(pool, data, selected[0], labels)
+    else:
+        many_models(pool, data, selected, labels)
+    if st.button("Clear the selection", key="map_clear"):
+        st.session_state.pop(ui.SELECTION_KEY, None)
+        st.rerun()
+
+
+def one_model(pool: ui.Pool, data: ui.PoolData, name: str, labels: list[str]) -> None:
+    from core.projection import nearest_neighbours
+
+    frame = data.frame
+    index = int(np.flatnonzero(frame["name"].to_numpy() == name)[0])
+    row = frame.iloc[index]
+    st.subheader(name)
+    facts = {c: row[c] for c in labels if str(row[c])}
+    if row["origin"] == "yours":
+        facts["origin"] = "added by you"
+    st.dataframe(pd.DataFrame({"label": list(facts), "value": list(facts.values())}), hide_index=True,
+                 width="stretch")
+    k = min(NEIGHBOURS, len(frame) - 1)
+    pairs = nearest_neighbours(data.X, index, k)
+    near = frame.iloc[[i for i, _ in pairs]][["name", *labels[:3]]].copy()
+    near.insert(1, "similarity", [float(s) for _, s in pairs])
+    st.markdown(f"**Closest models** — measured on the full {data.X.shape[1]}-number vectors, not on the map "
+                "(1 = changed the base in exactly the same way, 0 = unrelated).")
+    st.dataframe(near, hide_index=True, width="stretch", column_config={
+        "similarity": st.column_config.ProgressColumn("similarity", min_value=0.0, max_value=1.0, format="%.3f")})
+    if st.button(f"Merge {name} with its 2 closest models", key="map_to_merge"):
+        ui.remember(ui.CANDIDATES_KEY, pool, names=[name, *list(near["name"])[:2]],
+                    why=f"{name} and its two closest models on the map")
+        st.success("Ready on the Merge page.")
+        ui.link("pages/merge.py", "Merge")
+
+
+def many_models(pool: ui.Pool, data: ui.PoolData, selected: list[str], labels: list[str]) -> None:
+    frame = data.frame
+    chosen = frame[frame["name"].isin(selected)]
+    st.subheader(f"{len(chosen)} models selected")
+    if labels:
+        column = "domain" if "domain" in labels else labels[0]
+        counts = chosen[column].astype(str).replace("", "(none)").value_counts()
+        st.caption(f"By {column}: " + ", ".join(f"{v} × {k}" for k, v in counts.items()))
+    st.dataframe(chosen[["name", *labels[:4]]], hide_index=True, width="stretch", height=260)
+    if st.button(f"Use these {len(chosen)} models on the Merge page", key="map_many_to_merge"):
+        ui.remember(ui.CANDIDATES_KEY, pool, names=list(chosen["name"]), why="your selection on the map")
+        st.success("Ready on the Merge page.")
+        ui.link("pages/merge.py", "Merge")
+
+
+# ---- plain-words quality, exports, missing vectors -------------------------------------------------------------
+
+def quality_notes(data: ui.PoolData, embedding: np.ndarray, settings: dict) -> None:
+    if len(data.X) < 4:
+        return
+    with st.expander("How faithful is this map?", expanded=False):
+        _, words = ui.quality(data, embedding, settings)
+        st.markdown(words)
+        for column in [c for c in data.frame.columns if c not in ("name", "origin")]:
+            value = ui.label_silhouette(data, column)
+            if value is not None:
+                st.markdown(f"- Models with the same **{column}** {ui.words_for_silhouette(value)} "
+                            f"(silhouette {value:.2f}; 1 = perfectly separate, 0 = no grouping).")
+
+
+def exports(pool: ui.Pool, data: ui.PoolData, fig) -> None:
+    with st.expander("Download the vectors or the map"):
+        stem = pool.catalog_path.parent.name if pool.catalog_path.stem == "catalog" else pool.catalog_path.stem
+        cols = st.columns(3)
+        cols[0].download_button("Vectors (CSV)", data=lambda: vector_bytes(data, ".csv"), file_name=f"{stem}-vectors.csv",
+                                mime="text/csv", on_click="ignore", key="dl_csv")
+        cols[1].download_button("Vectors (Parquet)", data=lambda: vector_bytes(data, ".parquet"),
+                                file_name=f"{stem}-vectors.parquet", mime="application/octet-stream",
+                                on_click="ignore", key="dl_parquet")
+        cols[2].download_button("Map (interactive HTML)", data=lambda: fig.to_html(include_plotlyjs=True),
+                                file_name=f"{stem}-map.html", mime="text/html", on_click="ignore", key="dl_html")
+        st.caption("For a PNG picture of the map, use the camera button that appears at the top right of the map "
+                   "when you hover it.")
+
+
+def vector_bytes(data: ui.PoolData, suffix: str) -> bytes:
+    from core.vectors import write_vectors
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_vectors(data.table, Path(tmp) / f"vectors{suffix}")
+        return path.read_bytes()
+
+
+def missing_vectors(pool: ui.Pool, data: ui.PoolData) -> None:
+    st.info(f"The models of **{pool.title}** have no vectors yet, so there is nothing to draw. Compute them here "
+            f"(this runs every model once; it can take long for big models), or on the command line with "
+            f"`python -m core embed {pool.catalog_path}`.")
+    if st.button("Compute the vectors now", type="primary", key="map_embed"):
+        embed_pool(pool, data)
+
+
+def embed_pool(pool: ui.Pool, data: ui.PoolData) -> None:
+    from core.engine import embed_catalog
+    from core.vectors import write_vectors
+
+    catalog = ui.catalog_of(pool)
+    with ui.exclusive(data.base, "embedding"):
+        bar = ui.ProgressBar("Starting...")
+        result = embed_catalog(catalog, progress=bar)
+        if len(result.table):
+            write_vectors(result.table, pool.vectors_path, metadata=getattr(result, "metadata", None))
+        bar.done(f"{len(result.table)} model(s) measured in {result.seconds:.0f} s.")
+    for failure in result.failures:
+        st.warning(f"{failure.name}: {failure.reason}")
+    if len(result.table):
+        st.rerun()
+
+
+main()

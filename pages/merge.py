@@ -1,0 +1,196 @@
+"""Merge: combine a few adapters into one, see whether it beats each of them on your examples, and download it."""
+from __future__ import annotations
+
+import io
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:  # the page runs on its own too (AppTest.from_file, streamlit run pages/merge.py)
+    sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from pages import _charts as charts  # noqa: E402
+from pages import _ui as ui  # noqa: E402
+
+MERGE_KEY = "merge_result"   # {"catalog", "report", "title"}: the last merge of this session
+NAMES_KEY = "merge_names"
+WEIGHT_MODES = {  # label -> merge_adapters' weights argument
+    "Automatic: by similarity to the task": "auto",
+    "Searched on the examples (slower, often best)": "search",
+    "By hand": "hand",
+}
+
+
+def main() -> None:
+    pool = ui.page_setup("Merge")
+    st.title("Merge adapters")
+    st.caption("Merging adds several adapters' changes into one adapter. Pick adapters that fit your task (the Find "
+               "page or the map can pre-fill them), choose how to weigh them, and compare the merged adapter with "
+               "the base and with each ingredient on your examples.")
+    with ui.guard("preparing the merge"):
+        data = ui.pool_data(pool)
+        catalog = ui.combined_catalog(pool, data)
+        adapters = [e.name for e in catalog if e.kind != "full" and e.name in set(data.frame["name"])]
+        if len(adapters) < 2:
+            st.info("This pool has fewer than two adapters with vectors: there is nothing to merge.")
+            return
+        names = choose_adapters(pool, adapters)
+        method, weights, budget = choose_method(names)
+        task = ui.remembered(ui.TASK_KEY, pool)
+        st.markdown("**Examples to measure the merge on**")
+        title, examples = ui.examples_picker("merge", last_task=task)
+        ready = len(names) >= 2 and bool(examples)
+        if st.button("Merge", type="primary", disabled=not ready, key="merge_go"):
+            same_task = task is not None and examples is task["examples"]
+            run(pool, data, catalog, names, method, weights, budget, title, examples,
+                task["result"].vector if same_task else None)
+        show_result(pool, data)
+
+
+def choose_adapters(pool: ui.Pool, adapters: list[str]) -> list[str]:
+    """The ingredients, pre-filled from the last task search or map selection (whichever is newer)."""
+    offer = ui.remembered(ui.CANDIDATES_KEY, pool)
+    task = ui.remembered(ui.TASK_KEY, pool)
+    if offer is None and task is not None:
+        offer = {"names": list(task["result"].matches["name"].head(3)), "why": f"the best matches for “{task['title']}”",
+                 "token": task["token"]}
+    if offer is not None and st.session_state.get("_merge_applied") != offer["token"]:
+        st.session_state[NAMES_KEY] = [n for n in offer["names"] if n in adapters]
+        st.session_state["_merge_applied"] = offer["token"]
+    names = st.multiselect("Adapters to merge", adapters, key=NAMES_KEY, placeholder="Choose two or more adapters",
+                           help="Only LoRA adapters of this pool's base can be merged.")
+    if offer is not None:
+        st.caption(f"Pre-filled with {offer['why']}.")
+    if len(names) < 2:
+        st.info("Choose at least two adapters — or find them from a task on the Find page.")
+    return names
+
+
+def choose_method(names: list[str]) -> tuple[str, str | list[float], int]:
+    from core.merge import METHODS, SEARCH_BUDGET
+
+    left, right = st.columns(2)
+    method = left.selectbox("Method", list(METHODS), index=list(METHODS).index("ties"), key="merge_method",
+                            format_func=lambda m: f"{m} — {METHODS[m].about}")
+    mode = WEIGHT_MODES[right.radio("Weights", list(WEIGHT_MODES), key="merge_weights")]
+    budget = SEARCH_BUDGET
+    if mode == "hand":
+        cols = st.columns(max(len(names), 1))
+        weights = [float(col.number_input(name, -2.0, 2.0, 1.0, 0.1, key=f"merge_w_{name}"))
+                   for col, name in zip(cols, names)]
+        return method, weights, budget
+    if mode == "search":
+        budget = int(right.number_input("Search budget (loss evaluations)", 5, 200, SEARCH_BUDGET, key="merge_budget"))
+    return method, mode, budget
+
+
+def run(pool, data, catalog, names, method, weights, budget, title, examples, task_vector) -> None:
+    from core.merge import merge_adapters
+
+    with ui.guard("merging"):
+        out_dir = Path(tempfile.mkdtemp(prefix="delta-atlas-merge-")) / "merged-adapter"
+        with ui.exclusive(data.base, "merging"):
+            bar = ui.ProgressBar("Loading the adapters...")
+            report = merge_adapters(catalog, names, method, weights, examples, out_dir, task_vector=task_vector,
+                                    progress=bar, vectors=data.table, budget=budget)
+            bar.done(f"Merged in {report.seconds:.0f} s.")
+        ui.remember(MERGE_KEY, pool, report=report, title=title)
+
+
+def show_result(pool: ui.Pool, data: ui.PoolData) -> None:
+    merged = ui.remembered(MERGE_KEY, pool)
+    if not merged:
+        return
+    report = merged["report"]
+    st.divider()
+    st.subheader(f"The merge of {', '.join(report.ingredients)}")
+    st.markdown(verdict(report.losses))
+    left, right = st.columns([2, 3], gap="medium")
+    with left:
+        if report.losses:
+            st.plotly_chart(charts.loss_figure(report.losses), key="merge_losses")
+        table = pd.DataFrame({"adapter": report.ingredients, "weight": report.weights})
+        if report.similarities:
+            table["similarity to the task"] = [report.similarities.get(n) for n in report.ingredients]
+        st.dataframe(table, hide_index=True, width="stretch")
+        st.caption(f"Method {report.method}, weights {report.weights_mode}, {report.seconds:.0f} s.")
+        downloads(report)
+    with right:
+        merge_map(data, report)
+
+
+def verdict(losses: dict[str, float]) -> str:
+    """The loss comparison in one plain sentence."""
+    if "merged" not in losses:
+        return ""
+    ingredients = {k: v for k, v in losses.items() if k not in ("base", "merged")}
+    best = min(ingredients, key=ingredients.get) if ingredients else None
+    text = f"On your examples the merged adapter's loss is **{losses['merged']:.3f}**"
+    if "base" in losses:
+        text += f" (base model: {losses['base']:.3f}"
+        text += f"; best single adapter, {best}: {ingredients[best]:.3f})" if best else ")"
+    if best and losses["merged"] < ingredients[best]:
+        return text + " — the merge beats every ingredient alone."
+    if "base" in losses and losses["merged"] < losses["base"]:
+        return text + " — better than the base, but not better than the best ingredient alone."
+    return text + " — the merge does not help on these examples; try other adapters or weights."
+
+
+def merge_map(data: ui.PoolData, report) -> None:
+    """Where the merged adapter should land (the weighted sum of its ingredients) and where it did land."""
+    if report.measured_vector is None:
+        return
+    projector = ui.projector(data)
+    embedding = np.asarray(projector.embedding_)
+    marks = []
+    for vector, label, symbol, colour in [(report.predicted_vector, "predicted", "diamond-open", "#d62728"),
+                                          (report.measured_vector, "merged", "star", "#111111")]:
+        if vector is not None:
+            x, y = np.asarray(projector.transform(np.asarray(vector)[None, :]))[0]
+            marks.append(charts.Mark(float(x), float(y), label, symbol=symbol, colour=colour))
+    frame = data.frame
+    labels = [c for c in frame.columns if c not in ("name", "origin")]
+    colour_by = "domain" if "domain" in labels else (labels[0] if labels else None)
+    colour = list(frame[colour_by].astype(str)) if colour_by else ["model"] * len(frame)
+    fig = charts.map_figure(frame, embedding, colour, colour_by or "", charts.hover_texts(frame, labels),
+                            focus=report.ingredients, marks=marks)
+    st.plotly_chart(fig, key="merge_map")
+    cosine = report.predicted_vs_measured_cosine
+    if cosine is not None:
+        how = "right where" if cosine > 0.9 else "near where" if cosine > 0.6 else "away from where"
+        st.caption(f"★ = the merged adapter, measured; ◇ = where the weighted sum of its ingredients predicts it. "
+                   f"It landed {how} predicted (similarity {cosine:.2f}); ringed = the ingredients.")
+
+
+def downloads(report) -> None:
+    out = Path(report.out_dir) if report.out_dir else None
+    if out is None or not out.is_dir():
+        st.caption("The merged adapter's files are gone (the server was restarted): merge again to download them.")
+        return
+    cols = st.columns(2)
+    cols[0].download_button("Merged adapter (zip)", data=lambda: zip_folder(out), file_name="merged-adapter.zip",
+                            mime="application/zip", on_click="ignore", key="merge_zip")
+    recipe = out / "recipe.yaml"
+    if recipe.is_file():
+        cols[1].download_button("Recipe (YAML)", data=recipe.read_bytes(), file_name="merge-recipe.yaml",
+                                mime="text/yaml", on_click="ignore", key="merge_recipe")
+    st.caption("Load it with PEFT: `PeftModel.from_pretrained(base, folder)`; replay it with "
+               "`python -m core merge --recipe merge-recipe.yaml --out FOLDER`.")
+
+
+def zip_folder(folder: Path) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and not path.name.startswith("."):
+                archive.write(path, Path(folder.name) / path.relative_to(folder))
+    return buffer.getvalue()
+
+
+main()
