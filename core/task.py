@@ -1,0 +1,281 @@
+"""Find the models that fit a task, from a few examples of it.
+
+The task is embedded exactly like a pool model: a brief LoRA finetune of the pool's base on the examples, with the
+recipe the pool was trained with (``recipe.json`` beside the catalog) but few-shot steps, then the Delta Activations
+of that task adapter. Pool models are ranked by cosine similarity to the task vector, and so are groups of them
+(mean similarity of every ``domain`` / ``dataset``: a small base sees style before substance, so a group's mean is
+steadier than one model's score). The task's position on the map comes from the map's own ``Projector.transform``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .catalog import Catalog, Source, read_catalog
+from .errors import DeltaAtlasError
+from .examples import check_count, load_examples
+from .progress import Progress, ProgressFn, TextBar, report
+from .train import Example, Recipe, finetune, load_recipe
+from .vectors import label_columns, matrix, read_metadata, read_vectors
+
+log = logging.getLogger(__name__)
+
+DEMO_CATALOG = Path(__file__).resolve().parent.parent / "data" / "demo" / "catalog.csv"
+TASK_STEPS = 80                         # few-shot finetuning steps (bench/eval_find.py measures the choice)
+GROUP_COLUMNS = ("domain", "dataset")   # label columns whose groups are ranked too
+RECIPE_FILE = "recipe.json"             # the pool's finetuning recipe, beside the catalog
+VECTOR_FILES = ("vectors.parquet", "{stem}.vectors.parquet", "{stem}_vectors.parquet", "{stem}.parquet")
+TASK_NAME = "task"
+
+
+@dataclass
+class TaskResult:
+    vector: np.ndarray                  # [d] the task's Delta Activations
+    matches: pd.DataFrame               # name, similarity, every label column; best first
+    group_matches: pd.DataFrame         # group_by, group, similarity (mean), best, models; best first per group_by
+    adapter_dir: Path | None = None     # the kept task adapter, when asked for
+    losses: list[float] = field(default_factory=list)  # finetuning loss of every step
+    seconds: float = 0.0
+    position: np.ndarray | None = None  # [2] on the map, when a fitted projector was given
+
+    def to_json(self) -> dict:
+        """Plain JSON: the CLI's ``--json`` output and what the app stores."""
+        return {"matches": _records(self.matches), "groups": _records(self.group_matches),
+                "seconds": round(self.seconds, 3), "steps": len(self.losses),
+                "final_loss": float(np.mean(self.losses[-10:])) if self.losses else None,
+                "adapter_dir": str(self.adapter_dir) if self.adapter_dir else None,
+                "position": None if self.position is None else [float(x) for x in self.position]}
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    return [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+            for row in frame.to_dict(orient="records")]
+
+
+# -- the pool: catalog, recipe, vectors, base -------------------------------------------------------------------
+def pool_recipe(catalog_path: Path) -> Recipe:
+    """The recipe the pool was trained with, or the default one (with a warning) when none is stored."""
+    path = Path(catalog_path).parent / RECIPE_FILE
+    if path.is_file():
+        try:
+            return load_recipe(path)
+        except (ValueError, TypeError) as exc:
+            raise DeltaAtlasError(f"Recipe file {path} cannot be read ({exc}): fix or delete it.") from None
+    log.warning("No %s beside %s: the task is finetuned with the default recipe.", RECIPE_FILE, catalog_path)
+    return Recipe()
+
+
+def vectors_file(catalog_path: Path) -> Path | None:
+    """The pool's vector file stored beside its catalog, if any."""
+    catalog_path = Path(catalog_path)
+    for pattern in VECTOR_FILES:
+        path = catalog_path.parent / pattern.format(stem=catalog_path.stem)
+        if path.is_file():
+            return path
+    return None
+
+
+def pool_vectors(catalog: Catalog, progress: ProgressFn | None = None) -> tuple[pd.DataFrame, dict]:
+    """The pool's vector table and the engine settings it was made with: the stored file, else computed (cached)."""
+    path = vectors_file(catalog.path) if catalog.path else None
+    if path is not None:
+        return read_vectors(path), (read_metadata(path) if path.suffix == ".parquet" else {})
+    from .engine import embed_catalog
+
+    log.info("No vector file beside %s: embedding the pool (cached for next time).", catalog.path)
+    result = embed_catalog(catalog, progress=progress)
+    if len(result.table) == 0:
+        raise DeltaAtlasError(f"No model of {catalog.path} could be embedded: run `python -m core embed` to see why.")
+    return result.table, {}
+
+
+def pool_base(catalog: Catalog, names: list[str]) -> Source:
+    """The one base the ranked models share (a task can only be compared with models of its own base)."""
+    bases = {str(e.base): e.base for e in catalog if e.name in set(names)} or {str(e.base): e.base for e in catalog}
+    if len(bases) > 1:
+        raise DeltaAtlasError(f"Catalog {catalog.path} mixes {len(bases)} bases ({', '.join(sorted(bases))}); "
+                              "task search compares a task with models of one base: split the catalog per base.")
+    return next(iter(bases.values()))
+
+
+# -- embedding the task -----------------------------------------------------------------------------------------
+def finetune_task(examples: list[Example], base: Source, recipe: Recipe, out_dir: Path, device=None,
+                  progress: ProgressFn | None = None) -> list[float]:
+    """A brief, seeded LoRA finetune of the base on the examples (always LoRA, in float32); returns the losses."""
+    from .device import pick_device
+    from .loading import load_model, resolve_source
+
+    import torch
+
+    base_dir = resolve_source(base)
+    model, tokenizer = load_model(base_dir, pick_device(device), torch.float32)
+    if tokenizer is None:
+        raise DeltaAtlasError(f"Base {base_dir} has no tokenizer: the task examples cannot be encoded.")
+
+    def step(done: int, total: int, loss: float) -> None:
+        report(progress, done, total, "finetune", TASK_NAME, loss)
+
+    result = finetune(model, tokenizer, examples, recipe.replace(method="lora"), out_dir, progress=step)
+    del model
+    return result.losses
+
+
+def embed_adapter_dirs(base: Source, adapters: dict[str, Path], settings: dict | None = None, device=None,
+                       progress: ProgressFn | None = None) -> dict[str, np.ndarray]:
+    """Delta Activations of adapter folders against ``base`` through the engine, with the layer and dtype the pool's
+    vectors were made with (``settings``: the vector file's metadata), so that the vectors are comparable.
+    The engine's progress is re-labelled ``embed``."""
+    from .engine import embed_adapters
+    from .probes import DEFAULT_PROBES, probes_digest
+
+    settings = settings or {}
+    if settings.get("probes_digest") not in (None, probes_digest(DEFAULT_PROBES)):
+        log.warning("The pool was embedded with custom probes; the task is embedded with the paper's five, so its "
+                    "similarities may be off. Re-embed the pool with the default probes to compare like with like.")
+
+    def relabel(p: Progress) -> None:
+        if progress is not None:
+            progress(Progress(p.done, p.total, "embed", p.item, p.loss))
+
+    return embed_adapters(str(base), {k: Path(v) for k, v in adapters.items()}, layer=int(settings.get("layer", -1)),
+                          device=device, dtype=settings.get("dtype"), progress=relabel)
+
+
+def embed_task(examples: list[Example], catalog: Catalog, base: Source, *, settings: dict | None = None,
+               steps: int | None = None, adapter_dir: Path, device=None,
+               progress: ProgressFn | None = None) -> tuple[np.ndarray, list[float]]:
+    """The task vector [d] and the finetuning losses; the task adapter is written to ``adapter_dir``."""
+    check_count(len(examples), "The task")
+    recipe = pool_recipe(catalog.path) if catalog.path else Recipe()
+    steps = int(steps or TASK_STEPS)
+    recipe = recipe.replace(steps=steps, warmup_steps=min(recipe.warmup_steps, max(steps // 5, 1)))
+    losses = finetune_task(examples, base, recipe, adapter_dir, device=device, progress=progress)
+    vector = embed_adapter_dirs(base, {TASK_NAME: adapter_dir}, settings, device=device, progress=progress)[TASK_NAME]
+    return np.asarray(vector, dtype=np.float32), losses
+
+
+# -- ranking ----------------------------------------------------------------------------------------------------
+def cosine_to(vector: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """Cosine similarity of one vector [d] to each row of ``vectors`` [n, d] -> [n] (0 where a norm is 0)."""
+    norms = np.linalg.norm(vectors, axis=1) * np.linalg.norm(vector)
+    return np.divide(vectors @ vector, norms, out=np.zeros(len(vectors), dtype=np.float64), where=norms > 0)
+
+
+def rank(vector: np.ndarray, table: pd.DataFrame, top: int | None = None) -> pd.DataFrame:
+    """Pool models by cosine similarity to ``vector``: name, similarity, every label column; best first."""
+    vectors = matrix(table)
+    if vectors.shape[1] != len(vector):
+        raise DeltaAtlasError(f"The task vector has {len(vector)} dimensions but the pool's have {vectors.shape[1]}: "
+                              "the vector file was made with another base; recompute it with `python -m core embed`.")
+    frame = table[["name", *label_columns(table)]].copy()
+    frame.insert(1, "similarity", cosine_to(vector.astype(np.float64), vectors.astype(np.float64)))
+    frame = frame.sort_values("similarity", ascending=False, kind="stable").reset_index(drop=True)
+    return frame if top is None else frame.head(top)
+
+
+def rank_groups(matches: pd.DataFrame, columns: tuple[str, ...] = GROUP_COLUMNS) -> pd.DataFrame:
+    """Mean similarity of every group of models (per label column in ``columns``), best first within each column."""
+    frames = []
+    for column in columns:
+        if column not in matches.columns:
+            continue
+        rows = matches[matches[column].astype(str).str.len() > 0]
+        grouped = rows.groupby(column, sort=False)["similarity"].agg(["mean", "max", "size"]).reset_index()
+        grouped.columns = ["group", "similarity", "best", "models"]
+        grouped.insert(0, "group_by", column)
+        frames.append(grouped.sort_values("similarity", ascending=False, kind="stable"))
+    if not frames:
+        return pd.DataFrame(columns=["group_by", "group", "similarity", "best", "models"])
+    return pd.concat(frames, ignore_index=True)
+
+
+# -- the whole search -------------------------------------------------------------------------------------------
+def find_models(examples: list[Example], catalog: str | Path | Catalog = DEMO_CATALOG, *,
+                vectors: pd.DataFrame | None = None, top: int | None = None, steps: int | None = None,
+                keep_adapter: str | Path | None = None, projector=None, device=None,
+                progress: ProgressFn | None = None) -> TaskResult:
+    """Embed the task and rank the pool. ``vectors`` defaults to the file beside the catalog; ``projector`` is the
+    fitted map projector (its ``transform`` places the task); ``keep_adapter`` keeps the task adapter there."""
+    start = time.perf_counter()
+    check_count(len(examples), "The task")
+    catalog = catalog if isinstance(catalog, Catalog) else read_catalog(catalog)
+    keep = _check_keep(keep_adapter)
+    settings = {}
+    if vectors is None:
+        vectors, settings = pool_vectors(catalog, progress)
+    if len(vectors) == 0:
+        raise DeltaAtlasError("The pool's vector table is empty: embed the catalog first (`python -m core embed`).")
+    base = pool_base(catalog, list(vectors["name"]))
+    work = Path(tempfile.mkdtemp(prefix=".task-", dir=keep.parent if keep else None))
+    try:
+        vector, losses = embed_task(examples, catalog, base, settings=settings, steps=steps, adapter_dir=work,
+                                    device=device, progress=progress)
+        if keep is not None:
+            if keep.is_dir():
+                keep.rmdir()  # checked empty before the work began
+            work.rename(keep)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    matches = rank(vector, vectors)
+    position = None if projector is None else np.asarray(projector.transform(vector[None, :]))[0]
+    return TaskResult(vector=vector, matches=matches if top is None else matches.head(top),
+                      group_matches=rank_groups(matches), adapter_dir=keep, losses=losses,
+                      seconds=time.perf_counter() - start, position=position)
+
+
+def _check_keep(keep_adapter: str | Path | None) -> Path | None:
+    """Refuse an occupied or unwritable folder for the kept adapter before any work."""
+    if keep_adapter is None:
+        return None
+    keep = Path(keep_adapter).expanduser().resolve()
+    if keep.exists() and (not keep.is_dir() or any(keep.iterdir())):
+        raise DeltaAtlasError(f"{keep} already exists and is not an empty folder: choose a new folder to keep the "
+                              "task adapter in.")
+    try:
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=keep.parent).close()
+    except OSError as exc:
+        raise DeltaAtlasError(f"Cannot write the task adapter to {keep} ({exc.strerror}): choose a folder you can "
+                              "write to.") from None
+    return keep
+
+
+# -- command line -----------------------------------------------------------------------------------------------
+def add_arguments(parser) -> None:
+    parser.add_argument("--examples", required=True, help="task examples: JSON Lines, JSON list, CSV or text")
+    parser.add_argument("--catalog", default=str(DEMO_CATALOG), help="pool catalog CSV (default: the demo zoo)")
+    parser.add_argument("--top", type=int, default=None, help="show the K best models (default: all)")
+    parser.add_argument("--steps", type=int, default=None, help=f"finetuning steps (default {TASK_STEPS})")
+    parser.add_argument("--keep-adapter", default=None, metavar="DIR", help="keep the task adapter in DIR")
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+
+
+def main(args) -> int:
+    if args.top is not None and args.top < 1:
+        raise DeltaAtlasError(f"--top {args.top}: give a positive number of models.")
+    if args.steps is not None and args.steps < 1:
+        raise DeltaAtlasError(f"--steps {args.steps}: give a positive number of steps.")
+    examples = load_examples(args.examples)
+    result = find_models(examples, args.catalog, top=args.top, steps=args.steps, keep_adapter=args.keep_adapter,
+                         device=args.device, progress=None if args.json else TextBar())
+    if args.json:
+        print(json.dumps(result.to_json()))
+        return 0
+    with pd.option_context("display.width", 160, "display.max_columns", 12, "display.max_colwidth", 40):
+        print(result.matches.drop(columns=[c for c in ("setting", "mixture_of") if c in result.matches]).to_string(
+            index=False, float_format="%.3f"))
+        if len(result.group_matches):
+            print("\nGroups (mean similarity of their models):")
+            print(result.group_matches.to_string(index=False, float_format="%.3f"))
+    print(f"\n{len(examples)} examples, {len(result.losses)} steps (final loss {result.to_json()['final_loss']:.3f}), "
+          f"{result.seconds:.1f} s" + (f"; task adapter kept in {result.adapter_dir}" if result.adapter_dir else ""))
+    return 0

@@ -1,0 +1,174 @@
+"""Task search: ranking and group ranking on synthetic vectors, and the whole search (finetune + engine) on the tiny
+pool: progress, determinism, the kept adapter, the map position, the CLI's JSON, and bad input before any work."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.catalog import read_catalog
+from core.errors import DeltaAtlasError, ExamplesError
+from core.task import (TaskResult, cosine_to, find_models, pool_base, pool_recipe, rank, rank_groups,
+                       vectors_file)
+from core.train import Example, Recipe
+from core.vectors import make_table, matrix
+
+EXAMPLES = [Example("Add two and three.", "Five."), Example("Add one and one.", "Two."),
+            Example("Add four and four.", "Eight."), Example("Add two and two.", "Four.")]
+STEPS = 3
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DELTA_ATLAS_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def pool(tiny_pool, tmp_path_factory):
+    """The tiny pool's LoRA adapters in a catalog of our own, with a small recipe.json beside it."""
+    from conftest import write_catalog
+
+    root = tmp_path_factory.mktemp("task_pool")
+    rows = [{"name": n, "source": str(p), "kind": "lora", "base": str(tiny_pool["base"]), "domain": "ab"[i % 2],
+             "dataset": f"set{i // 2}"} for i, (n, p) in enumerate(tiny_pool["loras"].items())]
+    write_catalog(root / "catalog.csv", rows)
+    recipe = Recipe(rank=4, alpha=8, target_modules=("q_proj", "v_proj"), learning_rate=1e-2, batch_size=2,
+                    warmup_steps=1, seed=3)
+    (root / "recipe.json").write_text(json.dumps(recipe.to_json()))
+    return root / "catalog.csv"
+
+
+def synthetic_table() -> pd.DataFrame:
+    vectors = np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0, 0.8, 0.2], [-1, 0, 0]], dtype=np.float32)
+    labels = pd.DataFrame({"name": list("abcde"), "domain": ["x", "x", "y", "y", ""], "dataset": list("ppqrs")})
+    return make_table(list("abcde"), vectors, labels)
+
+
+# -- ranking ----------------------------------------------------------------------------------------------------
+def test_rank_orders_by_cosine_and_keeps_labels():
+    matches = rank(np.array([2.0, 0.1, 0.0], dtype=np.float32), synthetic_table())
+    assert list(matches["name"]) == ["a", "b", "c", "d", "e"]
+    assert list(matches.columns) == ["name", "similarity", "domain", "dataset"]
+    assert matches["similarity"].iloc[0] == pytest.approx(2 / np.hypot(2, 0.1))
+    assert matches["similarity"].iloc[-1] == pytest.approx(-2 / np.hypot(2, 0.1))
+    assert list(rank(np.array([0, 1, 0.1]), synthetic_table(), top=2)["name"]) == ["c", "d"]
+
+
+def test_rank_refuses_vectors_of_another_size():
+    with pytest.raises(DeltaAtlasError, match="4 dimensions but the pool's have 3"):
+        rank(np.ones(4), synthetic_table())
+
+
+def test_cosine_of_a_zero_vector_is_zero():
+    assert list(cosine_to(np.zeros(3), np.eye(3))) == [0, 0, 0]
+
+
+def test_rank_groups_means_best_first_and_skips_empty_labels():
+    groups = rank_groups(rank(np.array([0.0, 1.0, 0.0]), synthetic_table()))
+    domain = groups[groups["group_by"] == "domain"]
+    assert list(domain["group"]) == ["y", "x"]                      # "" (model e) is no group
+    sims = cosine_to(np.array([0.0, 1, 0]), matrix(synthetic_table()))
+    assert domain["similarity"].iloc[0] == pytest.approx((sims[2] + sims[3]) / 2)
+    assert domain["best"].iloc[0] == pytest.approx(sims[2]) and list(domain["models"]) == [2, 2]
+    assert set(groups["group_by"]) == {"domain", "dataset"}
+    assert len(rank_groups(pd.DataFrame({"name": ["a"], "similarity": [1.0]}))) == 0
+
+
+# -- the pool ---------------------------------------------------------------------------------------------------
+def test_pool_recipe_and_vectors_file(pool, tmp_path):
+    assert pool_recipe(pool).learning_rate == 1e-2
+    lonely = tmp_path / "cat.csv"
+    shutil.copy(pool, lonely)
+    assert pool_recipe(lonely) == Recipe()                          # no recipe.json: the default, with a warning
+    (tmp_path / "recipe.json").write_text("{not json")
+    with pytest.raises(DeltaAtlasError, match="recipe.json cannot be read"):
+        pool_recipe(lonely)
+    assert vectors_file(lonely) is None
+    (tmp_path / "cat.vectors.parquet").write_bytes(b"")
+    assert vectors_file(lonely) == tmp_path / "cat.vectors.parquet"
+
+
+def test_pool_with_two_bases_is_refused(tiny_pool, tmp_path):
+    from conftest import write_catalog
+
+    rows = [{"name": "a", "source": str(tiny_pool["loras"]["lora_0"]), "kind": "lora", "base": str(tiny_pool["base"])},
+            {"name": "b", "source": str(tiny_pool["loras"]["lora_1"]), "kind": "lora", "base": str(tmp_path)}]
+    catalog = read_catalog(write_catalog(tmp_path / "two.csv", rows))
+    with pytest.raises(DeltaAtlasError, match="mixes 2 bases"):
+        pool_base(catalog, ["a", "b"])
+
+
+# -- the whole search -------------------------------------------------------------------------------------------
+class FakeProjector:
+    def transform(self, Y):
+        return np.asarray(Y)[:, :2] * 10
+
+
+def test_find_models_end_to_end(pool, tmp_path):
+    events = []
+    keep = tmp_path / "kept" / "task-adapter"
+    result = find_models(EXAMPLES, pool, steps=STEPS, keep_adapter=keep, projector=FakeProjector(),
+                         progress=events.append)
+    assert isinstance(result, TaskResult)
+    stages = [e.stage for e in events]
+    task_stages = stages[stages.index("finetune"):]     # before: the engine embeds the pool (no vector file yet)
+    assert set(task_stages) == {"finetune", "embed"} and task_stages == sorted(task_stages, key=["finetune", "embed"].index)
+    finetune = [e for e in events if e.stage == "finetune"]
+    assert [e.done for e in finetune] == list(range(1, STEPS + 1)) and all(e.loss is not None for e in finetune)
+    assert len(result.losses) == STEPS
+    # every pool model ranked by its cosine to the task vector, best first, with its labels
+    from core.engine import embed_catalog
+
+    table = embed_catalog(pool).table
+    expected = dict(zip(table["name"], cosine_to(result.vector.astype(np.float64), matrix(table).astype(np.float64))))
+    assert list(result.matches["similarity"]) == sorted(result.matches["similarity"], reverse=True)
+    assert {n: s for n, s in zip(result.matches["name"], result.matches["similarity"])} == pytest.approx(expected)
+    assert {"domain", "dataset"} <= set(result.matches.columns)
+    assert set(result.group_matches["group_by"]) == {"domain", "dataset"}
+    assert result.position == pytest.approx(result.vector[:2] * 10)
+    assert result.adapter_dir == keep.resolve()
+    assert (keep / "adapter_config.json").is_file() and (keep / "adapter_model.safetensors").is_file()
+    assert [p.name for p in keep.parent.iterdir()] == ["task-adapter"]      # no temporary folder left behind
+    # seeded: the same examples give the same task vector
+    again = find_models(EXAMPLES, pool, vectors=table, steps=STEPS, top=2)
+    assert np.allclose(again.vector, result.vector, atol=1e-5)
+    assert len(again.matches) == 2 and again.adapter_dir is None
+
+
+def test_find_models_checks_before_work(pool, tmp_path, monkeypatch):
+    import core.task
+
+    def boom(*args, **kwargs):
+        raise AssertionError("no finetuning should start")
+
+    monkeypatch.setattr(core.task, "finetune_task", boom)
+    with pytest.raises(ExamplesError, match="holds 1 example"):
+        find_models(EXAMPLES[:1], pool)
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "x").write_text("x")
+    with pytest.raises(DeltaAtlasError, match="not an empty folder"):
+        find_models(EXAMPLES, pool, keep_adapter=occupied)
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(DeltaAtlasError, match="Cannot write the task adapter"):
+        find_models(EXAMPLES, pool, keep_adapter=a_file / "adapter")
+
+
+def test_cli_find_json(pool, tmp_path, capsys):
+    from core.cli import main
+
+    examples = tmp_path / "task.jsonl"
+    examples.write_text("\n".join(json.dumps({"question": e.instruction, "answer": e.response}) for e in EXAMPLES))
+    assert main(["find", "--examples", str(examples), "--catalog", str(pool), "--top", "3", "--steps", "2",
+                 "--json"]) == 0
+    out = capsys.readouterr().out
+    data = json.loads(out)                                    # exactly one JSON object on stdout
+    assert len(data["matches"]) == 3 and data["seconds"] > 0
+    assert set(data["matches"][0]) == {"name", "similarity", "domain", "dataset"}
+    assert data["matches"][0]["similarity"] >= data["matches"][1]["similarity"]
+    assert main(["find", "--examples", str(tmp_path / "missing.jsonl"), "--catalog", str(pool)]) == 2
+    assert "does not exist" in capsys.readouterr().err
