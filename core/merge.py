@@ -1,0 +1,509 @@
+"""Merge LoRA adapters for a task with PEFT's ``add_weighted_adapter``, and say how good the merge is.
+
+Weights are given by hand, set from each adapter's similarity to the task (``auto``), or searched on the task's
+examples (``search``, LoraHub-style: bounded weights, loss plus a small L1 penalty, nevergrad's NGOpt). The merged
+adapter is evaluated next to the base and every ingredient (loss and perplexity on the examples), and its predicted
+Delta Activations (the weighted sum of its ingredients' vectors) are compared with the measured ones.
+
+Everything is validated before any model is loaded, and the output folder is written as a temporary folder beside
+it that is renamed at the end: a failure leaves nothing half-written.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from .catalog import Catalog, ModelEntry, Source, parse_source, read_catalog
+from .errors import DeltaAtlasError, MergeError
+from .examples import check_count, load_examples
+from .progress import ProgressFn, TextBar, report
+from .task import DEMO_CATALOG, cosine_to
+from .train import Example, example_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    combination_type: str     # PEFT's name
+    same_rank: bool           # every adapter must have the same rank
+    density: float | None     # default fraction of values kept (ties / dare), None when the method has no density
+    averages: bool            # the method averages the agreeing adapters itself (ties family) rather than summing
+    about: str
+
+
+METHODS: dict[str, MethodSpec] = {
+    "linear": MethodSpec("linear", True, None, False, "weighted sum of the A and B matrices (fast, approximate)"),
+    "ties": MethodSpec("ties", True, 0.5, True, "keep the largest values, elect a sign, average those that agree"),
+    "dare_ties": MethodSpec("dare_ties", True, 0.5, True, "drop values at random and rescale, then TIES"),
+    "dare_linear": MethodSpec("dare_linear", True, 0.5, False, "drop values at random and rescale, then sum"),
+    "svd": MethodSpec("svd", False, None, False, "exact weighted sum of the updates, re-factorised to the largest rank"),
+    "cat": MethodSpec("cat", False, None, False, "exact weighted sum, stacked: the rank is the sum of the ranks"),
+}
+WEIGHT_MODES = ("auto", "search")
+SEARCH_BOUNDS = (-1.5, 1.5)   # LoraHub's bounds on every weight
+SEARCH_BUDGET = 30            # loss evaluations of the search
+L1_PENALTY = 0.05             # LoraHub's: 0.05 * mean |w| added to the loss
+MERGED = "default"            # adapter name of the merge inside PEFT: saved at the folder's top level
+RECIPE_FILE, REPORT_FILE = "recipe.yaml", "report.json"
+
+
+@dataclass
+class MergePlan:
+    """A merge that has passed every check: ingredients, their folders, base, method and weights."""
+
+    names: list[str]
+    dirs: list[Path]
+    base: Source
+    method: str
+    weights: list[float] | str          # numbers, "auto" or "search"
+    density: float | None
+    ranks: list[int]
+    catalog: Catalog
+
+    @property
+    def spec(self) -> MethodSpec:
+        return METHODS[self.method]
+
+
+@dataclass
+class MergeReport:
+    ingredients: list[str]
+    method: str
+    weights: list[float]
+    weights_mode: str                   # "given", "auto" or "search"
+    base: str
+    density: float | None = None
+    losses: dict[str, float] = field(default_factory=dict)        # "base", each ingredient, "merged"
+    perplexities: dict[str, float] = field(default_factory=dict)
+    similarities: dict[str, float] = field(default_factory=dict)  # each ingredient's cosine to the task
+    predicted_vector: np.ndarray | None = None
+    measured_vector: np.ndarray | None = None
+    predicted_vs_measured_cosine: float | None = None
+    search: list[dict] = field(default_factory=list)              # every evaluation of the weight search
+    out_dir: Path | None = None
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        vec = lambda v: None if v is None else [float(x) for x in v]  # noqa: E731
+        return {"ingredients": self.ingredients, "method": self.method, "weights": self.weights,
+                "weights_mode": self.weights_mode, "density": self.density, "base": self.base,
+                "losses": self.losses, "perplexities": self.perplexities, "similarities": self.similarities,
+                "predicted_vs_measured_cosine": self.predicted_vs_measured_cosine,
+                "predicted_vector": vec(self.predicted_vector), "measured_vector": vec(self.measured_vector),
+                "search": self.search, "out_dir": str(self.out_dir) if self.out_dir else None,
+                "seconds": round(self.seconds, 3)}
+
+
+# -- validation -------------------------------------------------------------------------------------------------
+def parse_weights(weights: str | list | tuple, n: int) -> list[float] | str:
+    """``"auto"``, ``"search"``, ``"0.5,1"`` or a list of numbers -> a mode or ``n`` finite floats."""
+    if isinstance(weights, str):
+        if weights.strip().lower() in WEIGHT_MODES:
+            return weights.strip().lower()
+        weights = [w for w in weights.split(",") if w.strip()]
+    try:
+        values = [float(w) for w in weights]
+    except (TypeError, ValueError):
+        raise MergeError(f"Weights {weights!r} are not numbers: give one number per adapter (e.g. 0.5,0.5), "
+                         "auto or search.") from None
+    if len(values) != n:
+        raise MergeError(f"{len(values)} weight(s) for {n} adapters: give exactly one weight per adapter.")
+    if not all(math.isfinite(v) for v in values):
+        raise MergeError(f"Weights {values} include a non-finite number: use ordinary numbers.")
+    return values
+
+
+def plan_merge(catalog: str | Path | Catalog, names: list[str] | str, method: str = "ties",
+               weights: str | list = "auto", density: float | None = None) -> MergePlan:
+    """Check everything a merge needs before any model is loaded; one :class:`MergeError` lists what does not fit."""
+    if method not in METHODS:
+        raise MergeError(f"Unknown merge method {method!r}: use one of {', '.join(METHODS)}.")
+    spec = METHODS[method]
+    names = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
+    if len(names) < 2:
+        raise MergeError(f"A merge needs at least two adapters; got {len(names)} ({', '.join(names) or 'none'}).")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise MergeError(f"Adapter {dupes[0]!r} is listed twice: list every adapter once and set its weight instead.")
+    weights = parse_weights(weights, len(names))
+    if density is not None and (spec.density is None or not 0 < density <= 1):
+        raise MergeError(f"Density {density} does not apply: it is a fraction in (0, 1] for ties, dare_ties and "
+                         f"dare_linear only (method {method!r}).")
+    catalog = catalog if isinstance(catalog, Catalog) else read_catalog(catalog)
+    missing = [n for n in names if n not in catalog.names]
+    if missing:
+        known = ", ".join(catalog.names[:8]) + (" ..." if len(catalog) > 8 else "")
+        raise MergeError(f"Not in the catalog {catalog.path or ''}: {', '.join(missing)}. Known names: {known}.")
+    entries = [catalog.get(n) for n in names]
+    problems, dirs, ranks, configs = [], [], [], []
+    for entry in entries:
+        folder, config, problem = _check_adapter(entry)
+        if problem:
+            problems.append(problem)
+            continue
+        dirs.append(folder)
+        configs.append(config)
+        ranks.append(max([int(config.get("r", 8)), *map(int, (config.get("rank_pattern") or {}).values())]))
+    bases = {str(e.base) for e in entries}
+    if len(bases) > 1:
+        problems.append("the adapters come from different bases (" + "; ".join(f"{e.name}: {e.base}" for e in entries)
+                        + "); merge adapters of one base only")
+    if not problems and spec.same_rank and len(set(ranks)) > 1:
+        problems.append(f"method {method!r} needs adapters of one rank, but "
+                        + ", ".join(f"{n} has rank {r}" for n, r in zip(names, ranks))
+                        + "; use svd or cat, which accept different ranks")
+    if not problems and len({isinstance(c.get("target_modules"), str) for c in configs}) > 1:
+        problems.append("some adapters name their target modules by a pattern and others by a list; PEFT cannot "
+                        "combine those: retrain one of them with a list of module names")
+    if problems:
+        raise MergeError("Cannot merge " + ", ".join(names) + ": " + "; ".join(problems) + ".")
+    return MergePlan(names=names, dirs=dirs, base=entries[0].base, method=method, weights=weights,
+                     density=density if density is not None else spec.density, ranks=ranks, catalog=catalog)
+
+
+def _check_adapter(entry: ModelEntry) -> tuple[Path | None, dict, str | None]:
+    """(folder, adapter_config, problem) for one ingredient: a readable LoRA adapter with safetensors weights."""
+    from .loading import read_json, resolve_source
+
+    if entry.kind == "full":
+        return None, {}, f"{entry.name} is a full model, not an adapter (only LoRA adapters can be merged)"
+    try:
+        folder = resolve_source(entry.source)
+    except DeltaAtlasError as exc:
+        return None, {}, f"{entry.name}: {exc}".rstrip(".")
+    if not (folder / "adapter_config.json").is_file():
+        return None, {}, f"{entry.name} ({folder}) is a full model, not an adapter (only LoRA adapters can be merged)"
+    try:
+        config = read_json(folder / "adapter_config.json")
+    except DeltaAtlasError as exc:
+        return None, {}, f"{entry.name}: {exc}".rstrip(".")
+    if str(config.get("peft_type", "")).upper() != "LORA":
+        return None, {}, f"{entry.name} is a {config.get('peft_type')} adapter; merging needs LoRA adapters"
+    return folder, config, None
+
+
+def check_out_dir(out_dir: str | Path | None, overwrite: bool = False) -> tuple[Path, Path]:
+    """The output folder and a fresh temporary folder beside it; a clear error when it cannot be written."""
+    if out_dir is None or not str(out_dir).strip():
+        raise MergeError("No output folder given: pass --out DIR (it will hold the merged adapter and its report).")
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise MergeError(f"Output {out} is a file: give a folder path.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise MergeError(f"Output folder {out} already exists and is not empty: choose a new folder or pass "
+                         "--overwrite to replace it.")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as exc:
+        raise MergeError(f"Cannot write to {out} ({exc.strerror or exc}): choose a folder you can write to.") from None
+    return out, work
+
+
+def _publish(work: Path, out: Path) -> None:
+    """Put the finished folder in place; an older folder is replaced only once the new one is complete."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{time.time_ns()}")
+        out.rename(old)
+    work.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# -- weights ----------------------------------------------------------------------------------------------------
+def auto_weights(similarities: np.ndarray, spec: MethodSpec) -> list[float]:
+    """Normalised positive cosines: p_i = max(cos_i, 0) / sum_j max(cos_j, 0). Summing methods get p (the merge
+    is a weighted average); averaging methods (ties family) get k * p, since they divide by the count themselves.
+    When no adapter is positively similar, every adapter gets the same weight."""
+    positive = np.clip(np.asarray(similarities, dtype=np.float64), 0, None)
+    if positive.sum() <= 0:
+        log.warning("No adapter is positively similar to the task: equal weights.")
+        positive = np.ones_like(positive)
+    p = positive / positive.sum()
+    return [float(w) for w in (p * len(p) if spec.averages else p)]
+
+
+def search_weights(loss_of, n: int, spec: MethodSpec, budget: int = SEARCH_BUDGET, seed: int = 0,
+                   progress: ProgressFn | None = None) -> tuple[list[float], list[dict]]:
+    """LoraHub-style gradient-free search: minimise loss(w) + L1_PENALTY * mean|w| over w in SEARCH_BOUNDS^n with
+    nevergrad's NGOpt, starting from equal weights. Returns the best evaluated weights and the history."""
+    import nevergrad as ng
+
+    start = np.full(n, 1.0 if spec.averages else 1.0 / n)
+    param = ng.p.Array(init=start, lower=SEARCH_BOUNDS[0], upper=SEARCH_BOUNDS[1])
+    param.random_state = np.random.RandomState(seed)
+    optimizer = ng.optimizers.NGOpt(parametrization=param, budget=budget, num_workers=1)
+    history, best = [], (math.inf, start)
+    for step in range(budget):
+        with warnings.catch_warnings():   # NGOpt's inner optimisers warn about their own settings on tiny budgets
+            warnings.simplefilter("ignore", UserWarning)
+            candidate = optimizer.ask()
+        weights = np.asarray(candidate.value, dtype=np.float64)
+        loss = float(loss_of([float(w) for w in weights]))
+        score = loss + L1_PENALTY * float(np.mean(np.abs(weights))) if math.isfinite(loss) else 1e9
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            optimizer.tell(candidate, score)
+        history.append({"weights": [float(w) for w in weights], "loss": loss, "score": score})
+        if score < best[0]:
+            best = (score, weights)
+        report(progress, step + 1, budget, "search", "weights", loss)
+    return [float(w) for w in best[1]], history
+
+
+# -- merging ----------------------------------------------------------------------------------------------------
+def load_ingredients(plan: MergePlan, device=None):
+    """The base with every ingredient loaded as a named adapter (``ingredient_i``), and the tokenizer."""
+    import torch
+    from peft import PeftModel
+
+    from .device import pick_device
+    from .loading import load_model, resolve_source
+
+    base_dir = resolve_source(plan.base)
+    model, tokenizer = load_model(base_dir, pick_device(device), torch.float32)
+    if tokenizer is None:
+        raise MergeError(f"Base {base_dir} has no tokenizer: the examples cannot be evaluated.")
+    model = PeftModel.from_pretrained(model, str(plan.dirs[0]), adapter_name="ingredient_0")
+    for i, folder in enumerate(plan.dirs[1:], start=1):
+        model.load_adapter(str(folder), adapter_name=f"ingredient_{i}")
+    return model.eval(), tokenizer
+
+
+def combine(model, plan: MergePlan, weights: list[float], name: str, seed: int = 0) -> None:
+    """Add adapter ``name`` = the ingredients combined with ``weights`` (seeded: DARE drops values at random)."""
+    import torch
+
+    if name in model.peft_config:
+        model.set_adapter("ingredient_0")   # never delete the active adapter (PEFT warns)
+        model.delete_adapter(name)
+    torch.manual_seed(seed)
+    kwargs = {"density": plan.density} if plan.spec.density is not None else {}
+    model.add_weighted_adapter([f"ingredient_{i}" for i in range(len(plan.names))], list(weights), name,
+                               combination_type=plan.spec.combination_type, **kwargs)
+    model.set_adapter(name)
+
+
+def evaluate(model, tokenizer, plan: MergePlan, examples: list[Example], progress: ProgressFn | None = None) -> dict:
+    """Loss on the examples of the base, every ingredient and the merge (the merge must be adapter MERGED)."""
+    total, losses = len(plan.names) + 2, {}
+    with model.disable_adapter():
+        losses["base"] = example_loss(model, tokenizer, examples)
+    report(progress, 1, total, "evaluate", "base", losses["base"])
+    for i, name in enumerate(plan.names):
+        model.set_adapter(f"ingredient_{i}")
+        losses[name] = example_loss(model, tokenizer, examples)
+        report(progress, i + 2, total, "evaluate", name, losses[name])
+    model.set_adapter(MERGED)
+    losses["merged"] = example_loss(model, tokenizer, examples)
+    report(progress, total, total, "evaluate", "merged", losses["merged"])
+    return losses
+
+
+def merge_adapters(catalog: str | Path | Catalog, names: list[str] | str, method: str = "ties",
+                   weights: str | list = "auto", examples: list[Example] | None = None,
+                   out_dir: str | Path | None = None, task_vector: np.ndarray | None = None,
+                   progress: ProgressFn | None = None, *, density: float | None = None,
+                   vectors: pd.DataFrame | None = None, budget: int = SEARCH_BUDGET, seed: int = 0,
+                   device=None, measure: bool = True, overwrite: bool = False) -> MergeReport:
+    """Merge, evaluate, write ``out_dir`` (adapter + recipe.yaml + report.json) and return the report."""
+    start = time.perf_counter()
+    plan = plan_merge(catalog, names, method, weights, density)
+    if examples is not None:
+        check_count(len(examples), "The examples")
+    if plan.weights == "search" and not examples:
+        raise MergeError("--weights search tunes the weights on the task's examples: give --examples FILE.")
+    if plan.weights == "auto" and task_vector is None and not examples:
+        raise MergeError("--weights auto weighs adapters by their similarity to the task: give --examples FILE.")
+    out, work = check_out_dir(out_dir, overwrite)
+    try:
+        result = _run(plan, examples, work, task_vector, vectors, budget, seed, device, measure, progress)
+        result.out_dir = out
+        result.seconds = time.perf_counter() - start
+        write_outputs(result, plan, work, seed)
+        _publish(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return result
+
+
+def _run(plan, examples, work, task_vector, vectors, budget, seed, device, measure, progress) -> MergeReport:
+    """The merge itself, in ``work``: vectors, weights, PEFT combination, evaluation, additivity preview."""
+    from .task import embed_task
+
+    mode = plan.weights if isinstance(plan.weights, str) else "given"
+    known, settings = _pool_vectors(plan, vectors)
+    if mode == "auto" and task_vector is None:
+        task_vector, _ = embed_task(examples, plan.catalog, plan.base, settings=settings, adapter_dir=work / ".task",
+                                    device=device, progress=progress)
+        shutil.rmtree(work / ".task", ignore_errors=True)
+    ingredients = _ingredient_vectors(plan, known, settings, device, progress) if mode == "auto" or measure else None
+    result = MergeReport(ingredients=plan.names, method=plan.method, weights=[], weights_mode=mode,
+                         base=str(plan.base), density=plan.density)
+    if task_vector is not None and ingredients is not None:
+        sims = cosine_to(np.asarray(task_vector, np.float64), ingredients.astype(np.float64))
+        result.similarities = {n: float(s) for n, s in zip(plan.names, sims)}
+    model, tokenizer = load_ingredients(plan, device)
+    if mode == "auto":
+        result.weights = auto_weights(np.array([result.similarities[n] for n in plan.names]), plan.spec)
+    elif mode == "search":
+        def loss_of(w: list[float]) -> float:
+            combine(model, plan, w, "candidate", seed)
+            return example_loss(model, tokenizer, examples)
+
+        result.weights, result.search = search_weights(loss_of, len(plan.names), plan.spec, budget, seed, progress)
+        model.set_adapter("ingredient_0")
+        model.delete_adapter("candidate")
+    else:
+        result.weights = list(plan.weights)
+    combine(model, plan, result.weights, MERGED, seed)
+    report(progress, 1, 1, "merge", plan.method)
+    if examples:
+        result.losses = evaluate(model, tokenizer, plan, examples, progress)
+        result.perplexities = {k: float(math.exp(min(v, 50.0))) for k, v in result.losses.items()}
+    model.save_pretrained(str(work), selected_adapters=[MERGED], safe_serialization=True)
+    del model
+    if measure:
+        _additivity(result, ingredients, plan, work, settings, device, progress)
+    return result
+
+
+def _pool_vectors(plan: MergePlan, vectors: pd.DataFrame | None) -> tuple[dict[str, np.ndarray], dict]:
+    """Vectors already known for the pool (given, or the file beside the catalog) and the settings they used."""
+    from .task import vectors_file
+    from .vectors import read_metadata, read_vectors
+
+    settings: dict = {}
+    if vectors is None and plan.catalog.path is not None:
+        path = vectors_file(plan.catalog.path)
+        if path is not None:
+            vectors = read_vectors(path)
+            settings = read_metadata(path) if path.suffix == ".parquet" else {}
+    if vectors is None:
+        return {}, settings
+    return {n: np.asarray(v, np.float32) for n, v in zip(vectors["name"], vectors["vector"])}, settings
+
+
+def _ingredient_vectors(plan, known, settings, device, progress) -> np.ndarray:
+    """[k, d] the ingredients' vectors: from the pool where known, embedded now otherwise."""
+    from .task import embed_adapter_dirs
+
+    todo = {n: d for n, d in zip(plan.names, plan.dirs) if n not in known}
+    if todo:
+        known = {**known, **embed_adapter_dirs(plan.base, todo, settings, device=device, progress=progress)}
+    return np.stack([np.asarray(known[n], np.float32) for n in plan.names])
+
+
+def _additivity(result: MergeReport, ingredients: np.ndarray, plan, work, settings, device, progress) -> None:
+    """Predicted vector (weighted sum of the ingredients') beside the merged adapter's measured one."""
+    from .task import embed_adapter_dirs
+
+    result.predicted_vector = (np.asarray(result.weights)[:, None] * ingredients).sum(0).astype(np.float32)
+    measured = embed_adapter_dirs(plan.base, {"merged": work}, settings, device=device, progress=progress)["merged"]
+    result.measured_vector = np.asarray(measured, np.float32)
+    result.predicted_vs_measured_cosine = float(cosine_to(result.predicted_vector.astype(np.float64),
+                                                          result.measured_vector[None].astype(np.float64))[0])
+
+
+# -- outputs and replay -----------------------------------------------------------------------------------------
+def write_outputs(result: MergeReport, plan: MergePlan, work: Path, seed: int) -> None:
+    recipe = {"delta_atlas_merge": 1, "base": str(plan.base), "method": plan.method, "density": plan.density,
+              "weights": result.weights, "weights_mode": result.weights_mode, "seed": seed,
+              "ingredients": [{"name": n, "source": str(plan.catalog.get(n).source)} for n in plan.names],
+              "catalog": str(plan.catalog.path) if plan.catalog.path else None}
+    (work / RECIPE_FILE).write_text(yaml.safe_dump(recipe, sort_keys=False))
+    (work / REPORT_FILE).write_text(json.dumps(result.to_json(), indent=1))
+
+
+def read_recipe(recipe_path: str | Path) -> dict:
+    path = Path(recipe_path)
+    if not path.is_file():
+        raise MergeError(f"Recipe file {path} does not exist: give the recipe.yaml of an earlier merge.")
+    try:
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise MergeError(f"Recipe {path} is not valid YAML ({str(exc).splitlines()[0]}).") from None
+    missing = [k for k in ("base", "method", "weights", "ingredients") if not isinstance(recipe, dict) or k not in recipe]
+    if missing:
+        raise MergeError(f"Recipe {path} lacks {', '.join(missing)}: it must hold base, method, weights and ingredients.")
+    if not isinstance(recipe["ingredients"], list) or not all(
+            isinstance(i, dict) and {"name", "source"} <= set(i) for i in recipe["ingredients"]):
+        raise MergeError(f"Recipe {path}: ingredients must be a list of {{name, source}} entries.")
+    return recipe
+
+
+def replay_recipe(recipe_path: str | Path, examples: list[Example] | None, out_dir: str | Path,
+                  progress: ProgressFn | None = None, **kwargs) -> MergeReport:
+    """Merge again exactly as a recipe says (same sources, method, weights, density and seed)."""
+    recipe = read_recipe(recipe_path)
+    root = Path(recipe_path).resolve().parent
+    base = parse_source(str(recipe["base"]), root)
+    entries = [ModelEntry(name=str(i["name"]), source=parse_source(str(i["source"]), root), kind="lora", base=base)
+               for i in recipe["ingredients"]]
+    catalog_path = Path(recipe["catalog"]) if recipe.get("catalog") else None
+    catalog = Catalog(entries=entries, label_columns=[],
+                      path=catalog_path if catalog_path is not None and catalog_path.is_file() else None)
+    return merge_adapters(catalog, [e.name for e in entries], recipe["method"], recipe["weights"], examples, out_dir,
+                          progress=progress, density=recipe.get("density"), seed=int(recipe.get("seed", 0)), **kwargs)
+
+
+# -- command line -----------------------------------------------------------------------------------------------
+def add_arguments(parser) -> None:
+    parser.add_argument("--models", help="adapters to merge, by catalog name: A,B[,C...]")
+    parser.add_argument("--method", default="ties", choices=list(METHODS), help="how to combine them (default ties)")
+    parser.add_argument("--weights", default="auto", help="w1,w2,... | auto (similarity to the task) | search "
+                        "(tuned on the examples)")
+    parser.add_argument("--density", type=float, default=None, help="fraction kept by ties / dare (default 0.5)")
+    parser.add_argument("--examples", help="the task's examples (JSON Lines, JSON, CSV or text)")
+    parser.add_argument("--out", required=True, help="output folder (adapter, recipe.yaml, report.json)")
+    parser.add_argument("--catalog", default=str(DEMO_CATALOG), help="pool catalog CSV (default: the demo zoo)")
+    parser.add_argument("--recipe", help="replay the recipe.yaml of an earlier merge instead")
+    parser.add_argument("--budget", type=int, default=SEARCH_BUDGET, help="loss evaluations of --weights search")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--no-measure", action="store_true", help="skip embedding the merged adapter")
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+
+
+def main(args) -> int:
+    examples = load_examples(args.examples) if args.examples else None
+    progress = None if args.json else TextBar()
+    common = dict(progress=progress, overwrite=args.overwrite, measure=not args.no_measure, device=args.device)
+    if args.recipe:
+        if args.models:
+            raise MergeError("Give either --recipe (replay a merge) or --models (a new merge), not both.")
+        result = replay_recipe(args.recipe, examples, args.out, **common)
+    else:
+        if not args.models:
+            raise MergeError("Name the adapters to merge with --models A,B (or replay a merge with --recipe FILE).")
+        if args.budget < 1:
+            raise MergeError(f"--budget {args.budget}: give a positive number of evaluations.")
+        result = merge_adapters(args.catalog, args.models, args.method, args.weights, examples, args.out,
+                                density=args.density, budget=args.budget, **common)
+    if args.json:
+        data = result.to_json()
+        data.pop("predicted_vector"), data.pop("measured_vector")
+        print(json.dumps(data))
+        return 0
+    print(f"Merged {', '.join(result.ingredients)} with {result.method} ({result.weights_mode} weights "
+          + ", ".join(f"{w:.3f}" for w in result.weights) + f") into {result.out_dir}")
+    for name, loss in result.losses.items():
+        print(f"  {name:<28} loss {loss:.4f}  perplexity {result.perplexities[name]:.2f}")
+    if result.predicted_vs_measured_cosine is not None:
+        print(f"  additivity: cosine(predicted, measured) = {result.predicted_vs_measured_cosine:.3f}")
+    print(f"  {result.seconds:.1f} s")
+    return 0
