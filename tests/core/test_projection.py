@@ -1,0 +1,143 @@
+"""Projector, Clusterer and the cosine helpers on vectors whose structure is known."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.errors import DeltaAtlasError
+from core.projection import (Clusterer, Projector, cosine_similarities, describe_quality, label_silhouette,
+                             map_quality, nearest_neighbours)
+
+
+def blobs(n_clusters: int = 4, per: int = 6, dim: int = 32, spread: float = 0.05, seed: int = 0):
+    """Well-separated directions: ``per`` noisy copies of ``n_clusters`` random unit vectors."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(n_clusters, dim))
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    X = np.vstack([c + spread * rng.normal(size=(per, dim)) for c in centers])
+    return X * rng.uniform(0.5, 3.0, size=(len(X), 1)), np.repeat(np.arange(n_clusters), per)  # scale must not matter
+
+
+def test_cosine_similarities_and_neighbours():
+    X = np.array([[1.0, 0.0], [2.0, 0.1], [0.0, 1.0], [-1.0, 0.0]])
+    S = cosine_similarities(X)
+    assert S.shape == (4, 4) and np.allclose(np.diag(S), 1.0)
+    assert S[0, 3] == pytest.approx(-1.0)
+    assert nearest_neighbours(X, 0, k=2)[0][0] == 1                     # itself left out
+    assert [i for i, _ in nearest_neighbours(X, 0, k=5)] == [1, 2, 3]
+    assert nearest_neighbours(X, np.array([0.0, 3.0]), k=1) == [(2, pytest.approx(1.0))]
+    with pytest.raises(DeltaAtlasError, match="Row 9"):
+        nearest_neighbours(X, 9)
+    with pytest.raises(DeltaAtlasError, match="NaN"):
+        cosine_similarities(np.array([[1.0, np.nan]]))
+
+
+def test_clusterer_auto_recovers_known_clusters():
+    X, y = blobs(n_clusters=4)
+    c = Clusterer().fit(X)
+    assert c.n_clusters_ == 4
+    assert max(c.scores_, key=c.scores_.get) == 4 and c.silhouette_ > 0.8
+    # same partition as the truth (cluster numbers are arbitrary)
+    assert len({(a, b) for a, b in zip(c.labels_, y)}) == 4
+    agg = Clusterer(algorithm="agglomerative").fit(X)
+    assert agg.n_clusters_ == 4
+    fixed = Clusterer(n_clusters=2).fit(X)
+    assert fixed.n_clusters_ == 2 and np.bincount(fixed.labels_)[0] >= np.bincount(fixed.labels_)[1]  # 0 = largest
+
+
+def test_clusterer_bad_and_tiny_input():
+    with pytest.raises(DeltaAtlasError, match="n_clusters"):
+        Clusterer(n_clusters=7).fit(np.eye(3))
+    c = Clusterer().fit(np.eye(2))
+    assert c.n_clusters_ == 1 and math.isnan(c.silhouette_)
+
+
+def test_label_silhouette():
+    X, y = blobs()
+    assert label_silhouette(X, y) > 0.8
+    shuffled = np.random.default_rng(1).permutation(y)
+    assert label_silhouette(X, shuffled) < 0.2
+    assert math.isnan(label_silhouette(X, ["a"] * len(X)))              # one label: undefined
+    with_missing = [str(v) for v in y[:-2]] + ["", None]
+    assert label_silhouette(X, with_missing) > 0.8                       # missing labels are left out
+
+
+@pytest.mark.parametrize("method", ["umap", "pca", "tsne"])
+def test_projector_keeps_clusters_and_places_new_points(method):
+    X, y = blobs(n_clusters=3, per=8)
+    p = Projector(method=method, random_state=0).fit(X)
+    assert p.embedding_.shape == (len(X), 2) and p.method_ == method and np.isfinite(p.embedding_).all()
+    assert _euclid_silhouette(p.embedding_, y) > 0.5                      # clusters stay apart on the map
+    new = X[y == 1][:2] * 1.5 + 0.01                                     # two new members of cluster 1
+    placed = p.transform(new)
+    assert placed.shape == (2, 2)
+    centroids = np.stack([p.embedding_[y == k].mean(0) for k in range(3)])
+    assert all(np.argmin(np.linalg.norm(centroids - q, axis=1)) == 1 for q in placed)
+
+
+def _euclid_silhouette(E, y):
+    from sklearn.metrics import silhouette_score
+
+    return silhouette_score(E, y)
+
+
+def test_projector_is_reproducible():
+    X, _ = blobs(n_clusters=3, per=5)
+    a = Projector(random_state=3).fit_transform(X)
+    b = Projector(random_state=3).fit_transform(X)
+    assert np.allclose(a, b)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_projector_tiny_pool_falls_back_to_pca(n):
+    X, _ = blobs(n_clusters=1, per=n)
+    p = Projector(method="umap").fit(X)
+    assert p.method_ == "pca" and "PCA" in p.note_ and p.embedding_.shape == (n, 2)
+    assert p.transform(X[:1]).shape == (1, 2)
+
+
+def test_projector_rejects_bad_input():
+    with pytest.raises(DeltaAtlasError, match="method"):
+        Projector(method="mds").fit(np.eye(6))
+    with pytest.raises(DeltaAtlasError, match="shape"):
+        Projector().fit(np.zeros((0, 3)))
+    p = Projector(method="pca").fit(np.eye(6))
+    with pytest.raises(DeltaAtlasError, match="dimension"):
+        p.transform(np.ones((1, 4)))
+
+
+def test_map_quality_good_and_random_maps():
+    X, y = blobs(n_clusters=3, per=8)
+    good = Projector(method="pca").fit_transform(X)
+    q = map_quality(X, good, k=5)
+    assert q["trustworthiness"] > 0.8 and q["knn_overlap"] > 0.5 and q["k"] == 5
+    bad = map_quality(X, np.random.default_rng(0).normal(size=(len(X), 2)), k=5)
+    assert bad["knn_overlap"] < q["knn_overlap"] and bad["trustworthiness"] < q["trustworthiness"]
+    assert "%" in describe_quality(q) and "faithful" in describe_quality(q)
+    tiny = map_quality(X[:2], good[:2])
+    assert tiny["k"] == 0 and "Too few" in describe_quality(tiny)
+
+
+def test_map_command(tmp_path, capsys):
+    from core.cli import main
+    from core.vectors import make_table, write_vectors
+
+    X, y = blobs(n_clusters=3, per=5)
+    labels = pd.DataFrame({"name": [f"m{i}" for i in range(len(X))], "domain": [f"d{k}" for k in y],
+                           "split": ["first", "second", "third", "x", "y"] * 3})
+    path = write_vectors(make_table(labels["name"].tolist(), X, labels), tmp_path / "v.parquet")
+    out = tmp_path / "map.csv"
+    assert main(["map", "--vectors", str(path), "--method", "pca", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "3 clusters" in text and "domain=d" in text and "domain" in text and "faithful" in text
+    frame = pd.read_csv(out)
+    assert list(frame.columns[:4]) == ["name", "x", "y", "cluster"] and "domain" in frame.columns and len(frame) == 15
+    assert main(["map", "--vectors", str(path), "--method", "pca", "--clusters", "2", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n_clusters"] == 2 and summary["label_silhouette"]["domain"] > 0.8 and len(summary["points"]) == 15
+    assert main(["map", "--vectors", str(path), "--clusters", "many"]) == 2
+    assert "--clusters" in capsys.readouterr().err
