@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -96,14 +96,10 @@ class MergeReport:
     seconds: float = 0.0
 
     def to_json(self) -> dict:
-        vec = lambda v: None if v is None else [float(x) for x in v]  # noqa: E731
-        return {"ingredients": self.ingredients, "method": self.method, "weights": self.weights,
-                "weights_mode": self.weights_mode, "density": self.density, "base": self.base,
-                "losses": self.losses, "perplexities": self.perplexities, "similarities": self.similarities,
-                "predicted_vs_measured_cosine": self.predicted_vs_measured_cosine,
-                "predicted_vector": vec(self.predicted_vector), "measured_vector": vec(self.measured_vector),
-                "search": self.search, "out_dir": str(self.out_dir) if self.out_dir else None,
-                "seconds": round(self.seconds, 3)}
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        for key in ("predicted_vector", "measured_vector"):
+            data[key] = None if data[key] is None else [float(x) for x in data[key]]
+        return {**data, "out_dir": str(self.out_dir) if self.out_dir else None, "seconds": round(self.seconds, 3)}
 
 
 # -- validation -------------------------------------------------------------------------------------------------
@@ -131,12 +127,7 @@ def plan_merge(catalog: str | Path | Catalog, names: list[str] | str, method: st
     if method not in METHODS:
         raise MergeError(f"Unknown merge method {method!r}: use one of {', '.join(METHODS)}.")
     spec = METHODS[method]
-    names = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
-    if len(names) < 2:
-        raise MergeError(f"A merge needs at least two adapters; got {len(names)} ({', '.join(names) or 'none'}).")
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise MergeError(f"Adapter {dupes[0]!r} is listed twice: list every adapter once and set its weight instead.")
+    names = _check_names(names)
     weights = parse_weights(weights, len(names))
     if density is not None and (spec.density is None or not 0 < density <= 1):
         raise MergeError(f"Density {density} does not apply: it is a fraction in (0, 1] for ties, dare_ties and "
@@ -147,30 +138,39 @@ def plan_merge(catalog: str | Path | Catalog, names: list[str] | str, method: st
         known = ", ".join(catalog.names[:8]) + (" ..." if len(catalog) > 8 else "")
         raise MergeError(f"Not in the catalog {catalog.path or ''}: {', '.join(missing)}. Known names: {known}.")
     entries = [catalog.get(n) for n in names]
-    problems, dirs, ranks, configs = [], [], [], []
-    for entry in entries:
-        folder, config, problem = _check_adapter(entry)
-        if problem:
-            problems.append(problem)
-            continue
-        dirs.append(folder)
-        configs.append(config)
-        ranks.append(max([int(config.get("r", 8)), *map(int, (config.get("rank_pattern") or {}).values())]))
-    bases = {str(e.base) for e in entries}
-    if len(bases) > 1:
+    checked = [_check_adapter(e) for e in entries]                     # (folder, config, problem) each
+    problems = [problem for _, _, problem in checked if problem]
+    ranks = [max([int(c.get("r", 8)), *map(int, (c.get("rank_pattern") or {}).values())]) for _, c, _ in checked
+             if c]
+    if len({str(e.base) for e in entries}) > 1:
         problems.append("the adapters come from different bases (" + "; ".join(f"{e.name}: {e.base}" for e in entries)
                         + "); merge adapters of one base only")
     if not problems and spec.same_rank and len(set(ranks)) > 1:
         problems.append(f"method {method!r} needs adapters of one rank, but "
                         + ", ".join(f"{n} has rank {r}" for n, r in zip(names, ranks))
                         + "; use svd or cat, which accept different ranks")
-    if not problems and len({isinstance(c.get("target_modules"), str) for c in configs}) > 1:
-        problems.append("some adapters name their target modules by a pattern and others by a list; PEFT cannot "
-                        "combine those: retrain one of them with a list of module names")
+    if not problems and len({isinstance(c.get("target_modules"), str) for _, c, _ in checked}) > 1:
+        problems.append("some adapters name their target modules by a pattern and others by a list, which PEFT "
+                        "cannot combine: retrain one of them with a list of module names")
     if problems:
         raise MergeError("Cannot merge " + ", ".join(names) + ": " + "; ".join(problems) + ".")
-    return MergePlan(names=names, dirs=dirs, base=entries[0].base, method=method, weights=weights,
-                     density=density if density is not None else spec.density, ranks=ranks, catalog=catalog)
+    return MergePlan(names=names, dirs=[folder for folder, _, _ in checked], base=entries[0].base, method=method,
+                     weights=weights, density=density if density is not None else spec.density, ranks=ranks,
+                     catalog=catalog)
+
+
+def _check_names(names: list[str] | str) -> list[str]:
+    names = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
+    if len(names) < 2:
+        raise MergeError(f"A merge needs at least two adapters; got {len(names)} ({', '.join(names) or 'none'}).")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise MergeError(f"Adapter {dupes[0]!r} is listed twice: list every adapter once and set its weight instead.")
+    clash = [n for n in names if n in ("base", "merged")]
+    if clash:
+        raise MergeError(f"An adapter named {clash[0]!r} clashes with the report's own rows (base, merged): "
+                         "rename it in the catalog.")
+    return names
 
 
 def _check_adapter(entry: ModelEntry) -> tuple[Path | None, dict, str | None]:
@@ -189,8 +189,9 @@ def _check_adapter(entry: ModelEntry) -> tuple[Path | None, dict, str | None]:
         config = read_json(folder / "adapter_config.json")
     except DeltaAtlasError as exc:
         return None, {}, f"{entry.name}: {exc}".rstrip(".")
-    if str(config.get("peft_type", "")).upper() != "LORA":
-        return None, {}, f"{entry.name} is a {config.get('peft_type')} adapter; merging needs LoRA adapters"
+    if str(config.get("peft_type", "")).upper() != "LORA" or config.get("use_dora"):
+        kind = "DoRA" if config.get("use_dora") else config.get("peft_type")
+        return None, {}, f"{entry.name} is a {kind} adapter; PEFT's weighted merge needs plain LoRA adapters"
     return folder, config, None
 
 
@@ -343,10 +344,11 @@ def merge_adapters(catalog: str | Path | Catalog, names: list[str] | str, method
 
 def _run(plan, examples, work, task_vector, vectors, budget, seed, device, measure, progress) -> MergeReport:
     """The merge itself, in ``work``: vectors, weights, PEFT combination, evaluation, additivity preview."""
-    from .task import embed_task
+    from .task import embed_task, stored_vectors
 
     mode = plan.weights if isinstance(plan.weights, str) else "given"
-    known, settings = _pool_vectors(plan, vectors)
+    table, settings = stored_vectors(plan.catalog) if vectors is None else (vectors, {})
+    known = {} if table is None else {n: np.asarray(v, np.float32) for n, v in zip(table["name"], table["vector"])}
     if mode == "auto" and task_vector is None:
         task_vector, _ = embed_task(examples, plan.catalog, plan.base, settings=settings, adapter_dir=work / ".task",
                                     device=device, progress=progress)
@@ -380,22 +382,6 @@ def _run(plan, examples, work, task_vector, vectors, budget, seed, device, measu
     if measure:
         _additivity(result, ingredients, plan, work, settings, device, progress)
     return result
-
-
-def _pool_vectors(plan: MergePlan, vectors: pd.DataFrame | None) -> tuple[dict[str, np.ndarray], dict]:
-    """Vectors already known for the pool (given, or the file beside the catalog) and the settings they used."""
-    from .task import vectors_file
-    from .vectors import read_metadata, read_vectors
-
-    settings: dict = {}
-    if vectors is None and plan.catalog.path is not None:
-        path = vectors_file(plan.catalog.path)
-        if path is not None:
-            vectors = read_vectors(path)
-            settings = read_metadata(path) if path.suffix == ".parquet" else {}
-    if vectors is None:
-        return {}, settings
-    return {n: np.asarray(v, np.float32) for n, v in zip(vectors["name"], vectors["vector"])}, settings
 
 
 def _ingredient_vectors(plan, known, settings, device, progress) -> np.ndarray:

@@ -83,18 +83,26 @@ def vectors_file(catalog_path: Path) -> Path | None:
     return None
 
 
+def stored_vectors(catalog: Catalog) -> tuple[pd.DataFrame | None, dict]:
+    """The vector table stored beside the catalog (or None) and the engine settings it was made with."""
+    path = vectors_file(catalog.path) if catalog.path else None
+    if path is None:
+        return None, {}
+    return read_vectors(path), (read_metadata(path) if path.suffix == ".parquet" else {})
+
+
 def pool_vectors(catalog: Catalog, progress: ProgressFn | None = None) -> tuple[pd.DataFrame, dict]:
     """The pool's vector table and the engine settings it was made with: the stored file, else computed (cached)."""
-    path = vectors_file(catalog.path) if catalog.path else None
-    if path is not None:
-        return read_vectors(path), (read_metadata(path) if path.suffix == ".parquet" else {})
+    table, settings = stored_vectors(catalog)
+    if table is not None:
+        return table, settings
     from .engine import embed_catalog
 
     log.info("No vector file beside %s: embedding the pool (cached for next time).", catalog.path)
     result = embed_catalog(catalog, progress=progress)
     if len(result.table) == 0:
         raise DeltaAtlasError(f"No model of {catalog.path} could be embedded: run `python -m core embed` to see why.")
-    return result.table, {}
+    return result.table, result.metadata
 
 
 def pool_base(catalog: Catalog, names: list[str]) -> Source:
@@ -164,9 +172,11 @@ def embed_task(examples: list[Example], catalog: Catalog, base: Source, *, setti
 
 # -- ranking ----------------------------------------------------------------------------------------------------
 def cosine_to(vector: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-    """Cosine similarity of one vector [d] to each row of ``vectors`` [n, d] -> [n] (0 where a norm is 0)."""
-    norms = np.linalg.norm(vectors, axis=1) * np.linalg.norm(vector)
-    return np.divide(vectors @ vector, norms, out=np.zeros(len(vectors), dtype=np.float64), where=norms > 0)
+    """Cosine similarity of one vector [d] to each row of ``vectors`` [n, d] -> [n], as the map computes it
+    (0 for an all-zero vector)."""
+    from .projection import cosine_similarities
+
+    return cosine_similarities(np.asarray(vector)[None, :], vectors)[0]
 
 
 def rank(vector: np.ndarray, table: pd.DataFrame, top: int | None = None) -> pd.DataFrame:
