@@ -37,7 +37,7 @@ class ZooPlan:
     vocab_size: int = 4096
     shape: BaseShape = BaseShape(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=8,
                                  num_key_value_heads=4, max_position_embeddings=512)
-    pretrain_steps: int = 2400
+    pretrain_steps: int = 1000
     pretrain_batch: int = 16
     pretrain_seq: int = 128
     pretrain_lr: float = 3e-3

@@ -233,7 +233,8 @@ def _ordered(data_dir: str, key: str) -> tuple[Example, ...]:
     folder = Path(data_dir) / info.folder
     if not folder.is_dir():
         raise DeltaAtlasError(f"Dataset folder {folder} is missing: pass --data-dir pointing at ../shared/datasets.")
-    examples = [e for e in info.loader(folder) if e.instruction and e.response]
+    # duplicates dropped, so that no held-out example is also a training example
+    examples = list(dict.fromkeys(e for e in info.loader(folder) if e.instruction and e.response))
     random.Random(f"{ORDER_SEED}:{key}").shuffle(examples)
     return tuple(examples)
 
