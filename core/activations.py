@@ -7,7 +7,6 @@ attention mask. ``adapter_names`` (one per prompt) runs PEFT's mixed-adapter bat
 """
 from __future__ import annotations
 
-import gc
 import logging
 import warnings
 from pathlib import Path
@@ -119,8 +118,6 @@ def reference_delta(base_dir: Path, model_dir: Path, kind: str, probes: Sequence
     if kind == "lora":
         model = PeftModel.from_pretrained(model, model_dir)
     model_states = _reference_states(model.eval(), tokenizer, probes, layer)
-    del model
-    gc.collect()
     return (model_states - base_states).mean(dim=0).numpy()                         # [d]
 
 

@@ -124,13 +124,23 @@ def embed_catalog(catalog: Catalog | str | Path, *, probes: Sequence[str] | None
     for entries in catalog.by_base().values():
         jobs = [_Job(e.name, e.source, e.kind) for e in entries]
         _embed_base_group(entries[0].base, jobs, s, out)
-    names = [n for n in catalog.names if n in out.vectors]
-    vectors = np.stack([out.vectors[n] for n in names]) if names else np.zeros((0, 0), dtype=np.float32)
     failures = [Failure(n, _reason(out.errors[n])) for n in catalog.names if n in out.errors]
     for failure in failures:
         log.debug("%s failed: %s", failure.name, failure.reason)
-    return EmbedResult(make_table(names, vectors, catalog.labels_frame()), failures, out.computed, out.cached,
+    return EmbedResult(_table(catalog, out.vectors), failures, out.computed, out.cached,
                        time.perf_counter() - start, s.metadata())
+
+
+def _table(catalog: Catalog, vectors: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The vector table in catalog order. Bases of different widths give vectors of different lengths: they are
+    kept as they are (one array per row), as such vectors can only be compared within their own base."""
+    names = [n for n in catalog.names if n in vectors]
+    rows = [vectors[n] for n in names]
+    if len({len(v) for v in rows}) <= 1:
+        return make_table(names, np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32), catalog.labels_frame())
+    table = make_table(names, np.zeros((len(names), 0), dtype=np.float32), catalog.labels_frame())
+    table["vector"] = rows
+    return table
 
 
 def embed_adapters(base: str | Path, adapters: dict[str, Path], *, probes: Sequence[str] | None = None,

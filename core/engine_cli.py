@@ -6,6 +6,7 @@ catalog or an option is invalid (nothing is loaded then).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from .catalog import read_catalog
@@ -38,7 +39,7 @@ def main(args: argparse.Namespace) -> int:
     probes = load_probes(args.probes)
     result = embed_catalog(catalog, probes=probes, layer=args.layer, device=args.device, dtype=args.dtype,
                            force=args.force, cache_dir=args.cache_dir, allow_pickle=args.allow_pickle,
-                           adapter_batch=args.adapter_batch, progress=TextBar())
+                           adapter_batch=args.adapter_batch, progress=TextBar(stream=sys.stderr))
     if len(result.table):
         write_vectors(result.table, args.out, {**result.metadata, "catalog": str(args.catalog)})
     print(f"{len(result.table)} of {len(catalog)} models embedded in {result.seconds:.1f} s: "

@@ -169,8 +169,8 @@ def check_adapter_fits(adapter_dir: Path, base_dir: Path, base_model) -> None:
 
     adapter_dir, base_dir = Path(adapter_dir), Path(base_dir)
     made_for = read_json(adapter_dir / ADAPTER_CONFIG).get("base_model_name_or_path") or "an unnamed base"
-    modules = dict(base_model.named_modules())
-    params = dict(base_model.named_parameters())
+    modules = plain_modules(base_model)
+    params = {name.replace(".base_layer.", "."): p for name, p in base_model.named_parameters()}
     for file in weight_files(adapter_dir):
         with safe_open(file, "pt") as handle:
             for key in handle.keys():
@@ -179,6 +179,22 @@ def check_adapter_fits(adapter_dir: Path, base_dir: Path, base_model) -> None:
                 if problem:
                     raise IncompatibleModelError(f"Adapter {adapter_dir} does not fit base {base_dir}: {problem} "
                                                  f"(the adapter was made for {made_for}); embed it against its own base.")
+
+
+def plain_modules(model) -> dict:
+    """The model's modules by name as they are without adapters: where PEFT wraps a layer (adapters of an earlier
+    batch may still be loaded), the wrapped layer stands in its place and the adapter's own modules are left out."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    modules, wrapped = {}, []
+    for name, module in model.named_modules():
+        if any(name.startswith(prefix) for prefix in wrapped):
+            continue
+        if isinstance(module, BaseTunerLayer):
+            wrapped.append(name + ".")
+            module = module.get_base_layer()
+        modules[name] = module
+    return modules
 
 
 def _adapter_tensor_problem(key: str, shape: tuple, modules: dict, params: dict) -> str | None:

@@ -1,0 +1,160 @@
+"""Sources (local / hub), the safetensors-only policy, kind detection and the fits-its-base checks."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import make_base, make_lora
+from core.catalog import parse_source
+from core.errors import IncompatibleModelError, ModelSourceError
+from core.loading import (check_adapter_fits, check_full_fits, check_kind, detect_kind, load_model,
+                          resolve_source)
+from core.tinylm import train_tokenizer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, above all on a shared, busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+
+@pytest.fixture(scope="module")
+def other(tiny_pool, tmp_path_factory) -> dict:
+    """A second, smaller base (hidden 32) and an adapter made for it."""
+    root = tmp_path_factory.mktemp("other_base")
+    base = make_base(root / "base", seed=1, hidden_size=32, intermediate_size=64)
+    return {"root": root, "base": base, "lora": make_lora(base, root / "lora", seed=7)}
+
+
+def pickle_only(src: Path, dst: Path, weights: str, bin_name: str) -> Path:
+    """A copy of ``src`` whose weights are a pickle file instead of safetensors."""
+    shutil.copytree(src, dst)
+    torch.save(load_file(dst / weights), dst / bin_name)
+    (dst / weights).unlink()
+    return dst
+
+
+def test_local_folder_resolves(tiny_pool):
+    assert resolve_source(parse_source(str(tiny_pool["base"]))) == tiny_pool["base"]
+
+
+def test_missing_folder_and_file_are_refused(tiny_pool, tmp_path):
+    with pytest.raises(ModelSourceError, match="does not exist"):
+        resolve_source(parse_source(str(tmp_path / "nope")))
+    (tmp_path / "weights.safetensors").write_text("x")
+    with pytest.raises(ModelSourceError, match="is a file, not a folder"):
+        resolve_source(parse_source(str(tmp_path / "weights.safetensors")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelSourceError, match="neither config.json nor adapter_config.json"):
+        resolve_source(parse_source(str(tmp_path / "empty")))
+
+
+def test_hub_id_calls_snapshot_download_with_repo_and_revision(tiny_pool, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    def fake(**kwargs):
+        calls.append(kwargs)
+        return str(tiny_pool["loras"]["lora_0"])
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    path = resolve_source(parse_source("someone/some-adapter@v1.2"))
+    assert path == tiny_pool["loras"]["lora_0"]
+    assert calls[0]["repo_id"] == "someone/some-adapter" and calls[0]["revision"] == "v1.2"
+    assert "*.safetensors" in calls[0]["allow_patterns"] and "*.bin" not in calls[0]["allow_patterns"]
+    resolve_source(parse_source("someone/some-adapter"), allow_pickle=True)
+    assert calls[1]["revision"] is None and "*.bin" in calls[1]["allow_patterns"]
+
+
+def test_hub_id_fails_cleanly_offline():
+    with pytest.raises(ModelSourceError, match=r"Hub model 'nobody-here/no-such-model' cannot be fetched") as info:
+        resolve_source(parse_source("nobody-here/no-such-model"))
+    assert "\n" not in str(info.value)
+
+
+def test_pickle_weights_refused_unless_opted_in(tiny_pool, tmp_path):
+    full = pickle_only(tiny_pool["base"], tmp_path / "full_bin", "model.safetensors", "pytorch_model.bin")
+    lora = pickle_only(tiny_pool["loras"]["lora_0"], tmp_path / "lora_bin", "adapter_model.safetensors",
+                       "adapter_model.bin")
+    for folder in (full, lora):
+        with pytest.raises(ModelSourceError, match="pickle weights.*--allow-pickle"):
+            resolve_source(parse_source(str(folder)))
+        assert resolve_source(parse_source(str(folder)), allow_pickle=True) == folder
+    model, _ = load_model(full, "cpu", torch.float32, allow_pickle=True)
+    reference, _ = load_model(tiny_pool["base"], "cpu", torch.float32)
+    assert torch.equal(model.model.embed_tokens.weight, reference.model.embed_tokens.weight)
+    with pytest.raises(ModelSourceError, match="cannot be loaded"):
+        load_model(full, "cpu", torch.float32)        # the loader refuses pickle too, not only resolve_source
+
+
+def test_corrupt_safetensors_is_refused(tiny_pool, tmp_path):
+    broken = shutil.copytree(tiny_pool["loras"]["lora_1"], tmp_path / "broken")
+    weights = broken / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ModelSourceError, match="adapter_model.safetensors is corrupt or truncated"):
+        resolve_source(parse_source(str(broken)))
+
+
+def test_detect_kind_and_contradicting_catalog_kind(tiny_pool):
+    lora, full = tiny_pool["loras"]["lora_0"], tiny_pool["fulls"]["full_0"]
+    assert detect_kind(lora) == "lora" and detect_kind(full) == "full"
+    assert check_kind(lora, "auto") == "lora" and check_kind(full, "full") == "full"
+    with pytest.raises(ModelSourceError, match="declared 'full'.*set kind to lora"):
+        check_kind(lora, "full")
+
+
+def test_remote_code_is_never_run(tiny_pool, tmp_path):
+    custom = shutil.copytree(tiny_pool["base"], tmp_path / "custom")
+    config = json.loads((custom / "config.json").read_text())
+    config.update(model_type="my_custom_lm", auto_map={"AutoModelForCausalLM": "modeling_custom.CustomLM"})
+    (custom / "config.json").write_text(json.dumps(config))
+    marker = tmp_path / "code_ran"
+    (custom / "modeling_custom.py").write_text(f"open({str(marker)!r}, 'w').write('yes')\n")
+    with pytest.raises(ModelSourceError, match="cannot be loaded"):
+        load_model(custom, "cpu", torch.float32)
+    assert not marker.exists()
+
+
+def test_adapter_of_another_base_is_refused_naming_both(tiny_pool, other):
+    base_model, _ = load_model(tiny_pool["base"], "cpu", torch.float32)
+    check_adapter_fits(tiny_pool["loras"]["lora_0"], tiny_pool["base"], base_model)     # fits: no error
+    with pytest.raises(IncompatibleModelError) as info:
+        check_adapter_fits(other["lora"], tiny_pool["base"], base_model)
+    message = str(info.value)
+    assert str(other["lora"]) in message and str(tiny_pool["base"]) in message and "made for" in message
+
+
+def test_adapter_touching_missing_modules_is_refused(tiny_pool, tmp_path):
+    base_model, _ = load_model(tiny_pool["base"], "cpu", torch.float32)
+    deep = make_lora(make_base(tmp_path / "deep_base", num_hidden_layers=3), tmp_path / "deep_lora", seed=3)
+    with pytest.raises(IncompatibleModelError, match="layers.2.*which the base does not have"):
+        check_adapter_fits(deep, tiny_pool["base"], base_model)
+
+
+def test_full_model_checks(tiny_pool, other, tmp_path):
+    base = tiny_pool["base"]
+    check_full_fits(tiny_pool["fulls"]["full_0"], base)                                 # fits: no error
+    with pytest.raises(IncompatibleModelError, match="hidden size is 32 but the base's is 64") as info:
+        check_full_fits(other["base"], base)
+    assert str(other["base"]) in str(info.value) and str(base) in str(info.value)
+
+    renamed = shutil.copytree(tiny_pool["fulls"]["full_0"], tmp_path / "renamed")
+    config = json.loads((renamed / "config.json").read_text())
+    (renamed / "config.json").write_text(json.dumps({**config, "architectures": ["Qwen2ForCausalLM"]}))
+    with pytest.raises(IncompatibleModelError, match="architecture is"):
+        check_full_fits(renamed, base)
+
+    retokenized = shutil.copytree(tiny_pool["fulls"]["full_0"], tmp_path / "retokenized")
+    train_tokenizer(["Completely different words here.", "Nothing like the base at all!"] * 40, 320, retokenized)
+    with pytest.raises(IncompatibleModelError, match="tokenizer differs"):
+        check_full_fits(retokenized, base)
