@@ -32,6 +32,7 @@ MAX_UMAP_NEIGHBOURS = 15      # umap-learn's default, reached from 45 points up 
 MIN_POINTS_FOR_MANIFOLD = 5   # fewer points: UMAP / t-SNE are meaningless, PCA is used instead
 TSNE_MAX_PERPLEXITY = 30.0    # sklearn's default, lowered to (n - 1) / 3 for small pools
 TRANSFORM_NEIGHBOURS = 5      # fitted points a new point is placed among
+KMEANS_RESTARTS = (10, 2)     # k-means restarts up to / above 1,000 models (each k from 2 to 12 is tried)
 ROW_BLOCK = 1024              # rows per block when computing similarities, so memory stays O(block * n)
 
 
@@ -274,7 +275,8 @@ class Clusterer:
         if self.algorithm == "kmeans":
             from sklearn.cluster import KMeans
 
-            return KMeans(n_clusters=k, n_init=10, random_state=self.random_state).fit_predict(X)
+            restarts = KMEANS_RESTARTS[0] if len(X) <= 1000 else KMEANS_RESTARTS[1]
+            return KMeans(n_clusters=k, n_init=restarts, random_state=self.random_state).fit_predict(X)
         from sklearn.cluster import AgglomerativeClustering
 
         return AgglomerativeClustering(n_clusters=k, metric="cosine", linkage="average").fit_predict(X)
