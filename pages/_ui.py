@@ -8,6 +8,7 @@ added to the user catalog, vectors recomputed) shows up on the next rerun.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import uuid
@@ -186,7 +187,8 @@ class PoolData:
     base: str
     bases: tuple[str, ...]   # every base in the catalog (the map shows one at a time)
     missing: tuple[str, ...]  # catalog models without a vector yet
-    key: str                 # identifies this data in other caches
+    key: str                 # identifies this data in other caches (paths and modification times)
+    digest: str = ""         # identifies the content (names and vectors), stable across restarts and copies
 
     @property
     def table(self) -> pd.DataFrame:
@@ -204,7 +206,7 @@ def _load_pool_data(catalog: str, vectors: str, base: str | None, key: str) -> P
     names = [e.name for e in cat if str(e.base) == base]
     if not Path(vectors).is_file():
         return PoolData(pd.DataFrame(columns=["name", "origin"]), np.zeros((0, 0), np.float32), base, bases,
-                        tuple(names), key)
+                        tuple(names), key, "")
     table = read_vectors(vectors)
     table = table[table["name"].isin(names)].assign(origin="pool")
     users = user_pool()
@@ -222,14 +224,15 @@ def _load_pool_data(catalog: str, vectors: str, base: str | None, key: str) -> P
     frame = table.drop(columns=["vector"])
     frame[label_columns(frame)] = frame[label_columns(frame)].fillna("").astype(str)
     missing = tuple(n for n in names if n not in set(frame["name"]))
-    return PoolData(frame, X, base, bases, missing, key)
+    digest = hashlib.sha256("\n".join(frame["name"]).encode() + X.tobytes()).hexdigest()[:24]
+    return PoolData(frame, X, base, bases, missing, key, digest)
 
 
 def pool_data(pool: Pool) -> PoolData:
     """The pool's vectors (plus the user's own models of the same base), cached across reruns and sessions."""
     users, base = user_pool(), pool.base
-    key = "|".join(map(str, [pool.catalog_path, stamp(pool.catalog_path), pool.vectors_path,
-                             stamp(pool.vectors_path), stamp(users.vectors_path), stamp(users.catalog_path), base]))
+    key = "|".join(map(str, [pool.catalog_path, stamp(pool.catalog_path), pool.vectors_path, stamp(pool.vectors_path),
+                             users.root, stamp(users.vectors_path), stamp(users.catalog_path), base]))
     return _load_pool_data(str(pool.catalog_path), str(pool.vectors_path), base, key)
 
 
@@ -257,6 +260,13 @@ def remembered(key: str, pool: Pool) -> dict | None:
 def remember(key: str, pool: Pool, **value) -> None:
     """Keep ``value`` for other pages; ``token`` tells them it is new."""
     st.session_state[key] = {"catalog": str(pool.catalog_path), "token": uuid.uuid4().hex, **value}
+
+
+def names_from_event(event) -> list[str]:
+    """Model names picked on a map (``st.plotly_chart`` selection state), in order, without repeats. Marks drawn on
+    top (the task's star...) carry no name and are skipped."""
+    points = ((event or {}).get("selection") or {}).get("points") or []
+    return list(dict.fromkeys(p["customdata"][0] for p in points if p.get("customdata")))
 
 
 def link(page: str, label: str) -> None:
@@ -342,6 +352,7 @@ def words_for_silhouette(value: float) -> str:
 LAYOUTS = {"UMAP": "umap", "PCA": "pca", "t-SNE": "tsne"}
 MAP_SETTINGS_KEY = "map_settings"  # a copy of the Map page's choices that outlives its widgets
 MAP_DEFAULTS = {"layout": "UMAP", "neighbours": "auto", "seed": 0}
+QUALITY_SAMPLE = 2000  # models the map-quality measure looks at, at most
 
 
 def map_settings() -> dict:
@@ -357,10 +368,43 @@ def _projector(key: str, method: str, n_neighbors: int | None, seed: int, _X: np
 
 def projector(data: PoolData, settings: dict | None = None):
     """The fitted map projector of this pool (shared by every session; ``transform`` places new points)."""
-    settings = settings or map_settings()
+    return _projector(data.key, *_layout_args(data, settings or map_settings()), data.X)
+
+
+def _layout_args(data: PoolData, settings: dict) -> tuple[str, int | None, int]:
     neighbours = settings["neighbours"]
     n_neighbors = None if neighbours == "auto" else min(int(neighbours), max(len(data.X) - 1, 2))
-    return _projector(data.key, LAYOUTS[settings["layout"]], n_neighbors, int(settings["seed"]), data.X)
+    return LAYOUTS[settings["layout"]], n_neighbors, int(settings["seed"])
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _map_embedding(digest: str, method: str, n_neighbors: int | None, seed: int, _data: PoolData) -> np.ndarray:
+    """The 2-D points of the map. Kept on disk too (``$DELTA_ATLAS_CACHE/maps``), keyed by the vectors' content, so
+    that a restarted server opens a known pool's map without computing it again (UMAP compiles for seconds)."""
+    from core.cache import default_cache_dir
+
+    path = default_cache_dir() / "maps" / f"{digest}-{method}-{n_neighbors or 'auto'}-{seed}.npy"
+    try:
+        embedding = np.load(path)
+        if embedding.shape == (len(_data.X), 2):
+            return embedding
+    except (OSError, ValueError):
+        pass
+    embedding = np.asarray(_projector(_data.key, method, n_neighbors, seed, _data.X).embedding_, dtype=np.float64)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.tmp")
+        with open(tmp, "wb") as handle:
+            np.save(handle, embedding)
+        tmp.replace(path)
+    except OSError as exc:  # a read-only disk only costs the next restart some seconds
+        log.warning("map not cached on disk (%s)", exc)
+    return embedding
+
+
+def map_embedding(data: PoolData, settings: dict | None = None) -> np.ndarray:
+    """[n, 2] map coordinates, from memory, disk or a fresh fit."""
+    return _map_embedding(data.digest, *_layout_args(data, settings or map_settings()), data)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -381,8 +425,13 @@ def clusters(data: PoolData, k: str | int = "auto") -> tuple[list[str], int, flo
 def _quality(key: str, layout: tuple, _X: np.ndarray, _embedding: np.ndarray) -> tuple[dict, str]:
     from core.projection import describe_quality, map_quality
 
+    note = ""
+    if len(_X) > QUALITY_SAMPLE:  # trustworthiness needs all pairwise distances: measure a random sample
+        rows = np.random.default_rng(0).choice(len(_X), QUALITY_SAMPLE, replace=False)
+        _X, _embedding = _X[rows], _embedding[rows]
+        note = f" (Measured on a random sample of {QUALITY_SAMPLE:,} models.)"
     quality = map_quality(_X, _embedding, k=min(10, len(_X) - 1))
-    return quality, describe_quality(quality)
+    return quality, describe_quality(quality) + note
 
 
 def quality(data: PoolData, embedding: np.ndarray, settings: dict) -> tuple[dict, str]:
@@ -394,7 +443,12 @@ def quality(data: PoolData, embedding: np.ndarray, settings: dict) -> tuple[dict
 def _label_silhouette(key: str, column: str, _X: np.ndarray, _labels: tuple) -> float | None:
     from core.projection import label_silhouette
 
-    return float(label_silhouette(_X, list(_labels)))
+    labels = np.asarray(_labels, dtype=object)
+    if len(_X) > QUALITY_SAMPLE:  # all pairwise distances again: a random sample says as much
+        rows = np.random.default_rng(0).choice(len(_X), QUALITY_SAMPLE, replace=False)
+        _X, labels = _X[rows], labels[rows]
+    value = float(label_silhouette(_X, list(labels)))
+    return None if np.isnan(value) else value
 
 
 def label_silhouette(data: PoolData, column: str) -> float | None:

@@ -45,7 +45,7 @@ def draw(pool: ui.Pool, data: ui.PoolData) -> None:
     labels = [c for c in frame.columns if c not in ("name", "origin")]
     settings = controls(frame, labels)
     with st.spinner("Drawing the map (the first time for this pool takes a few seconds)..."):
-        embedding = np.asarray(ui.projector(data, settings).embedding_)
+        embedding = ui.map_embedding(data, settings)
         colour, colour_title, group_note = colouring(data, settings)
     shown = filtered(frame, settings)
     selected = selection(pool, frame)
@@ -123,9 +123,7 @@ def hover_texts(frame: pd.DataFrame, labels: list[str]) -> list[str]:
 # ---- selection: the chart, the search box, and the shared state they both write --------------------------------
 
 def on_chart_select(pool: ui.Pool) -> None:
-    event = st.session_state.get(CHART_KEY) or {}
-    points = (event.get("selection") or {}).get("points") or []
-    names = list(dict.fromkeys(p["customdata"][0] for p in points if p.get("customdata")))
+    names = ui.names_from_event(st.session_state.get(CHART_KEY))
     if names:
         ui.remember(ui.SELECTION_KEY, pool, names=names)
 

@@ -1,0 +1,78 @@
+"""Fixtures for the app's tests: a small pool with vectors (the tiny models of tests/conftest.py, embedded once per
+test session) and the environment variables that point the app at it, with a fresh user folder per test."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "data" / "demo"
+PAGES = ["map.py", "find.py", "merge.py", "add_models.py", "how_it_works.py"]
+TIMEOUT = 120  # seconds per AppTest run: the first one imports torch and compiles UMAP
+
+
+@pytest.fixture(scope="session")
+def app_pool(tiny_pool, tmp_path_factory) -> dict:
+    """A catalog of the tiny models (absolute sources, so nothing is written beside the shared fixture) with its
+    vectors.parquet, and an engine cache of its own."""
+    from core.catalog import read_catalog, write_catalog
+    from core.engine import embed_catalog
+    from core.vectors import write_vectors
+
+    root = tmp_path_factory.mktemp("app_pool")
+    cache = root / "cache"
+    rows = [{"name": e.name, "source": str(e.source), "kind": e.kind, "base": str(e.base), **e.labels}
+            for e in read_catalog(tiny_pool["catalog"])]
+    catalog = write_catalog(rows, root / "pool" / "catalog.csv")
+    result = embed_catalog(read_catalog(catalog), cache_dir=cache)
+    assert not result.failures, result.failures
+    write_vectors(result.table, catalog.with_name("vectors.parquet"), metadata=result.metadata)
+    return {"catalog": catalog, "cache": cache, "models": tiny_pool["root"], "names": list(result.table["name"])}
+
+
+@pytest.fixture
+def app_env(app_pool, tmp_path, monkeypatch) -> dict:
+    """Point the app at the small pool; the user's own models go to a fresh folder under tmp_path."""
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    env = {"DELTA_ATLAS_CATALOG": str(app_pool["catalog"]), "DELTA_ATLAS_DATA_DIR": str(tmp_path / "data"),
+           "DELTA_ATLAS_USER_DIR": str(tmp_path / "user"), "DELTA_ATLAS_ALLOWED_ROOTS": str(allowed),
+           "DELTA_ATLAS_CACHE": str(app_pool["cache"])}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return {**app_pool, "env": env, "allowed": allowed, "user": tmp_path / "user"}
+
+
+def copy_model(app_env: dict, name: str, to: str) -> Path:
+    """A copy of one tiny model inside the allowed folder (as a user would place it)."""
+    target = app_env["allowed"] / to
+    shutil.copytree(app_env["models"] / name, target)
+    return target
+
+
+def demo_built() -> bool:
+    return (DEMO / "catalog.csv").is_file() and (DEMO / "vectors.parquet").is_file()
+
+
+@pytest.fixture
+def demo_env(tmp_path, monkeypatch):
+    """The real demo zoo (skipped until it is built), with a fresh user folder."""
+    if not demo_built():
+        pytest.skip("the demo zoo is not built (python -m core build-demo)")
+    monkeypatch.delenv("DELTA_ATLAS_CATALOG", raising=False)
+    monkeypatch.delenv("DELTA_ATLAS_DATA_DIR", raising=False)
+    monkeypatch.setenv("DELTA_ATLAS_USER_DIR", str(tmp_path / "user"))
+    monkeypatch.setenv("DELTA_ATLAS_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def problems(at) -> list[str]:
+    """Exceptions and error boxes in an AppTest run (the tests want none unless they say so)."""
+    return [str(e.value) for e in at.exception] + [str(e.value) for e in at.error]
+
+
+os.environ.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")

@@ -1,0 +1,177 @@
+"""Every page renders (through app.py and on its own) and its main flow works, with Streamlit's AppTest."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import PAGES, ROOT, TIMEOUT, copy_model, problems
+
+
+def app(path: str = "app.py") -> AppTest:
+    return AppTest.from_file(str(ROOT / path), default_timeout=TIMEOUT)
+
+
+def chart_json(at, key: str) -> dict:
+    """The figure of the plotly chart with ``key`` (AppTest does not model charts: read the proto)."""
+    for element in at.get("plotly_chart"):
+        if element.proto.id.endswith(key) or key in element.proto.id:
+            return json.loads(element.proto.spec)
+    raise AssertionError(f"no chart {key}: {[e.proto.id for e in at.get('plotly_chart')]}")
+
+
+def test_every_page_renders_through_the_app(app_env):
+    at = app().run()
+    assert problems(at) == []
+    assert at.title[0].value == "Map of the models"  # the home page
+    assert at.sidebar.selectbox(key="catalog").value == str(app_env["catalog"])
+    assert any("Computing on" in c.value for c in at.sidebar.caption)
+    for page in PAGES:
+        at.switch_page(f"pages/{page}").run()
+        assert problems(at) == [], page
+        assert at.title, page
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_on_its_own(app_env, page):
+    at = app(f"pages/{page}").run()
+    assert problems(at) == []
+    assert at.title and at.sidebar.selectbox(key="catalog").value == str(app_env["catalog"])
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_on_the_demo_zoo(demo_env, page):
+    at = app().run()
+    at.switch_page(f"pages/{page}").run()
+    assert problems(at) == []
+
+
+def test_selecting_a_model_shows_its_neighbours(app_env):
+    at = app().run()
+    assert "Click a point" in at.info[0].value
+    at.selectbox(key="map_search").set_value("lora_1").run()
+    assert problems(at) == []
+    assert at.subheader[0].value == "lora_1"
+    neighbours = at.dataframe[1].value
+    assert "lora_1" not in set(neighbours["name"]) and len(neighbours) == len(app_env["names"]) - 1
+    assert list(neighbours["similarity"]) == sorted(neighbours["similarity"], reverse=True)
+    figure = chart_json(at, "map_chart")
+    assert any(trace["name"] == "selected" for trace in figure["data"])  # the model is ringed on the map
+    at.button(key="map_to_merge").click().run()
+    assert at.session_state["merge_candidates"]["names"][0] == "lora_1"
+
+
+def test_map_settings_and_colours(app_env):
+    at = app().run()
+    at.selectbox(key="map_colour").set_value("Groups found automatically").run()
+    assert any("groups (chosen automatically)" in c.value for c in at.caption)
+    at.radio(key="map_layout").set_value("PCA").run()
+    at.selectbox(key="map_filter_column").set_value("domain").run()
+    at.multiselect(key="map_filter_values").set_value(["a"]).run()
+    assert problems(at) == []
+    assert any(c.value.startswith("3 of 6 models shown") for c in at.caption)
+    assert any("faithful" in m.value or "Too few" in m.value for m in at.markdown)
+
+
+def test_chart_selection_is_read_by_name():
+    from pages._ui import names_from_event
+
+    event = {"selection": {"points": [{"customdata": ["a"]}, {"customdata": ["b"]}, {"x": 1}, {"customdata": ["a"]}]}}
+    assert names_from_event(event) == ["a", "b"]  # the star (no customdata) and repeats are skipped
+    assert names_from_event(None) == [] and names_from_event({"selection": {}}) == []
+
+
+def test_sample_task_ranks_models_and_prefills_the_merge(app_env):
+    at = app().run()
+    at.switch_page("pages/find.py").run()
+    at.number_input(key="find_steps").set_value(2).run()
+    at.button(key="find_go").click().run()
+    assert problems(at) == []
+    matches = at.dataframe[-1].value
+    assert set(matches["name"]) == set(app_env["names"])
+    assert list(matches["similarity"]) == sorted(matches["similarity"], reverse=True)
+    assert any(t["name"] == "your task" and t["marker"]["symbol"] == "star" for t in chart_json(at, "find_map")["data"])
+    at.switch_page("pages/merge.py").run()
+    assert problems(at) == []
+    prefilled = at.multiselect(key="merge_names").value
+    top = [n for n in matches["name"][:3] if n.startswith("lora")]
+    assert prefilled == top
+    assert at.radio(key="merge_source").value == "The examples of my last task search"
+
+
+def test_bad_examples_get_a_clear_message(app_env):
+    at = app("pages/find.py").run()
+    at.radio(key="find_source").set_value("Upload my own examples").run()
+    at.file_uploader(key="find_upload").upload("task.jsonl", b'{"instruction": "hi", "response": "ho"}\n',
+                                               "application/json").run()
+    assert len(at.exception) == 0
+    assert "at least 2" in at.error[0].value
+    assert at.button(key="find_go").disabled
+
+
+def test_merging_two_adapters_shows_results(app_env):
+    at = app("pages/merge.py").run()
+    at.multiselect(key="merge_names").set_value(["lora_0", "lora_1"]).run()
+    at.radio(key="merge_weights").set_value("By hand").run()
+    at.button(key="merge_go").click().run()
+    assert problems(at) == []
+    assert at.subheader[0].value == "The merge of lora_0, lora_1"
+    losses = chart_json(at, "merge_losses")["data"][0]
+    assert list(losses["x"]) == ["base", "lora_0", "lora_1", "merged"]
+    marks = {t["name"] for t in chart_json(at, "merge_map")["data"]}
+    assert {"predicted", "merged"} <= marks
+    assert [b.proto.label for b in at.get("download_button")] == ["Merged adapter (zip)", "Recipe (YAML)"]
+
+
+def test_added_local_model_appears_on_the_map(app_env):
+    folder = copy_model(app_env, "lora_2", "my-adapter")
+    at = app().run()
+    at.switch_page("pages/add_models.py").run()
+    at.text_input(key="add_folder").set_value(str(folder)).run()
+    at.text_input(key="add_domain").set_value("b").run()
+    at.button(key="add_go").click().run()
+    assert problems(at) == []
+    assert "my-adapter" in at.success[0].value
+    rows = pd.read_csv(app_env["user"] / "catalog.csv")
+    assert list(rows["name"]) == ["my-adapter"] and list(rows["domain"]) == ["b"]
+    at.switch_page("pages/map.py").run()
+    assert problems(at) == []
+    assert at.subheader[0].value == "my-adapter"  # selected on the map after adding
+    assert "Where it came from" in at.selectbox(key="map_colour").options
+    figure = chart_json(at, "map_chart")
+    assert any(s == "diamond" for t in figure["data"] for s in (t["marker"].get("symbol") or []))
+
+
+def test_paths_outside_the_allowed_folders_are_refused(app_env, tmp_path):
+    outside = copy_model({**app_env, "allowed": tmp_path}, "lora_3", "elsewhere")
+    at = app("pages/add_models.py").run()
+    at.text_input(key="add_folder").set_value(str(outside)).run()
+    at.button(key="add_go").click().run()
+    assert len(at.exception) == 0
+    assert "outside the folders" in at.error[0].value
+    assert not (app_env["user"] / "catalog.csv").exists()
+
+
+def test_a_broken_catalog_is_a_message_not_a_traceback(app_env, tmp_path, monkeypatch):
+    broken = tmp_path / "broken" / "catalog.csv"
+    broken.parent.mkdir()
+    broken.write_text("name,source\nx,./x\n")
+    monkeypatch.setenv("DELTA_ATLAS_CATALOG", str(broken))
+    at = app().run()
+    assert len(at.exception) == 0
+    assert any("missing column" in e.value for e in at.error)
+
+
+def test_a_busy_model_is_shown_in_the_sidebar(app_env):
+    from pages import _ui
+
+    base = str(app_env["models"] / "base")
+    locks = _ui.job_locks()
+    assert locks.try_acquire(base, "someone-else", "finetuning")
+    try:
+        at = app().run()
+        assert any("someone is finetuning on base" in c.value for c in at.sidebar.caption)
+    finally:
+        locks.release(base, "someone-else")
