@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import time
@@ -206,7 +207,7 @@ def train_model(spec: ModelSpec, base_dir: Path, data_dir: Path, out_dir: Path, 
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    tmp = out_dir.with_name(f".tmp-{out_dir.name}")
+    tmp = out_dir.with_name(f".tmp-{out_dir.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     step_progress = None if progress is None else (
         lambda step, total, loss: report(progress, step, total, "finetune", spec.name, loss))
@@ -226,8 +227,12 @@ def catalog_rows(specs: list[ModelSpec]) -> list[dict]:
 
 
 def build_demo(data_dir: str | Path, out: str | Path, plan: ZooPlan = ZooPlan(), *, vectors: bool = True,
-               report_too: bool = True, progress: ProgressFn | None = None) -> Path:
-    """Build (or resume) the whole zoo in ``out``; returns the catalog path."""
+               report_too: bool = True, shard: tuple[int, int] = (0, 1), progress: ProgressFn | None = None) -> Path:
+    """Build (or resume) the whole zoo in ``out``; returns the catalog path.
+
+    ``shard=(k, n)`` trains only every n-th model starting at k, so that n processes can share the pool; the
+    catalog, vectors and report are written only by a full run (n == 1), which skips the models already trained.
+    """
     data_dir, out = Path(data_dir), Path(out)
     quiet_transformers()
     if not data_dir.is_dir():
@@ -236,6 +241,9 @@ def build_demo(data_dir: str | Path, out: str | Path, plan: ZooPlan = ZooPlan(),
     torch.manual_seed(plan.seed)
     random.seed(plan.seed)
     base_dir = out / "base"
+    k, n = shard
+    if n > 1 and not (base_dir / "config.json").exists():
+        raise DeltaAtlasError(f"No base model in {base_dir} yet: run once without --shard to pretrain it.")
     if not (base_dir / "config.json").exists():
         log.info("pretraining the base model")
         figures = pretrain(plan, data_dir, base_dir, progress)
@@ -244,12 +252,14 @@ def build_demo(data_dir: str | Path, out: str | Path, plan: ZooPlan = ZooPlan(),
     (out / "recipe.json").write_text(json.dumps(plan.recipe.to_json(), indent=1))
     for i, spec in enumerate(specs):
         target = out / "models" / spec.name
-        if (target / "training.json").exists():
+        if i % n != k or (target / "training.json").exists():
             continue
         log.info("training %s (%d/%d)", spec.name, i + 1, len(specs))
         start = time.time()
         loss = train_model(spec, base_dir, data_dir, target, progress)
         log.info("  %s: final loss %.3f in %.0f s", spec.name, loss, time.time() - start)
+    if n > 1:
+        return out / "catalog.csv"
     catalog = write_catalog(catalog_rows(specs), out / "catalog.csv")
     if vectors:
         embed_zoo(catalog, out / "vectors.parquet", progress)
@@ -291,11 +301,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default="data/demo", help="where the zoo goes (default data/demo)")
     parser.add_argument("--micro", action="store_true", help="a tiny few-minute zoo, for smoke tests")
     parser.add_argument("--no-vectors", action="store_true", help="train only; skip embedding and the report")
+    parser.add_argument("--shard", default="0/1", metavar="K/N",
+                        help="train only models K, K+N, K+2N... (run N processes side by side, then one plain run)")
 
 
 def main(args) -> int:
     plan = ZooPlan.micro() if args.micro else ZooPlan()
+    try:
+        k, n = (int(x) for x in args.shard.split("/"))
+        assert 0 <= k < n
+    except (ValueError, AssertionError):
+        raise DeltaAtlasError(f"--shard {args.shard!r} is not K/N with 0 <= K < N (e.g. 0/2 and 1/2).") from None
     catalog = build_demo(args.data_dir, args.out, plan, vectors=not args.no_vectors, report_too=not args.no_vectors,
-                         progress=TextBar())
+                         shard=(k, n), progress=TextBar())
     print(f"demo zoo ready: {catalog}")
     return 0
