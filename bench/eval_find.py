@@ -1,0 +1,123 @@
+"""Measure task search on the demo zoo with held-out tasks.
+
+For every dataset of ../shared/datasets that ``core.demo_data`` knows, a few tasks of N examples are drawn from the
+part the pool never trained on (``held_out``); each task is embedded (few-shot LoRA + Delta Activations) and the
+pool ranked. Printed per domain: how often the top-1 model is in the task's domain, how often the majority (3 of
+5) of the top 5 are, how often the best *domain group* (mean similarity of the single-domain models) is right, and
+the seconds per task. A mixture model (domain ``math+coding``) counts as right for either of its domains.
+
+    .venv/bin/python bench/eval_find.py                       # the demo zoo, 2 tasks per dataset, 15 examples each
+    .venv/bin/python bench/eval_find.py --steps 40,80,120     # compare few-shot step counts
+    .venv/bin/python bench/eval_find.py --threads 2           # the issue's timing condition: 2 CPU cores
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+warnings.filterwarnings("ignore", category=FutureWarning)   # transformers' deprecation notes inside PEFT
+
+from core.catalog import read_catalog  # noqa: E402
+from core.task import DEMO_CATALOG, TASK_STEPS, find_models, pool_vectors  # noqa: E402
+
+
+def in_domain(label: str, domain: str) -> bool:
+    return domain in str(label).split("+")
+
+
+def held_out_tasks(data_dir: Path, per_dataset: int, n_examples: int, seed: int, only: list[str] | None = None):
+    """(dataset, domain, examples) tuples: disjoint slices of each dataset's held-out part, in a seeded order."""
+    from core import demo_data
+
+    tasks = []
+    for key, info in demo_data.DATASETS.items():
+        if only and key not in only and info.domain not in only:
+            continue
+        if not (data_dir / info.folder).is_dir():
+            print(f"skipping {key}: {data_dir / info.folder} is missing", file=sys.stderr)
+            continue
+        held = demo_data.held_out(data_dir, key)
+        random.Random(f"{seed}:{key}").shuffle(held)
+        for t in range(min(per_dataset, len(held) // n_examples)):
+            tasks.append((key, info.domain, held[t * n_examples:(t + 1) * n_examples]))
+    return tasks
+
+
+def evaluate(tasks, catalog, steps: int, device=None) -> list[dict]:
+    rows = []
+    for i, (dataset, domain, examples) in enumerate(tasks, start=1):
+        start = time.perf_counter()
+        result = find_models(examples, catalog, steps=steps, device=device)   # vectors: the file beside the catalog
+        seconds = time.perf_counter() - start
+        top = result.matches.head(5)
+        groups = result.group_matches
+        domains = groups[(groups["group_by"] == "domain") & ~groups["group"].astype(str).str.contains("+", regex=False)]
+        row = {"dataset": dataset, "domain": domain, "steps": steps, "seconds": seconds,
+               "top1": top["name"].iloc[0], "top1_domain": top["domain"].iloc[0],
+               "top1_right": in_domain(top["domain"].iloc[0], domain),
+               "top5_majority": sum(in_domain(d, domain) for d in top["domain"]) >= 3,
+               "group_top1": domains["group"].iloc[0] if len(domains) else "",
+               "group_right": bool(len(domains)) and in_domain(domains["group"].iloc[0], domain),
+               "final_loss": result.to_json()["final_loss"]}
+        rows.append(row)
+        print(f"[{i}/{len(tasks)}] {dataset:<24} top-1 {row['top1']:<32} {'ok ' if row['top1_right'] else 'NO '}"
+              f"group {row['group_top1']:<12} {seconds:5.1f} s", file=sys.stderr)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    by_domain = defaultdict(list)
+    for row in rows:
+        by_domain[row["domain"]].append(row)
+    lines = ["| domain | tasks | top-1 right | top-5 majority right | best group right | s / task |",
+             "|---|---|---|---|---|---|"]
+    for domain, group in [*sorted(by_domain.items()), ("all", rows)]:
+        n = len(group)
+        pct = lambda key: f"{100 * sum(r[key] for r in group) / n:.0f}%"  # noqa: E731
+        lines.append(f"| {domain} | {n} | {pct('top1_right')} | {pct('top5_majority')} | {pct('group_right')} | "
+                     f"{sum(r['seconds'] for r in group) / n:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--catalog", default=str(DEMO_CATALOG))
+    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "datasets"))
+    parser.add_argument("--tasks-per-dataset", type=int, default=2)
+    parser.add_argument("--examples", type=int, default=15, help="examples per task (the issue asks 10-20)")
+    parser.add_argument("--steps", default=str(TASK_STEPS), help="few-shot finetuning steps; a list compares them")
+    parser.add_argument("--only", default="", help="comma-separated datasets or domains to keep")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (the goal is set on 2)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "eval_find.json"))
+    args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    catalog = read_catalog(args.catalog)
+    pool, _ = pool_vectors(catalog)
+    tasks = held_out_tasks(Path(args.data_dir), args.tasks_per_dataset, args.examples, args.seed,
+                           [s for s in args.only.split(",") if s])
+    print(f"{len(tasks)} held-out tasks of {args.examples} examples; pool of {len(pool)} models", file=sys.stderr)
+    results = {}
+    for steps in [int(s) for s in args.steps.split(",")]:
+        rows = evaluate(tasks, catalog, steps, args.device)
+        results[steps] = rows
+        print(f"\n### steps = {steps}, {args.examples} examples per task\n\n{table(rows)}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
