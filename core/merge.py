@@ -24,11 +24,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .catalog import Catalog, ModelEntry, Source, parse_source, read_catalog
+from .catalog import Catalog, ModelEntry, Source, parse_source
 from .errors import DeltaAtlasError, MergeError
 from .examples import check_count, load_examples
 from .progress import ProgressFn, TextBar, report
-from .task import DEMO_CATALOG, cosine_to
+from .task import DEMO_CATALOG, cosine_to, open_catalog
 from .train import Example, example_loss
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def plan_merge(catalog: str | Path | Catalog, names: list[str] | str, method: st
     if density is not None and (spec.density is None or not 0 < density <= 1):
         raise MergeError(f"Density {density} does not apply: it is a fraction in (0, 1] for ties, dare_ties and "
                          f"dare_linear only (method {method!r}).")
-    catalog = catalog if isinstance(catalog, Catalog) else read_catalog(catalog)
+    catalog = open_catalog(catalog)
     missing = [n for n in names if n not in catalog.names]
     if missing:
         known = ", ".join(catalog.names[:8]) + (" ..." if len(catalog) > 8 else "")

@@ -61,6 +61,16 @@ def _records(frame: pd.DataFrame) -> list[dict]:
 
 
 # -- the pool: catalog, recipe, vectors, base -------------------------------------------------------------------
+def open_catalog(catalog: str | Path | Catalog) -> Catalog:
+    """A catalog, with a plain hint when the demo zoo (the default) has not been built yet."""
+    if isinstance(catalog, Catalog):
+        return catalog
+    if Path(catalog).resolve() == DEMO_CATALOG and not DEMO_CATALOG.is_file():
+        raise DeltaAtlasError(f"The demo zoo is not built yet ({DEMO_CATALOG} is missing): run `python -m core "
+                              "build-demo --data-dir ../shared/datasets`, or pass --catalog CATALOG.csv.")
+    return read_catalog(catalog)
+
+
 def pool_recipe(catalog_path: Path) -> Recipe:
     """The recipe the pool was trained with, or the default one (with a warning) when none is stored."""
     path = Path(catalog_path).parent / RECIPE_FILE
@@ -216,7 +226,7 @@ def find_models(examples: list[Example], catalog: str | Path | Catalog = DEMO_CA
     fitted map projector (its ``transform`` places the task); ``keep_adapter`` keeps the task adapter there."""
     start = time.perf_counter()
     check_count(len(examples), "The task")
-    catalog = catalog if isinstance(catalog, Catalog) else read_catalog(catalog)
+    catalog = open_catalog(catalog)
     keep = _check_keep(keep_adapter)
     settings = {}
     if vectors is None:

@@ -172,3 +172,13 @@ def test_cli_find_json(pool, tmp_path, capsys):
     assert data["matches"][0]["similarity"] >= data["matches"][1]["similarity"]
     assert main(["find", "--examples", str(tmp_path / "missing.jsonl"), "--catalog", str(pool)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_missing_demo_zoo_says_how_to_build_it(tmp_path, monkeypatch):
+    import core.task
+
+    monkeypatch.setattr(core.task, "DEMO_CATALOG", (tmp_path / "demo" / "catalog.csv").resolve())
+    with pytest.raises(DeltaAtlasError, match="demo zoo is not built yet.*build-demo"):
+        find_models(EXAMPLES, tmp_path / "demo" / "catalog.csv")
+    with pytest.raises(DeltaAtlasError, match="Catalog file .* does not exist"):
+        find_models(EXAMPLES, tmp_path / "other.csv")
