@@ -85,24 +85,26 @@ def nearest_neighbours(X: np.ndarray, query: np.ndarray | int, k: int = 5) -> li
     return [(int(i), float(sims[i])) for i in order if np.isfinite(sims[i])]
 
 
+def _distances(A: np.ndarray, B: np.ndarray, metric: str) -> np.ndarray:
+    """Pairwise distances [len(A), len(B)]: 1 - dot product (rows already unit length) or euclidean."""
+    if metric == "cosine":
+        return 1.0 - A @ B.T
+    return np.sqrt(np.maximum((A ** 2).sum(1)[:, None] + (B ** 2).sum(1)[None, :] - 2 * A @ B.T, 0))
+
+
 def _knn(X: np.ndarray, k: int, metric: str = "cosine") -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest neighbours of every row, self first: indices [n, k] and distances [n, k], block by block."""
     n, k = len(X), min(k, len(X))
     A = normalize_rows(X) if metric == "cosine" else X
-    squares = (A ** 2).sum(axis=1)                                            # [n]
     indices, dists = np.empty((n, k), dtype=np.int64), np.empty((n, k), dtype=np.float32)
     for start in range(0, n, ROW_BLOCK):
-        block = A[start:start + ROW_BLOCK]                                    # [b, d]
-        if metric == "cosine":
-            D = 1.0 - block @ A.T                                             # [b, n]
-        else:
-            D = np.sqrt(np.maximum(squares[start:start + len(block), None] + squares[None, :] - 2 * block @ A.T, 0))
-        rows = np.arange(len(block))
+        D = _distances(A[start:start + ROW_BLOCK], A, metric)                 # [b, n]
+        rows = np.arange(len(D))
         D[rows, start + rows] = -1.0                                          # self always first
-        part = np.argpartition(D, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(block), 1))
+        part = np.argpartition(D, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(D), 1))
         order = np.argsort(np.take_along_axis(D, part, 1), axis=1, kind="stable")
-        indices[start:start + len(block)] = np.take_along_axis(part, order, 1)
-        dists[start:start + len(block)] = np.maximum(np.take_along_axis(D, indices[start:start + len(block)], 1), 0)
+        indices[start:start + len(D)] = np.take_along_axis(part, order, 1)
+        dists[start:start + len(D)] = np.maximum(np.take_along_axis(D, indices[start:start + len(D)], 1), 0)
     return indices, dists
 
 
@@ -188,10 +190,7 @@ class Projector:
         if self.method_ == "pca":
             return self._pad(self._pca.transform(Y)) if self._pca is not None else np.zeros((len(Y), self.n_components))
         k = min(TRANSFORM_NEIGHBOURS, len(self._X))
-        if self.metric == "cosine":
-            D = 1.0 - Y @ self._X.T                                             # [m, n]
-        else:
-            D = np.sqrt(np.maximum((Y ** 2).sum(1)[:, None] + (self._X ** 2).sum(1)[None] - 2 * Y @ self._X.T, 0))
+        D = _distances(Y, self._X, self.metric)                                 # [m, n]
         nearest = np.argsort(D, axis=1, kind="stable")[:, :k]                   # [m, k]
         d = np.take_along_axis(D, nearest, 1)                                   # [m, k], ascending
         extra = d - d[:, :1]
@@ -202,6 +201,16 @@ class Projector:
 
     def fit_transform(self, X: np.ndarray) -> np.ndarray:
         return self.fit(X).embedding_
+
+
+def warm_up(random_state: int = 0) -> float:
+    """Compile umap-learn's numba kernels now (e.g. in a background thread when the app starts) so that the first
+    real map is fast; returns the seconds it took (~8-20 s the first time in a process, ~0 after)."""
+    import time
+
+    start = time.perf_counter()
+    Projector(random_state=random_state).fit(np.random.default_rng(random_state).normal(size=(20, 8)))
+    return time.perf_counter() - start
 
 
 # ---------------------------------------------------------------------------------------------- clustering
