@@ -131,12 +131,13 @@ def csv_records(text: str, filename: str, delimiter: str = ",") -> list[tuple[in
         for row in reader:
             if any(cell.strip() for cell in row):
                 if len(row) != len(header):
-                    raise ExamplesError(f"{filename}, line {start}: {len(row)} fields but the header has {len(header)}; "
-                                        "put quotes around values that contain commas or line breaks.")
+                    raise ExamplesError(f"{filename}, line {start}: {len(row)} fields but the header has "
+                                        f"{len(header)}; put quotes around values with commas or line breaks.")
                 records.append((start, dict(zip(header, row))))
             start = reader.line_num + 1
     except csv.Error as exc:
-        raise ExamplesError(f"{filename}, line {start}: not valid CSV ({exc}); check the quotes on that line.") from None
+        where = f"{filename}, line {start}"
+        raise ExamplesError(f"{where}: not valid CSV ({exc}); check the quotes on that line.") from None
     return records
 
 

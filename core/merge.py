@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field, fields
@@ -28,7 +27,7 @@ from .catalog import Catalog, ModelEntry, Source, parse_source
 from .errors import DeltaAtlasError, MergeError
 from .examples import check_count, load_examples
 from .progress import ProgressFn, TextBar, report
-from .task import DEMO_CATALOG, cosine_to, open_catalog
+from .task import DEMO_CATALOG, cosine_to, open_catalog, prepare_out_dir, publish
 from .train import Example, example_loss
 
 log = logging.getLogger(__name__)
@@ -48,7 +47,7 @@ METHODS: dict[str, MethodSpec] = {
     "ties": MethodSpec("ties", True, 0.5, True, "keep the largest values, elect a sign, average those that agree"),
     "dare_ties": MethodSpec("dare_ties", True, 0.5, True, "drop values at random and rescale, then TIES"),
     "dare_linear": MethodSpec("dare_linear", True, 0.5, False, "drop values at random and rescale, then sum"),
-    "svd": MethodSpec("svd", False, None, False, "exact weighted sum of the updates, re-factorised to the largest rank"),
+    "svd": MethodSpec("svd", False, None, False, "exact weighted sum of the updates, refactored to the largest rank"),
     "cat": MethodSpec("cat", False, None, False, "exact weighted sum, stacked: the rank is the sum of the ranks"),
 }
 WEIGHT_MODES = ("auto", "search")
@@ -196,32 +195,8 @@ def _check_adapter(entry: ModelEntry) -> tuple[Path | None, dict, str | None]:
 
 
 def check_out_dir(out_dir: str | Path | None, overwrite: bool = False) -> tuple[Path, Path]:
-    """The output folder and a fresh temporary folder beside it; a clear error when it cannot be written."""
-    if out_dir is None or not str(out_dir).strip():
-        raise MergeError("No output folder given: pass --out DIR (it will hold the merged adapter and its report).")
-    out = Path(out_dir).expanduser().resolve()
-    if out.exists() and not out.is_dir():
-        raise MergeError(f"Output {out} is a file: give a folder path.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise MergeError(f"Output folder {out} already exists and is not empty: choose a new folder or pass "
-                         "--overwrite to replace it.")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    except OSError as exc:
-        raise MergeError(f"Cannot write to {out} ({exc.strerror or exc}): choose a folder you can write to.") from None
-    return out, work
-
-
-def _publish(work: Path, out: Path) -> None:
-    """Put the finished folder in place; an older folder is replaced only once the new one is complete."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{time.time_ns()}")
-        out.rename(old)
-    work.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """The output folder and a temporary folder beside it; a :class:`MergeError` when it cannot be written."""
+    return prepare_out_dir(out_dir, overwrite, "the merged adapter", MergeError)
 
 
 # -- weights ----------------------------------------------------------------------------------------------------
@@ -335,7 +310,7 @@ def merge_adapters(catalog: str | Path | Catalog, names: list[str] | str, method
         result.out_dir = out
         result.seconds = time.perf_counter() - start
         write_outputs(result, plan, work, seed)
-        _publish(work, out)
+        publish(work, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -423,9 +398,10 @@ def read_recipe(recipe_path: str | Path) -> dict:
         recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise MergeError(f"Recipe {path} is not valid YAML ({str(exc).splitlines()[0]}).") from None
-    missing = [k for k in ("base", "method", "weights", "ingredients") if not isinstance(recipe, dict) or k not in recipe]
+    needed = ("base", "method", "weights", "ingredients")
+    missing = [k for k in needed if not isinstance(recipe, dict) or k not in recipe]
     if missing:
-        raise MergeError(f"Recipe {path} lacks {', '.join(missing)}: it must hold base, method, weights and ingredients.")
+        raise MergeError(f"Recipe {path} lacks {', '.join(missing)}: it must hold {', '.join(needed)}.")
     if not isinstance(recipe["ingredients"], list) or not all(
             isinstance(i, dict) and {"name", "source"} <= set(i) for i in recipe["ingredients"]):
         raise MergeError(f"Recipe {path}: ingredients must be a list of {{name, source}} entries.")

@@ -227,21 +227,19 @@ def find_models(examples: list[Example], catalog: str | Path | Catalog = DEMO_CA
     start = time.perf_counter()
     check_count(len(examples), "The task")
     catalog = open_catalog(catalog)
-    keep = _check_keep(keep_adapter)
+    keep, work = prepare_out_dir(keep_adapter, what="the task adapter") if keep_adapter else (None, None)
     settings = {}
     if vectors is None:
         vectors, settings = pool_vectors(catalog, progress)
     if len(vectors) == 0:
         raise DeltaAtlasError("The pool's vector table is empty: embed the catalog first (`python -m core embed`).")
     base = pool_base(catalog, list(vectors["name"]))
-    work = Path(tempfile.mkdtemp(prefix=".task-", dir=keep.parent if keep else None))
+    work = work or Path(tempfile.mkdtemp(prefix=".task-"))
     try:
         vector, losses = embed_task(examples, catalog, base, settings=settings, steps=steps, adapter_dir=work,
                                     device=device, progress=progress)
         if keep is not None:
-            if keep.is_dir():
-                keep.rmdir()  # checked empty before the work began
-            work.rename(keep)
+            publish(work, keep)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     matches = rank(vector, vectors)
@@ -251,21 +249,37 @@ def find_models(examples: list[Example], catalog: str | Path | Catalog = DEMO_CA
                       seconds=time.perf_counter() - start, position=position)
 
 
-def _check_keep(keep_adapter: str | Path | None) -> Path | None:
-    """Refuse an occupied or unwritable folder for the kept adapter before any work."""
-    if keep_adapter is None:
-        return None
-    keep = Path(keep_adapter).expanduser().resolve()
-    if keep.exists() and (not keep.is_dir() or any(keep.iterdir())):
-        raise DeltaAtlasError(f"{keep} already exists and is not an empty folder: choose a new folder to keep the "
-                              "task adapter in.")
+def prepare_out_dir(out_dir: str | Path | None, overwrite: bool = False, what: str = "the output",
+                    error: type[DeltaAtlasError] = DeltaAtlasError) -> tuple[Path, Path]:
+    """The output folder and a fresh temporary folder beside it, which :func:`publish` renames into place at the
+    end (so a failure leaves nothing half-written); a clear error before any work when it cannot be written."""
+    if out_dir is None or not str(out_dir).strip():
+        raise error(f"No folder given for {what}: pass an output folder.")
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise error(f"{out} is a file: give a folder path for {what}.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise error(f"Folder {out} already exists and is not empty: choose a new folder for {what}"
+                    + (" or pass --overwrite to replace it." if error is not DeltaAtlasError else "."))
     try:
-        keep.parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=keep.parent).close()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     except OSError as exc:
-        raise DeltaAtlasError(f"Cannot write the task adapter to {keep} ({exc.strerror}): choose a folder you can "
-                              "write to.") from None
-    return keep
+        blocker = next((p for p in out.parents if p.exists()), None)
+        reason = f"{blocker} is a file" if blocker is not None and not blocker.is_dir() else exc.strerror or str(exc)
+        raise error(f"Cannot write {what} to {out} ({reason}): choose a folder you can write to.") from None
+    return out, work
+
+
+def publish(work: Path, out: Path) -> None:
+    """Put a finished folder in place; an older one is replaced only once the new one is complete."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{time.time_ns()}")
+        out.rename(old)
+    work.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 # -- command line -----------------------------------------------------------------------------------------------

@@ -15,6 +15,11 @@ def jsonl(rows: list[dict]) -> bytes:
     return "\n".join(json.dumps(r) for r in rows).encode()
 
 
+def qa(*answers) -> bytes:
+    """A JSON Lines file: one good question/answer, then one record per item of ``answers`` (dicts)."""
+    return jsonl([{"question": "q", "answer": "a"}, *answers])
+
+
 PAIRS = [("instruction", "response"), ("prompt", "completion"), ("input", "output"), ("question", "answer"),
          ("Question", "ANSWER")]
 
@@ -26,7 +31,8 @@ def test_field_pairs(prompt_key, response_key):
 
 
 def test_alpaca_keeps_the_input():
-    rows = [{"instruction": "Add.", "input": "2 and 3", "output": "5"}, {"instruction": "Say hi.", "input": "", "output": "hi"}]
+    rows = [{"instruction": "Add.", "input": "2 and 3", "output": "5"},
+            {"instruction": "Say hi.", "input": "", "output": "hi"}]
     examples = parse_examples(jsonl(rows), "alpaca.json")  # one object per line, though named .json
     assert examples == [Example("Add.", "5", "2 and 3"), Example("Say hi.", "hi")]
     assert "### Input:\n2 and 3" in examples[0].prompt()
@@ -48,7 +54,8 @@ def test_json_list_csv_tsv_and_text():
     assert parse_examples(json.dumps(rows, indent=2).encode(), "t.json") == expected
     assert parse_examples(b"prompt,completion\np1,c1\r\np2,c2\r\n", "t.csv") == expected
     assert parse_examples(b"\xef\xbb\xbfprompt\tcompletion\np1\tc1\np2\tc2\n", "t.tsv") == expected  # BOM dropped
-    assert parse_examples(b"one\nstill one\n\n\n two \n", "t.txt") == [Example("", "one\nstill one"), Example("", "two")]
+    assert parse_examples(b"one\nstill one\n\n\n two \n", "t.txt") == [Example("", "one\nstill one"),
+                                                                       Example("", "two")]
 
 
 def test_unknown_suffix_is_sniffed():
@@ -72,12 +79,12 @@ def test_csv_quoted_multiline_field_keeps_line_numbers():
     (b'{"question": "caf\xe9", "answer": "a"}\n', "latin1.jsonl", r"line 1, column 18: byte 0xe9 is not UTF-8"),
     (jsonl([{"question": "only one", "answer": "a"}]), "one.jsonl", "holds 1 example; give at least 2"),
     (jsonl([{"foo": "x", "bar": "y"}] * 2), "f.jsonl", r"line 1: no usable field names \(found: bar, foo\)"),
-    (jsonl([{"question": "q", "answer": "a"}, {"question": "q"}]), "h.jsonl", r"line 2: has 'question' but no matching"),
-    (jsonl([{"question": "q", "answer": "a"}, {"question": " ", "answer": "a"}]), "b.jsonl", r"line 2: the 'question' field is empty"),
-    (jsonl([{"question": "q", "answer": "a"}, {"question": "q", "answer": ["a"]}]), "l.jsonl", "holds list; it must be text"),
+    (qa({"question": "q"}), "h.jsonl", r"line 2: has 'question' but no matching"),
+    (qa({"question": " ", "answer": "a"}), "b.jsonl", r"line 2: the 'question' field is empty"),
+    (qa({"question": "q", "answer": ["a"]}), "l.jsonl", "holds list; it must be text"),
     (b'{"question": "q", "answer": "a"}\n{"question": "q", "answer": \n', "s.jsonl", r"line 2: not valid JSON"),
-    (b'[\n {"question": "q", "answer": "a"},\n {"question": "q" "answer": "a"}\n]', "s.json", r"line 3: not valid JSON"),
-    (b'[\n {"question": "q", "answer": "a"},\n {"question": "q", "answer": 1},\n 7\n]', "n.json", r"line 4: expected an object"),
+    (b'[\n {"question": "q", "answer": "a"},\n {"question": "q" "answer": "a"}\n]', "s.json", "line 3: not valid JSON"),
+    (b'[\n {"question": "q", "answer": "a"},\n {"question": "q", "answer": 1},\n 7\n]', "n.json", "line 4: expected an obj"),
     (b'[{"question": "q", "answer": "a"}, {"question": "q", "answer": "a"}', "u.json", "never closed"),
     (b'{"not": "a list"', "o.json", "not valid JSON"),
     (b"instruction,response\na,b\nc,d,e\n", "w.csv", r"line 3: 3 fields but the header has 2"),

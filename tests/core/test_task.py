@@ -115,7 +115,8 @@ def test_find_models_end_to_end(pool, tmp_path):
     assert isinstance(result, TaskResult)
     stages = [e.stage for e in events]
     task_stages = stages[stages.index("finetune"):]     # before: the engine embeds the pool (no vector file yet)
-    assert set(task_stages) == {"finetune", "embed"} and task_stages == sorted(task_stages, key=["finetune", "embed"].index)
+    assert set(task_stages) == {"finetune", "embed"}
+    assert task_stages == sorted(task_stages, key=["finetune", "embed"].index)
     finetune = [e for e in events if e.stage == "finetune"]
     assert [e.done for e in finetune] == list(range(1, STEPS + 1)) and all(e.loss is not None for e in finetune)
     assert len(result.losses) == STEPS
@@ -150,7 +151,7 @@ def test_find_models_checks_before_work(pool, tmp_path, monkeypatch):
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "x").write_text("x")
-    with pytest.raises(DeltaAtlasError, match="not an empty folder"):
+    with pytest.raises(DeltaAtlasError, match="already exists and is not empty"):
         find_models(EXAMPLES, pool, keep_adapter=occupied)
     a_file = tmp_path / "file"
     a_file.write_text("x")
