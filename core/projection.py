@@ -138,6 +138,9 @@ class Projector:
         self.n_neighbors_ = self.n_neighbors or min(MAX_UMAP_NEIGHBOURS, max(2, n // 3))
         self.n_neighbors_ = max(2, min(self.n_neighbors_, n - 1)) if n > 2 else 1
         self._X = self._prepare(X)
+        if n > 1 and np.ptp(self._X, axis=0).max() < 1e-12:   # one direction only (t-SNE would even crash)
+            self.method_ = "pca"
+            self.note_ = f"All {n} models point the same way: they sit on one point of the map."
         fit = {"umap": self._fit_umap, "pca": self._fit_pca, "tsne": self._fit_tsne}[self.method_]
         self.embedding_ = np.asarray(fit(self._X), dtype=np.float64)            # [n, n_components]
         return self
@@ -148,7 +151,7 @@ class Projector:
     def _fit_pca(self, X: np.ndarray) -> np.ndarray:
         from sklearn.decomposition import PCA
 
-        if len(X) == 1:                                   # one model: the origin (PCA has nothing to fit)
+        if np.ptp(X, axis=0).max() < 1e-12:               # one model, or one direction: the origin
             self._pca = None
             return np.zeros((1, self.n_components))
         k = min(self.n_components, X.shape[0], X.shape[1])
@@ -268,6 +271,8 @@ class Clusterer:
         D = cosine_distances(X)
         for k in candidates:
             labels = self._cluster(X, k)
+            if len(candidates) > 1 and len(set(labels.tolist())) < k:   # duplicates: fewer clusters than asked
+                continue
             score = _precomputed_silhouette(D, labels)
             if not math.isnan(score):
                 self.scores_[k] = score
@@ -284,8 +289,12 @@ class Clusterer:
         if self.algorithm == "kmeans":
             from sklearn.cluster import KMeans
 
+            from sklearn.exceptions import ConvergenceWarning
+
             restarts = KMEANS_RESTARTS[0] if len(X) <= 1000 else KMEANS_RESTARTS[1]
-            return KMeans(n_clusters=k, n_init=restarts, random_state=self.random_state).fit_predict(X)
+            with warnings.catch_warnings():                 # duplicate points: fewer distinct clusters than k
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                return KMeans(n_clusters=k, n_init=restarts, random_state=self.random_state).fit_predict(X)
         from sklearn.cluster import AgglomerativeClustering
 
         return AgglomerativeClustering(n_clusters=k, metric="cosine", linkage="average").fit_predict(X)
@@ -406,8 +415,7 @@ def main(args: argparse.Namespace) -> int:
     if args.color_by and args.color_by not in table.columns:
         raise DeltaAtlasError(f"--color-by {args.color_by!r} is not a label of {args.vectors}: choose one of "
                               f"{', '.join(c for c in table.columns if c not in ('name', 'vector')) or '(none)'}.")
-    clusters = args.clusters if args.clusters == "auto" else _parse_k(args.clusters)
-    points, summary = project_table(table, method=args.method, n_clusters=clusters, random_state=args.seed)
+    points, summary = project_table(table, method=args.method, n_clusters=args.clusters, random_state=args.seed)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         points.to_csv(args.out, index=False)
@@ -418,12 +426,6 @@ def main(args: argparse.Namespace) -> int:
         color = args.color_by or ("domain" if "domain" in points.columns else None)
         print(format_map_summary(summary, color))
     return 0
-
-
-def _parse_k(text: str) -> int:
-    if not str(text).isdigit() or int(text) < 1:
-        raise DeltaAtlasError(f"--clusters {text!r} is not valid: use auto or a whole number such as 5.")
-    return int(text)
 
 
 def format_map_summary(summary: dict, color_by: str | None = None) -> str:

@@ -13,6 +13,15 @@ from core.projection import (Clusterer, Projector, cosine_similarities, describe
                              map_quality, nearest_neighbours)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny problems run faster on one OpenMP thread (k-means, t-SNE), above all on a shared, busy CPU."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield
+
+
 def blobs(n_clusters: int = 4, per: int = 6, dim: int = 32, spread: float = 0.05, seed: int = 0):
     """Well-separated directions: ``per`` noisy copies of ``n_clusters`` random unit vectors."""
     rng = np.random.default_rng(seed)
@@ -140,4 +149,13 @@ def test_map_command(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["n_clusters"] == 2 and summary["label_silhouette"]["domain"] > 0.8 and len(summary["points"]) == 15
     assert main(["map", "--vectors", str(path), "--clusters", "many"]) == 2
-    assert "--clusters" in capsys.readouterr().err
+    assert "'many' is not valid" in capsys.readouterr().err
+
+
+def test_models_that_all_point_the_same_way():
+    X = np.ones((8, 5)) * np.arange(1, 9)[:, None]                       # one direction, different lengths
+    for method in ("umap", "tsne"):                                      # (t-SNE used to crash on this)
+        p = Projector(method=method).fit(X)
+        assert "same way" in p.note_ and np.allclose(p.embedding_, 0) and np.allclose(p.transform(X[:2]), 0)
+    c = Clusterer().fit(np.vstack([X, -X[:3]]))
+    assert c.n_clusters_ == 2 and set(c.scores_) == {2}
