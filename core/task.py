@@ -202,13 +202,15 @@ def rank(vector: np.ndarray, table: pd.DataFrame, top: int | None = None) -> pd.
 
 
 def rank_groups(matches: pd.DataFrame, columns: tuple[str, ...] = GROUP_COLUMNS) -> pd.DataFrame:
-    """Mean similarity of every group of models (per label column in ``columns``), best first within each column."""
+    """Mean similarity of every group of models (per label column in ``columns``), best first within each column.
+    A mixture's label ``math+coding`` puts the model in both the ``math`` and the ``coding`` group."""
     frames = []
     for column in columns:
         if column not in matches.columns:
             continue
-        rows = matches[matches[column].astype(str).str.len() > 0]
-        grouped = rows.groupby(column, sort=False)["similarity"].agg(["mean", "max", "size"]).reset_index()
+        rows = matches[["similarity"]].assign(group=matches[column].astype(str).str.split("+")).explode("group")
+        rows = rows[rows["group"].str.strip().str.len() > 0]
+        grouped = rows.groupby("group", sort=False)["similarity"].agg(["mean", "max", "size"]).reset_index()
         grouped.columns = ["group", "similarity", "best", "models"]
         grouped.insert(0, "group_by", column)
         frames.append(grouped.sort_values("similarity", ascending=False, kind="stable"))

@@ -43,7 +43,7 @@ def pool(tiny_pool, tmp_path_factory):
 
 def synthetic_table() -> pd.DataFrame:
     vectors = np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0, 0.8, 0.2], [-1, 0, 0]], dtype=np.float32)
-    labels = pd.DataFrame({"name": list("abcde"), "domain": ["x", "x", "y", "y", ""], "dataset": list("ppqrs")})
+    labels = pd.DataFrame({"name": list("abcde"), "domain": ["x", "x", "y", "x+y", ""], "dataset": list("ppqrs")})
     return make_table(list("abcde"), vectors, labels)
 
 
@@ -69,10 +69,11 @@ def test_cosine_of_a_zero_vector_is_zero():
 def test_rank_groups_means_best_first_and_skips_empty_labels():
     groups = rank_groups(rank(np.array([0.0, 1.0, 0.0]), synthetic_table()))
     domain = groups[groups["group_by"] == "domain"]
-    assert list(domain["group"]) == ["y", "x"]                      # "" (model e) is no group
+    assert list(domain["group"]) == ["y", "x"]                      # "" (model e) is no group; no "x+y" group
     sims = cosine_to(np.array([0.0, 1, 0]), matrix(synthetic_table()))
     assert domain["similarity"].iloc[0] == pytest.approx((sims[2] + sims[3]) / 2)
-    assert domain["best"].iloc[0] == pytest.approx(sims[2]) and list(domain["models"]) == [2, 2]
+    assert domain["best"].iloc[0] == pytest.approx(sims[2]) and list(domain["models"]) == [2, 3]
+    assert domain["similarity"].iloc[1] == pytest.approx((sims[0] + sims[1] + sims[3]) / 3)   # d is "x+y": in both
     assert set(groups["group_by"]) == {"domain", "dataset"}
     assert len(rank_groups(pd.DataFrame({"name": ["a"], "similarity": [1.0]}))) == 0
 
