@@ -25,6 +25,7 @@ class Mark:
     symbol: str = "star"
     colour: str = "#111111"
     size: int = 22
+    text_position: str = "top center"
 
 
 def hover_texts(frame: pd.DataFrame, columns: list[str]) -> list[str]:
@@ -47,7 +48,8 @@ def colours_for(values: list[str]) -> dict[str, str]:
 
 
 def map_figure(frame: pd.DataFrame, embedding: np.ndarray, colour: list[str], colour_title: str,
-               hover: list[str], focus: list[str] | None = None, marks: list[Mark] | None = None) -> go.Figure:
+               hover: list[str], focus: list[str] | None = None, marks: list[Mark] | None = None,
+               focus_label: str = "selected") -> go.Figure:
     """The scatter of the models: one trace per colour group (the legend), the user's own models as diamonds,
     ``focus`` models ringed, ``marks`` on top. ``customdata`` holds each model's name (read back on selection)."""
     n = len(frame)
@@ -70,7 +72,7 @@ def map_figure(frame: pd.DataFrame, embedding: np.ndarray, colour: list[str], co
     focus_rows = np.flatnonzero(np.isin(names, list(focus or [])))
     if len(focus_rows):
         fig.add_trace(go.Scatter(
-            x=embedding[focus_rows, 0], y=embedding[focus_rows, 1], mode="markers", name="selected",
+            x=embedding[focus_rows, 0], y=embedding[focus_rows, 1], mode="markers", name=focus_label,
             customdata=names[focus_rows, None], hovertext=hover[focus_rows],
             hovertemplate="%{hovertext}<extra></extra>",
             marker=dict(size=size + 10, color="rgba(0,0,0,0)", line=dict(width=2.5, color="#111111")),
@@ -78,13 +80,13 @@ def map_figure(frame: pd.DataFrame, embedding: np.ndarray, colour: list[str], co
     for mark in marks or []:
         fig.add_trace(go.Scatter(
             x=[mark.x], y=[mark.y], mode="markers+text", name=mark.label, text=[mark.label],
-            textposition="top center", hovertemplate=f"<b>{mark.label}</b><extra></extra>",
+            textposition=mark.text_position, hovertemplate=f"<b>{mark.label}</b><extra></extra>",
             marker=dict(symbol=mark.symbol, size=mark.size, color=mark.colour, line=dict(width=1.5, color="white")),
         ))
     fig.update_layout(
         height=MAP_HEIGHT, margin=dict(l=10, r=10, t=30, b=10), legend_title_text=colour_title,
         legend=dict(itemsizing="constant"), hoverlabel=dict(align="left"), plot_bgcolor="#fafafa",
-        xaxis=dict(visible=False), yaxis=dict(visible=False, scaleanchor="x"), clickmode="event+select",
+        xaxis=dict(visible=False), yaxis=dict(visible=False), clickmode="event+select",
     )
     return fig
 
@@ -97,13 +99,22 @@ def _natural(value: str):
 
 
 def loss_figure(losses: dict[str, float], title: str = "Loss on your examples (lower is better)") -> go.Figure:
-    """Bars for base, each ingredient and the merged model, in that order; the merged bar stands out."""
-    names = list(losses)
+    """One dot per model (base, each ingredient, merged), on an axis that spans just their range so that small
+    differences show; the merged model stands out."""
+    names = list(losses)[::-1]                       # base at the top, merged at the bottom
+    values = [losses[n] for n in names]
     colours = ["#9e9e9e" if n == "base" else "#d62728" if n == "merged" else "#1f77b4" for n in names]
-    fig = go.Figure(go.Bar(x=names, y=[losses[n] for n in names], marker_color=colours,
-                           text=[f"{losses[n]:.3f}" for n in names], textposition="outside"))
-    fig.update_layout(title=title, height=380, margin=dict(l=10, r=10, t=50, b=10), yaxis_title="loss",
-                      yaxis=dict(rangemode="tozero"))
+    low, high = min(values), max(values)
+    pad = max(high - low, abs(high) * 0.01, 1e-3) * 0.35
+    fig = go.Figure()
+    for name, value, colour in zip(names, values, colours):
+        fig.add_trace(go.Scatter(x=[low - pad, value], y=[name, name], mode="lines", showlegend=False,
+                                 line=dict(color="#dddddd", width=2), hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=values, y=names, mode="markers+text", text=[f"{v:.3f}" for v in values],
+                             textposition="middle right", marker=dict(size=16, color=colours), showlegend=False,
+                             hovertemplate="%{y}: loss %{x:.4f}<extra></extra>"))
+    fig.update_layout(title=title, height=90 + 45 * len(names), margin=dict(l=10, r=10, t=50, b=10),
+                      xaxis=dict(range=[low - pad, high + 2 * pad], title="loss"), yaxis=dict(type="category"))
     return fig
 
 
@@ -127,7 +138,8 @@ def delta_diagram() -> go.Figure:
     ]
     for x0, y0, x1, y1, text, colour in boxes:
         fig.add_shape(type="rect", x0=x0, y0=y0, x1=x1, y1=y1, fillcolor=colour, line=dict(color="#555"))
-        fig.add_annotation(x=(x0 + x1) / 2, y=(y0 + y1) / 2, text=text, showarrow=False, font=dict(size=13))
+        fig.add_annotation(x=(x0 + x1) / 2, y=(y0 + y1) / 2, text=text, showarrow=False,
+                           font=dict(size=13, color="#222222"))
     arrows = [(0.2, 0.5, 0.32, 0.77), (0.2, 0.5, 0.32, 0.23), (0.56, 0.77, 0.68, 0.77), (0.56, 0.23, 0.68, 0.23),
               (0.86, 0.77, 0.93, 0.55), (0.86, 0.23, 0.93, 0.45)]
     for x0, y0, x1, y1 in arrows:
@@ -147,14 +159,18 @@ def arrows_figure(points: dict[str, tuple[float, float]], sums: dict[str, tuple[
     for name, (x, y) in points.items():
         fig.add_annotation(x=x, y=y, ax=0, ay=0, xref="x", yref="y", axref="x", ayref="y", showarrow=True,
                            arrowhead=3, arrowwidth=2.5, arrowcolor=hues[name], text="")
-        fig.add_trace(go.Scatter(x=[x], y=[y], mode="text", text=[name], textposition="top center",
-                                 showlegend=False, hoverinfo="skip"))
+        fig.add_trace(go.Scatter(x=[x], y=[y], mode="text", text=[f"<b>{name}</b>"], showlegend=False,
+                                 textposition="top center" if y >= 0 else "bottom center", hoverinfo="skip",
+                                 textfont=dict(color=hues[name], size=13)))
     for name, (x, y) in (sums or {}).items():
         fig.add_trace(go.Scatter(x=[x], y=[y], mode="markers+text", text=[name], textposition="bottom center",
                                  marker=dict(symbol="x", size=12, color="#111"), showlegend=False, hoverinfo="skip"))
-    extent = max(1.0, *(abs(v) for p in [*points.values(), *(sums or {}).values()] for v in p)) * 1.2
-    fig.update_layout(height=320, margin=dict(l=0, r=0, t=10, b=0), plot_bgcolor="white",
-                      xaxis=dict(range=[-extent * 0.3, extent], zeroline=True, showgrid=False, showticklabels=False),
-                      yaxis=dict(range=[-extent * 0.3, extent], zeroline=True, showgrid=False, showticklabels=False,
-                                 scaleanchor="x"))
+    coords = np.array([*points.values(), *(sums or {}).values(), (0.0, 0.0)], dtype=float)  # [m, 2]
+    low, high = coords.min(0), coords.max(0)
+    pad = 0.25 * max(float((high - low).max()), 1e-9)
+    fig.update_layout(height=340, margin=dict(l=0, r=0, t=10, b=0), plot_bgcolor="white",
+                      xaxis=dict(range=[low[0] - pad, high[0] + pad], zeroline=True, showgrid=False,
+                                 showticklabels=False),
+                      yaxis=dict(range=[low[1] - pad, high[1] + pad], zeroline=True, showgrid=False,
+                                 showticklabels=False, scaleanchor="x"))
     return fig

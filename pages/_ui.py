@@ -145,6 +145,15 @@ def choose_base(catalog_path: Path) -> str | None:
 
 def page_setup(title: str) -> Pool:
     """Start a page: when it runs on its own (not through app.py), set the page up and draw the sidebar too."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory and not st.session_state.get(APP_KEY):
+        # Streamlit's legacy multipage mode (a pages/ folder next to app.py) ran this page without app.py, because
+        # the server's first visitor opened it by its own URL. Leave that mode and run again through app.py's
+        # st.navigation: the page keeps its URL, so the visitor lands on the same page. (AppTest re-enters the
+        # legacy mode on every run; once app.py has run in the session, the page just goes on.)
+        PagesManager.uses_pages_directory = False
+        st.rerun()
     if not st.session_state.get(APP_KEY):
         st.set_page_config(page_title=f"{title} · Delta Atlas", layout="wide")
         return sidebar()

@@ -61,7 +61,11 @@ def add_form(pool: ui.Pool, data: ui.PoolData, users: userpool.UserPool) -> None
     domain = right.text_input("Domain (optional)", key="add_domain",
                               help="A label to colour the map by" + (f", e.g. {', '.join(domains[:5])}." if domains else "."))
     note = st.text_input("Note (optional)", key="add_note")
-    if st.button("Add and measure", type="primary", disabled=not where, key="add_go"):
+    if st.button("Add and measure", type="primary", key="add_go"):  # never disabled: typing then clicking must work
+        if not where:
+            st.warning({FOLDER: "Type the model's folder first.", ZIP: "Choose a zip file first.",
+                        HUB: "Type the model's hub id first."}[how])
+            return
         labels = {k: v.strip() for k, v in {"domain": domain, "note": note}.items() if v.strip()}
         add(pool, data, users, how, where, name.strip() or None, kind, labels)
 

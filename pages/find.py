@@ -104,7 +104,8 @@ def task_map(data: ui.PoolData, result, title: str) -> None:
     colour = list(frame[colour_by].astype(str)) if colour_by else ["model"] * len(frame)
     marks = [] if position is None else [charts.Mark(float(position[0]), float(position[1]), "your task")]
     fig = charts.map_figure(frame, embedding, colour, colour_by or "", charts.hover_texts(frame, labels),
-                            focus=list(result.matches["name"].head(TO_MERGE)), marks=marks)
+                            focus=list(result.matches["name"].head(TO_MERGE)), marks=marks,
+                            focus_label="best matches")
     st.plotly_chart(fig, key="find_map")
     st.caption("★ = your task, placed among the models by the same map; ringed = the best matches.")
 

@@ -24,8 +24,28 @@ PAPER = pd.DataFrame({  # the paper's Table (silhouette of the domain labels, 15
 
 
 @st.cache_data(show_spinner=False)
-def load_report(path: str, mtime: int) -> dict | None:
-    return json.loads(Path(path).read_text()) if mtime else None
+def load_report(path: str, mtime: int) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+@st.cache_data(show_spinner=False)
+def quick_report(catalog: str, vectors: str, mtimes: tuple) -> dict:
+    """The report of a pool without the baselines (those need every model's weights): seconds, not minutes."""
+    from core.report import build_report
+
+    return build_report(catalog, vectors, baselines=False)
+
+
+def pool_report(pool: ui.Pool) -> tuple[dict | None, str]:
+    """The shipped report for the demo zoo, else one measured now on the chosen pool (when it has domains)."""
+    if pool.catalog_path.resolve() == ui.DEMO_CATALOG.resolve() and REPORT.is_file():
+        return load_report(str(REPORT), ui.stamp(REPORT)), "the demo zoo (from data/demo/report.json)"
+    catalog = ui.catalog_of(pool)
+    if "domain" not in catalog.label_columns or not pool.vectors_path.is_file():
+        return None, ""
+    mtimes = (ui.stamp(pool.catalog_path), ui.stamp(pool.vectors_path))
+    return quick_report(str(pool.catalog_path), str(pool.vectors_path), mtimes), \
+        f"{pool.title}, measured now (run `python -m core report` for the baselines too)"
 
 
 def main() -> None:
@@ -48,9 +68,14 @@ def main() -> None:
         "The map squeezes these long vectors onto a flat page so that similar models sit close together.")
     with ui.guard("drawing the demo zoo's directions"):
         directions(pool)
-    report = load_report(str(REPORT), ui.stamp(REPORT))
-    st.subheader("3. Does it work? Grouping models by what they learned")
-    evidence(report)
+    with ui.guard("reading the report"):
+        report, where = pool_report(pool)
+        st.subheader("3. Does it work? Grouping models by what they learned")
+        clustering(report, where)
+        if report and report.get("additivity"):
+            additivity(pool, report)
+        if report and report.get("robustness"):
+            robustness(report)
 
 
 def directions(pool: ui.Pool) -> None:
@@ -76,17 +101,82 @@ def directions(pool: ui.Pool) -> None:
                    "different ways — which is why the map can tell them apart without being told the labels.")
 
 
-def evidence(report: dict | None) -> None:
+def clustering(report: dict | None, where: str) -> None:
     st.markdown(
-        "A good description should put models trained on the same kind of data together. The **silhouette score** "
-        "measures that on a scale from −1 to 1: near 1, each domain forms its own tight group; near 0, the groups "
-        "are mixed. Below, Delta Activations against the other ways to describe a model that the paper compares.")
+        "A good description puts models trained on the same kind of data together. The **silhouette score** "
+        "measures that from −1 to 1: near 1, each domain forms its own tight group; near 0, the groups are mixed. "
+        "**Nearest neighbour** is the share of models whose most similar other model has the same domain.")
     if report is None:
-        st.info("The demo zoo's report is not built yet (`python -m core report` writes data/demo/report.json). "
-                "Here are the paper's numbers, on real 8-billion-parameter models:")
+        st.info("No report for this pool yet (`python -m core report` measures it). Here are the paper's numbers, "
+                "on real 8-billion-parameter models:")
         st.dataframe(PAPER, hide_index=True, width="stretch")
         return
-    st.json(report, expanded=False)
+    scopes = report["scopes"]
+    rows = [{"embedding": e["name"], "numbers per model": e["dim"],
+             f"silhouette, primary ({scopes['primary']['n']})": e["silhouette"].get("primary"),
+             f"silhouette, all ({scopes['all']['n']})": e["silhouette"].get("all"),
+             "nearest neighbour, all": e["loo_accuracy"].get("all"),
+             "paper's silhouette": report["paper_silhouette"].get(e["name"])} for e in report["embeddings"]]
+    table = pd.DataFrame(rows).dropna(axis=1, how="all")  # a scope the pool lacks (no primary models...)
+    st.caption(f"Measured on {where}: {report['n_models']} models, grouped by {report['label']}.")
+    st.dataframe(table, hide_index=True, width="stretch", column_config={
+        "nearest neighbour, all": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="percent")})
+    ours = next((e for e in report["embeddings"] if e["key"] == "delta_activations"), None)
+    others = [e for e in report["embeddings"] if e["key"] != "delta_activations" and e["silhouette"].get("all") is not None]
+    if ours and ours["silhouette"].get("all") is not None:
+        text = (f"Delta Activations group these models by {report['label']} with a silhouette of "
+                f"**{ours['silhouette']['all']:.2f}**")
+        if others:
+            best = max(others, key=lambda e: e["silhouette"]["all"])
+            text += f"; the best other description, {best['name']}, reaches {best['silhouette']['all']:.2f}"
+        st.markdown(text + ".")
+    for note in report.get("notes", []):
+        st.caption(note)
+
+
+def additivity(pool: ui.Pool, report: dict) -> None:
+    st.subheader("4. Additive: training on A and B lands near A + B")
+    st.markdown("Some models of the demo zoo were trained on two datasets at once. If delta activations add up, such "
+                "a model's vector should point the same way as the sum of the two single-dataset models' vectors.")
+    rows = [{"model trained on both": a["name"], "A": a["parts"][0], "B": a["parts"][1],
+             "similarity to A + B": a["cos_sum"], "to A": a["cos_a"], "to B": a["cos_b"],
+             "to other models (mean)": a["mean_cos_others"],
+             "rank of A + B": f"{a['rank_of_sum']} of {a['n_compared']}"} for a in report["additivity"]]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
+        "similarity to A + B": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="%.2f")})
+    first = report["additivity"][0]
+    firsts = sum(a["rank_of_sum"] == 1 for a in report["additivity"])
+    st.markdown(f"For {firsts} of {len(report['additivity'])} mixtures, A + B is closer to the mixture model than "
+                "any single model of the pool.")
+    data = ui.pool_data(pool)
+    index = {n: i for i, n in enumerate(data.frame["name"])}
+    if all(n in index for n in [first["name"], *first["parts"]]):
+        a, b, mix = (data.X[index[n]] for n in [*first["parts"], first["name"]])
+        basis, _ = np.linalg.qr(np.stack([a, b]).T)           # a flat picture of the plane of A and B
+        flat = {n: tuple(basis.T @ v) for n, v in zip([*first["parts"], first["name"]], (a, b, mix))}
+        scale = max(abs(c) for p in flat.values() for c in p)
+        flat = {n: (x / scale, y / scale) for n, (x, y) in flat.items()}
+        total = tuple(np.add(flat[first["parts"][0]], flat[first["parts"][1]]))
+        left, right = st.columns([3, 2])
+        left.plotly_chart(charts.arrows_figure(flat, {"A + B": total}), key="how_additive",
+                          config={"staticPlot": True})
+        right.markdown(f"The arrows of **{first['parts'][0]}** (A), **{first['parts'][1]}** (B) and "
+                       f"**{first['name']}**, drawn in the plane of A and B; ✕ marks A + B. "
+                       f"Similarity of the mixture to A + B: {first['cos_sum']:.2f}.")
+
+
+def robustness(report: dict) -> None:
+    label = report["label"]
+    st.subheader("5. Robust: other training settings, same place")
+    st.markdown(f"Other models were trained on the same data with other settings (learning rate, amount of data, "
+                f"LoRA rank, or every weight instead of an adapter). Each should still sit next to a model of its "
+                f"own {label}.")
+    rows = [{"model": r["name"], "setting": r["setting"], f"its {label}": r[label], "closest model": r["nearest"],
+             "similarity": r["nearest_cos"], f"same {label}": "yes" if r["same_" + label] else "no"}
+            for r in report["robustness"]]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    share = np.mean([r["same_" + label] for r in report["robustness"]])
+    st.markdown(f"**{share:.0%}** of them sit next to a model of their own {label}.")
 
 
 main()

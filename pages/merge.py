@@ -149,17 +149,18 @@ def merge_map(data: ui.PoolData, report) -> None:
     projector = ui.projector(data)
     embedding = np.asarray(projector.embedding_)
     marks = []
-    for vector, label, symbol, colour in [(report.predicted_vector, "predicted", "diamond-open", "#d62728"),
-                                          (report.measured_vector, "merged", "star", "#111111")]:
+    for vector, label, symbol, colour, where in [
+            (report.predicted_vector, "predicted", "diamond-open", "#d62728", "bottom center"),
+            (report.measured_vector, "merged", "star", "#111111", "top center")]:
         if vector is not None:
             x, y = np.asarray(projector.transform(np.asarray(vector)[None, :]))[0]
-            marks.append(charts.Mark(float(x), float(y), label, symbol=symbol, colour=colour))
+            marks.append(charts.Mark(float(x), float(y), label, symbol=symbol, colour=colour, text_position=where))
     frame = data.frame
     labels = [c for c in frame.columns if c not in ("name", "origin")]
     colour_by = "domain" if "domain" in labels else (labels[0] if labels else None)
     colour = list(frame[colour_by].astype(str)) if colour_by else ["model"] * len(frame)
     fig = charts.map_figure(frame, embedding, colour, colour_by or "", charts.hover_texts(frame, labels),
-                            focus=report.ingredients, marks=marks)
+                            focus=report.ingredients, marks=marks, focus_label="ingredients")
     st.plotly_chart(fig, key="merge_map")
     cosine = report.predicted_vs_measured_cosine
     if cosine is not None:

@@ -118,8 +118,8 @@ def test_merging_two_adapters_shows_results(app_env):
     at.button(key="merge_go").click().run()
     assert problems(at) == []
     assert at.subheader[0].value == "The merge of lora_0, lora_1"
-    losses = chart_json(at, "merge_losses")["data"][0]
-    assert list(losses["x"]) == ["base", "lora_0", "lora_1", "merged"]
+    dots = chart_json(at, "merge_losses")["data"][-1]  # one dot per model, base at the top
+    assert list(dots["y"]) == ["merged", "lora_1", "lora_0", "base"] and len(dots["x"]) == 4
     marks = {t["name"] for t in chart_json(at, "merge_map")["data"]}
     assert {"predicted", "merged"} <= marks
     assert [b.proto.label for b in at.get("download_button")] == ["Merged adapter (zip)", "Recipe (YAML)"]
