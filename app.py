@@ -28,3 +28,5 @@ with st.sidebar:
 st.session_state[ui.APP_KEY] = True
 ui.sidebar()
 navigation.run()
+ui.sidebar_footer()
+ui.warm_up_in_background()  # after the first page is drawn: compiling holds the GIL for seconds

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,7 +22,6 @@ import pandas as pd
 import streamlit as st
 
 from core.catalog import Catalog, read_catalog
-from core.examples import load_examples, parse_examples, sample_tasks
 from core.errors import DeltaAtlasError
 from core.jobs import JobLocks
 from core.progress import Progress
@@ -123,11 +123,17 @@ def sidebar() -> Pool:
             path = Path(choice)
             pool = Pool(path, users.vectors_path if path == users.catalog_path else vectors_path_for(path),
                         titles[choice], is_user=path == users.catalog_path, base=choose_base(path))
+    st.session_state[POOL_KEY] = pool
+    return pool
+
+
+def sidebar_footer() -> None:
+    """The device in use and the heavy work running now; drawn after the page (finding the device imports torch,
+    which the map does not need)."""
+    with st.sidebar:
         st.caption(f"Computing on: **{device_label()}**")
         for job in job_locks().busy():
             st.caption(f"Busy: someone is {job.what} on {Path(job.key).name}.")
-    st.session_state[POOL_KEY] = pool
-    return pool
 
 
 def choose_base(catalog_path: Path) -> str | None:
@@ -156,8 +162,27 @@ def page_setup(title: str) -> Pool:
         st.rerun()
     if not st.session_state.get(APP_KEY):
         st.set_page_config(page_title=f"{title} · Delta Atlas", layout="wide")
-        return sidebar()
+        pool = sidebar()
+        sidebar_footer()
+        return pool
     return st.session_state[POOL_KEY]
+
+
+@st.cache_resource(show_spinner=False)
+def warm_up_in_background() -> threading.Thread:
+    """Compile UMAP's kernels once per server process, in the background, so that the first map or task search
+    that needs a fresh projection does not wait for them (the map itself may come from the disk cache)."""
+    def work() -> None:
+        try:
+            from core.projection import warm_up
+
+            log.info("UMAP ready after %.1f s of compiling", warm_up())
+        except Exception:  # noqa: BLE001 - only a head start: the first real map compiles it anyway
+            log.warning("UMAP warm-up failed", exc_info=True)
+
+    thread = threading.Thread(target=work, name="umap-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 @st.cache_resource(show_spinner=False)
@@ -209,7 +234,7 @@ class PoolData:
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _load_pool_data(catalog: str, vectors: str, base: str | None, key: str) -> PoolData | None:
-    cat = read_catalog(catalog)
+    cat = load_catalog(catalog, stamp(Path(catalog)))
     bases = tuple(dict.fromkeys(str(e.base) for e in cat))
     base = base if base in bases else bases[0]
     names = [e.name for e in cat if str(e.base) == base]
@@ -232,7 +257,8 @@ def _load_pool_data(catalog: str, vectors: str, base: str | None, key: str) -> P
     X.setflags(write=False)
     frame = table.drop(columns=["vector"])
     frame[label_columns(frame)] = frame[label_columns(frame)].fillna("").astype(str)
-    missing = tuple(n for n in names if n not in set(frame["name"]))
+    have = set(frame["name"])
+    missing = tuple(n for n in names if n not in have)
     digest = hashlib.sha256("\n".join(frame["name"]).encode() + X.tobytes()).hexdigest()[:24]
     return PoolData(frame, X, base, bases, missing, key, digest)
 
@@ -482,12 +508,16 @@ FORMAT_HELP = """One example per line in a **.jsonl** file, e.g.
 
 @st.cache_data(show_spinner=False)
 def _sample_examples(path: str, mtime: int) -> list:
+    from core.examples import load_examples
+
     return load_examples(path)
 
 
 def examples_picker(prefix: str, last_task: dict | None = None) -> tuple[str, list]:
     """Pick examples from the last task search, a sample task or an upload: (title, examples). Problems with an
     upload are shown under it; the examples are then empty."""
+    from core.examples import parse_examples, sample_tasks  # imports torch (through core.train): not for the map
+
     sources = [*([LAST_TASK] if last_task else []), SAMPLE, UPLOAD]
     source = st.radio("Examples", sources, horizontal=True, key=f"{prefix}_source")
     if source == LAST_TASK:

@@ -36,7 +36,8 @@ def main() -> None:
     with ui.guard("preparing the merge"):
         data = ui.pool_data(pool)
         catalog = ui.combined_catalog(pool, data)
-        adapters = [e.name for e in catalog if e.kind != "full" and e.name in set(data.frame["name"])]
+        have = set(data.frame["name"])
+        adapters = [e.name for e in catalog if e.kind != "full" and e.name in have]
         if len(adapters) < 2:
             st.info("This pool has fewer than two adapters with vectors: there is nothing to merge.")
             return

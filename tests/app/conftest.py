@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 
@@ -76,3 +77,47 @@ def problems(at) -> list[str]:
 
 
 os.environ.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")
+
+
+DOMAINS = ("legal", "math", "medical", "commonsense", "coding")
+
+
+def synthetic_pool(folder: Path, per_domain: int = 6, dim: int = 32, seed: int = 0) -> Path:
+    """A catalog shaped like the demo zoo's (domain, variant, setting, mixture_of labels) with vectors only: enough
+    for the Map and How-it-works pages, no model to load. Two mixtures are the sums of their parts (plus noise)."""
+    import numpy as np
+
+    from core.catalog import write_catalog
+    from core.vectors import make_table, write_vectors
+
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(len(DOMAINS), dim))
+    rows, vectors = [], []
+    for d, domain in enumerate(DOMAINS):
+        for i in range(per_domain):
+            variant = "primary" if i < 3 else "robustness"
+            rows.append({"name": f"{domain}-{i}", "source": f"./models/{domain}-{i}", "kind": "lora", "base": "./base",
+                         "domain": domain, "variant": variant, "setting": "" if i < 3 else f"lr {i}e-4",
+                         "mixture_of": ""})
+            vectors.append(centres[d] + 0.3 * rng.normal(size=dim))
+    for a, b in [("legal-0", "math-0"), ("medical-0", "coding-0")]:
+        rows.append({"name": f"{a}+{b}", "source": "./models/mix", "kind": "lora", "base": "./base",
+                     "domain": f"{a.split('-')[0]}+{b.split('-')[0]}", "variant": "mixture", "setting": "",
+                     "mixture_of": f"{a}+{b}"})
+        names = [r["name"] for r in rows]
+        vectors.append(vectors[names.index(a)] + vectors[names.index(b)] + 0.1 * rng.normal(size=dim))
+    folder.mkdir(parents=True, exist_ok=True)
+    catalog = write_catalog(rows, folder / "catalog.csv")
+    labels = pd.DataFrame(rows).drop(columns=["source", "kind", "base"])
+    write_vectors(make_table([r["name"] for r in rows], np.asarray(vectors), labels), folder / "vectors.parquet")
+    return catalog
+
+
+@pytest.fixture
+def synthetic_env(tmp_path, monkeypatch) -> Path:
+    catalog = synthetic_pool(tmp_path / "pool")
+    monkeypatch.setenv("DELTA_ATLAS_CATALOG", str(catalog))
+    monkeypatch.setenv("DELTA_ATLAS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DELTA_ATLAS_USER_DIR", str(tmp_path / "user"))
+    monkeypatch.setenv("DELTA_ATLAS_CACHE", str(tmp_path / "cache"))
+    return catalog

@@ -175,3 +175,24 @@ def test_a_busy_model_is_shown_in_the_sidebar(app_env):
         assert any("someone is finetuning on base" in c.value for c in at.sidebar.caption)
     finally:
         locks.release(base, "someone-else")
+
+
+def test_how_it_works_shows_the_evidence(synthetic_env):
+    at = app("pages/how_it_works.py").run()
+    assert problems(at) == []
+    headers = [h.value for h in at.subheader]
+    assert any(h.startswith("4. Additive") for h in headers) and any(h.startswith("5. Robust") for h in headers)
+    additive = at.dataframe[1].value
+    assert list(additive["model trained on both"]) == ["legal-0+math-0", "medical-0+coding-0"]
+    assert (additive["similarity to A + B"] > 0.9).all()  # built as sums, so they must read as additive
+    assert any("For 2 of 2 mixtures" in m.value for m in at.markdown)
+
+
+def test_map_groups_found_automatically(synthetic_env):
+    at = app().run()
+    at.selectbox(key="map_colour").set_value("Groups found automatically").run()
+    assert problems(at) == []
+    assert any("5 groups (chosen automatically)" in c.value for c in at.caption)
+    legend = {t["name"] for t in chart_json(at, "map_chart")["data"]}
+    assert {f"group {i}" for i in range(1, 6)} <= legend
+    assert any("domain** form clearly separate groups" in m.value for m in at.markdown)
