@@ -75,7 +75,8 @@ def map_figure(frame: pd.DataFrame, embedding: np.ndarray, colour: list[str], co
             x=embedding[focus_rows, 0], y=embedding[focus_rows, 1], mode="markers", name=focus_label,
             customdata=names[focus_rows, None], hovertext=hover[focus_rows],
             hovertemplate="%{hovertext}<extra></extra>",
-            marker=dict(size=size + 10, color="rgba(0,0,0,0)", line=dict(width=2.5, color="#111111")),
+            marker=dict(size=size + 10, color="rgba(0,0,0,0)",
+                        line=dict(width=2.5 if len(focus_rows) <= 5 else 1.2, color="#111111")),
         ))
     for mark in marks or []:
         fig.add_trace(go.Scatter(
@@ -85,7 +86,8 @@ def map_figure(frame: pd.DataFrame, embedding: np.ndarray, colour: list[str], co
         ))
     fig.update_layout(
         height=MAP_HEIGHT, margin=dict(l=10, r=10, t=30, b=10), legend_title_text=colour_title,
-        legend=dict(itemsizing="constant"), hoverlabel=dict(align="left"), plot_bgcolor="#fafafa",
+        legend=dict(itemsizing="constant", orientation="h", yanchor="top", y=-0.02, xanchor="left", x=0),
+        hoverlabel=dict(align="left"), plot_bgcolor="#fafafa",
         xaxis=dict(visible=False), yaxis=dict(visible=False), clickmode="event+select",
     )
     return fig

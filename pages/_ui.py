@@ -388,6 +388,7 @@ LAYOUTS = {"UMAP": "umap", "PCA": "pca", "t-SNE": "tsne"}
 MAP_SETTINGS_KEY = "map_settings"  # a copy of the Map page's choices that outlives its widgets
 MAP_DEFAULTS = {"layout": "UMAP", "neighbours": "auto", "seed": 0}
 QUALITY_SAMPLE = 2000  # models the map-quality measure looks at, at most
+SPREAD_UP_TO, SPREAD_MIN_DIST = 500, 0.5  # UMAP's min_dist for pools up to this size (0.1 above)
 
 
 def map_settings() -> dict:
@@ -395,10 +396,10 @@ def map_settings() -> dict:
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _projector(key: str, method: str, n_neighbors: int | None, seed: int, _X: np.ndarray):
+def _projector(key: str, method: str, n_neighbors: int | None, min_dist: float, seed: int, _X: np.ndarray):
     from core.projection import Projector
 
-    return Projector(method=method, n_neighbors=n_neighbors, random_state=seed).fit(_X)
+    return Projector(method=method, n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed).fit(_X)
 
 
 def projector(data: PoolData, settings: dict | None = None):
@@ -406,26 +407,31 @@ def projector(data: PoolData, settings: dict | None = None):
     return _projector(data.key, *_layout_args(data, settings or map_settings()), data.X)
 
 
-def _layout_args(data: PoolData, settings: dict) -> tuple[str, int | None, int]:
+def _layout_args(data: PoolData, settings: dict) -> tuple[str, int | None, float, int]:
+    """(method, n_neighbors, min_dist, seed) for the Projector. Small pools get a larger min_dist, so that models of
+    one group spread into a clickable cloud instead of a single blot."""
     neighbours = settings["neighbours"]
     n_neighbors = None if neighbours == "auto" else min(int(neighbours), max(len(data.X) - 1, 2))
-    return LAYOUTS[settings["layout"]], n_neighbors, int(settings["seed"])
+    min_dist = SPREAD_MIN_DIST if len(data.X) <= SPREAD_UP_TO else 0.1
+    return LAYOUTS[settings["layout"]], n_neighbors, min_dist, int(settings["seed"])
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _map_embedding(digest: str, method: str, n_neighbors: int | None, seed: int, _data: PoolData) -> np.ndarray:
+def _map_embedding(digest: str, method: str, n_neighbors: int | None, min_dist: float, seed: int,
+                   _data: PoolData) -> np.ndarray:
     """The 2-D points of the map. Kept on disk too (``$DELTA_ATLAS_CACHE/maps``), keyed by the vectors' content, so
     that a restarted server opens a known pool's map without computing it again (UMAP compiles for seconds)."""
     from core.cache import default_cache_dir
 
-    path = default_cache_dir() / "maps" / f"{digest}-{method}-{n_neighbors or 'auto'}-{seed}.npy"
+    path = default_cache_dir() / "maps" / f"{digest}-{method}-{n_neighbors or 'auto'}-{min_dist}-{seed}.npy"
     try:
         embedding = np.load(path)
         if embedding.shape == (len(_data.X), 2):
             return embedding
     except (OSError, ValueError):
         pass
-    embedding = np.asarray(_projector(_data.key, method, n_neighbors, seed, _data.X).embedding_, dtype=np.float64)
+    projector = _projector(_data.key, method, n_neighbors, min_dist, seed, _data.X)
+    embedding = np.asarray(projector.embedding_, dtype=np.float64)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.tmp")

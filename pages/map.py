@@ -206,11 +206,15 @@ def quality_notes(data: ui.PoolData, embedding: np.ndarray, settings: dict) -> N
     with st.expander("How faithful is this map?", expanded=False):
         _, words = ui.quality(data, embedding, settings)
         st.markdown(words)
+        lines = []
         for column in [c for c in data.frame.columns if c not in ("name", "origin")]:
             value = ui.label_silhouette(data, column)
             if value is not None:
-                st.markdown(f"- Models with the same **{column}** {ui.words_for_silhouette(value)} "
-                            f"(silhouette {value:.2f}; 1 = perfectly separate, 0 = no grouping).")
+                lines.append(f"- Models with the same **{column}** {ui.words_for_silhouette(value)} "
+                             f"(silhouette {value:.2f}).")
+        if lines:
+            st.markdown("How well the labels group the models, in the full vectors (silhouette: 1 = perfectly "
+                        "separate groups, 0 = no grouping):\n" + "\n".join(lines))
 
 
 def exports(pool: ui.Pool, data: ui.PoolData, fig) -> None:
@@ -224,8 +228,20 @@ def exports(pool: ui.Pool, data: ui.PoolData, fig) -> None:
                                 on_click="ignore", key="dl_parquet")
         cols[2].download_button("Map (interactive HTML)", data=lambda: fig.to_html(include_plotlyjs=True),
                                 file_name=f"{stem}-map.html", mime="text/html", on_click="ignore", key="dl_html")
-        st.caption("For a PNG picture of the map, use the camera button that appears at the top right of the map "
-                   "when you hover it.")
+        if png_export_available():
+            st.download_button("Map (PNG picture)", data=lambda: fig.to_image(format="png", width=1400, height=900),
+                               file_name=f"{stem}-map.png", mime="image/png", on_click="ignore", key="dl_png")
+        st.caption("You can also save the map as a PNG picture with the camera button that appears at the top right "
+                   "of the map when you hover it (it keeps your zoom).")
+
+
+def png_export_available() -> bool:
+    """Plotly writes PNG files through kaleido, which drives a Chrome or Chromium installed on the server."""
+    import importlib.util
+    import shutil
+
+    return importlib.util.find_spec("kaleido") is not None and any(
+        shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome", "chrome"))
 
 
 def vector_bytes(data: ui.PoolData, suffix: str) -> bytes:

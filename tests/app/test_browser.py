@@ -169,3 +169,16 @@ def test_a_sample_task_finds_models(server, page, shots):
     assert page.get_by_text("★ = your task").count() == 1
     assert page.locator(".js-plotly-plot").count() >= 2  # the loss curve and the map with the task
     snap(page, shots, "find-result")
+
+
+def test_vectors_and_map_download(server, page, shots):
+    page.goto(server["url"])
+    settle(page, ".js-plotly-plot")
+    page.get_by_text("Download the vectors or the map").click()
+    with page.expect_download(timeout=RENDER_TIMEOUT) as csv:
+        page.get_by_role("button", name="Vectors (CSV)").click()
+    text = Path(csv.value.path()).read_text()
+    assert text.startswith("name,vector,") and text.count("\n") == 7  # header + the six models
+    with page.expect_download(timeout=RENDER_TIMEOUT) as html:
+        page.get_by_role("button", name="Map (interactive HTML)").click()
+    assert "plotly" in Path(html.value.path()).read_text()[:200_000].lower()

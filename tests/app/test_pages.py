@@ -73,6 +73,8 @@ def test_map_settings_and_colours(app_env):
     assert problems(at) == []
     assert any(c.value.startswith("3 of 6 models shown") for c in at.caption)
     assert any("faithful" in m.value or "Too few" in m.value for m in at.markdown)
+    downloads = [b.proto.label for b in at.get("download_button")]
+    assert downloads[:3] == ["Vectors (CSV)", "Vectors (Parquet)", "Map (interactive HTML)"]
 
 
 def test_chart_selection_is_read_by_name():
