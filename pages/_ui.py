@@ -225,6 +225,17 @@ class PoolData:
     digest: str = ""         # identifies the content (names and vectors), stable across restarts and copies
 
     @property
+    def has_mine(self) -> bool:
+        return bool((self.frame["origin"] == "yours").any()) if len(self.frame) else False
+
+    @property
+    def core_vectors(self) -> pd.DataFrame | None:
+        """What to pass as ``vectors=`` to core's task search and merge: None when the pool's own file holds exactly
+        these models (core then also reads the engine settings stored with it), else this table (the user's models
+        added, or one base of several)."""
+        return self.table if self.has_mine or len(self.bases) > 1 else None
+
+    @property
     def table(self) -> pd.DataFrame:
         """A vector table (core.vectors format) of these models, for core calls that take one."""
         out = self.frame.drop(columns=["origin"]).copy()

@@ -52,7 +52,7 @@ def search(pool: ui.Pool, data: ui.PoolData, title: str, examples: list, steps: 
         projector = ui.projector(data)
         with ui.exclusive(data.base, "finetuning"):
             bar = ui.ProgressBar("Preparing the base model...")
-            result = find_models(examples, catalog, vectors=data.table, projector=projector, steps=steps,
+            result = find_models(examples, catalog, vectors=data.core_vectors, projector=projector, steps=steps,
                                  progress=bar)
             bar.done(f"Done in {result.seconds:.0f} s.")
         ui.remember(ui.TASK_KEY, pool, title=title, examples=examples, result=result, base=data.base)

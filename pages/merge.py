@@ -99,7 +99,7 @@ def run(pool, data, catalog, names, method, weights, budget, title, examples, ta
         with ui.exclusive(data.base, "merging"):
             bar = ui.ProgressBar("Loading the adapters...")
             report = merge_adapters(catalog, names, method, weights, examples, out_dir, task_vector=task_vector,
-                                    progress=bar, vectors=data.table, budget=budget)
+                                    progress=bar, vectors=data.core_vectors, budget=budget)
             bar.done(f"Merged in {report.seconds:.0f} s.")
         ui.remember(MERGE_KEY, pool, report=report, title=title)
 

@@ -198,3 +198,23 @@ def test_map_groups_found_automatically(synthetic_env):
     legend = {t["name"] for t in chart_json(at, "map_chart")["data"]}
     assert {f"group {i}" for i in range(1, 6)} <= legend
     assert any("domain** form clearly separate groups" in m.value for m in at.markdown)
+
+
+def test_an_uploaded_zip_joins_the_user_catalog(app_env):
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in (app_env["models"] / "lora_3").iterdir():
+            archive.write(path, f"uploaded/{path.name}")
+    at = app("pages/add_models.py").run()
+    at.radio(key="add_how").set_value("Upload a zip").run()
+    at.file_uploader(key="add_zip").upload("uploaded.zip", buffer.getvalue(), "application/zip").run()
+    at.button(key="add_go").click().run()
+    assert problems(at) == []
+    assert "uploaded" in at.success[0].value
+    assert (app_env["user"] / "models" / "uploaded" / "adapter_config.json").is_file()
+    at.selectbox(key="add_remove_name").set_value("uploaded").run()
+    at.button(key="add_remove").click().run()
+    assert not (app_env["user"] / "models" / "uploaded").exists()
