@@ -13,6 +13,7 @@ import streamlit as st  # noqa: E402
 
 from core import userpool  # noqa: E402
 from core.errors import DeltaAtlasError  # noqa: E402
+from pages import _pools as pools  # noqa: E402
 from pages import _ui as ui  # noqa: E402
 
 FOLDER, ZIP, HUB = "A folder on this server", "Upload a zip", "Hugging Face Hub id"
@@ -22,7 +23,7 @@ KINDS = {"auto": "find out by itself", "lora": "LoRA adapter", "full": "full fin
 def main() -> None:
     pool = ui.page_setup("Add models")
     st.title("Add your own models")
-    users = ui.user_pool()
+    users = pools.user_pool()
     st.caption("Add finetuned models of the same base model as this pool. Each one is measured once (its delta "
                "activation, a few seconds on the demo zoo) and joins **your models**: they appear on the map as "
                "diamonds, in task searches, and can be merged. They are kept on this server, in "
@@ -32,13 +33,13 @@ def main() -> None:
             st.info("You are looking at your own models. To add more, first choose in the sidebar the pool they "
                     "belong with (their base model must be that pool's).")
         else:
-            data = ui.pool_data(pool)
+            data = pools.pool_data(pool)
             st.markdown(f"Models must be finetuned from this pool's base: `{data.base}`.")
             add_form(pool, data, users)
     your_models(users)
 
 
-def add_form(pool: ui.Pool, data: ui.PoolData, users: userpool.UserPool) -> None:
+def add_form(pool: pools.Pool, data: pools.PoolData, users: userpool.UserPool) -> None:
     how = st.radio("Where is the model?", [FOLDER, ZIP, HUB], horizontal=True, key="add_how")
     if how == FOLDER:
         where = st.text_input("Folder", key="add_folder", placeholder="/path/to/my-adapter",
@@ -74,7 +75,7 @@ def add(pool, data, users, how, where, name, kind, labels) -> None:
     with ui.guard("adding the model"):
         if how == ZIP and not name:
             name = userpool.safe_name(Path(where.name).stem)
-        pool_names = set(ui.catalog_of(pool).names)
+        pool_names = set(pools.catalog_of(pool).names)
         if name in pool_names:
             raise DeltaAtlasError(f"The pool already has a model called {name!r}: choose another name.")
         with ui.exclusive(data.base, "embedding"):

@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from pages import _charts as charts  # noqa: E402
+from pages import _pools as pools  # noqa: E402
 from pages import _ui as ui  # noqa: E402
 
 SHOWN_MATCHES = 15
@@ -25,7 +26,7 @@ def main() -> None:
                "for a short moment, measures how that changed it (its delta activation), and ranks the models of the "
                "pool that changed it the same way.")
     with ui.guard("loading the pool"):
-        data = ui.pool_data(pool)
+        data = pools.pool_data(pool)
         if len(data.frame) == 0:
             st.info("This pool has no vectors yet: open the Map page to compute them first.")
             return
@@ -44,12 +45,12 @@ def default_steps() -> int:
     return TASK_STEPS
 
 
-def search(pool: ui.Pool, data: ui.PoolData, title: str, examples: list, steps: int) -> None:
+def search(pool: pools.Pool, data: pools.PoolData, title: str, examples: list, steps: int) -> None:
     from core.task import find_models
 
     with ui.guard("searching for models"):
-        catalog = ui.combined_catalog(pool, data)
-        projector = ui.projector(data)
+        catalog = pools.combined_catalog(pool, data)
+        projector = pools.projector(data)
         with ui.exclusive(data.base, "finetuning"):
             bar = ui.ProgressBar("Preparing the base model...")
             result = find_models(examples, catalog, vectors=data.core_vectors, projector=projector, steps=steps,
@@ -58,7 +59,7 @@ def search(pool: ui.Pool, data: ui.PoolData, title: str, examples: list, steps: 
         ui.remember(ui.TASK_KEY, pool, title=title, examples=examples, result=result, base=data.base)
 
 
-def show_result(pool: ui.Pool, data: ui.PoolData) -> None:
+def show_result(pool: pools.Pool, data: pools.PoolData) -> None:
     task = ui.remembered(ui.TASK_KEY, pool)
     if not task:
         return
@@ -89,10 +90,10 @@ def show_result(pool: ui.Pool, data: ui.PoolData) -> None:
         task_map(data, result, title)
 
 
-def task_map(data: ui.PoolData, result, title: str) -> None:
+def task_map(data: pools.PoolData, result, title: str) -> None:
     """The pool's map (as drawn on the Map page) with the task as a star and its best matches ringed."""
-    settings = ui.map_settings()
-    projector = ui.projector(data, settings)
+    settings = pools.map_settings()
+    projector = pools.projector(data, settings)
     embedding = np.asarray(projector.embedding_)
     try:
         position = np.asarray(projector.transform(result.vector[None, :]))[0]

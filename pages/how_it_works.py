@@ -14,6 +14,7 @@ import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from pages import _charts as charts  # noqa: E402
+from pages import _pools as pools  # noqa: E402
 from pages import _ui as ui  # noqa: E402
 
 REPORT = Path(ROOT) / "data" / "demo" / "report.json"
@@ -36,14 +37,14 @@ def quick_report(catalog: str, vectors: str, mtimes: tuple) -> dict:
     return build_report(catalog, vectors, baselines=False)
 
 
-def pool_report(pool: ui.Pool) -> tuple[dict | None, str]:
+def pool_report(pool: pools.Pool) -> tuple[dict | None, str]:
     """The shipped report for the demo zoo, else one measured now on the chosen pool (when it has domains)."""
-    if pool.catalog_path.resolve() == ui.DEMO_CATALOG.resolve() and REPORT.is_file():
-        return load_report(str(REPORT), ui.stamp(REPORT)), "the demo zoo (from data/demo/report.json)"
-    catalog = ui.catalog_of(pool)
+    if pool.catalog_path.resolve() == pools.DEMO_CATALOG.resolve() and REPORT.is_file():
+        return load_report(str(REPORT), pools.stamp(REPORT)), "the demo zoo (from data/demo/report.json)"
+    catalog = pools.catalog_of(pool)
     if "domain" not in catalog.label_columns or not pool.vectors_path.is_file():
         return None, ""
-    mtimes = (ui.stamp(pool.catalog_path), ui.stamp(pool.vectors_path))
+    mtimes = (pools.stamp(pool.catalog_path), pools.stamp(pool.vectors_path))
     return quick_report(str(pool.catalog_path), str(pool.vectors_path), mtimes), \
         f"{pool.title}, measured now (run `python -m core report` for the baselines too)"
 
@@ -78,9 +79,9 @@ def main() -> None:
             robustness(report)
 
 
-def directions(pool: ui.Pool) -> None:
+def directions(pool: pools.Pool) -> None:
     """Each domain's mean vector in this pool, flattened to 2-D: same direction = same kind of change."""
-    data = ui.pool_data(pool)
+    data = pools.pool_data(pool)
     if len(data.frame) < 3 or "domain" not in data.frame.columns:
         return
     domains = data.frame["domain"].astype(str)
@@ -134,7 +135,7 @@ def clustering(report: dict | None, where: str) -> None:
         st.caption(note)
 
 
-def additivity(pool: ui.Pool, report: dict) -> None:
+def additivity(pool: pools.Pool, report: dict) -> None:
     st.subheader("4. Additive: training on A and B lands near A + B")
     st.markdown("Some models of the demo zoo were trained on two datasets at once. If delta activations add up, such "
                 "a model's vector should point the same way as the sum of the two single-dataset models' vectors.")
@@ -148,7 +149,7 @@ def additivity(pool: ui.Pool, report: dict) -> None:
     firsts = sum(a["rank_of_sum"] == 1 for a in report["additivity"])
     st.markdown(f"For {firsts} of {len(report['additivity'])} mixtures, A + B is closer to the mixture model than "
                 "any single model of the pool.")
-    data = ui.pool_data(pool)
+    data = pools.pool_data(pool)
     index = {n: i for i, n in enumerate(data.frame["name"])}
     if all(n in index for n in [first["name"], *first["parts"]]):
         a, b, mix = (data.X[index[n]] for n in [*first["parts"], first["name"]])

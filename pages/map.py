@@ -14,6 +14,7 @@ import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from pages import _charts as charts  # noqa: E402
+from pages import _pools as pools  # noqa: E402
 from pages import _ui as ui  # noqa: E402
 
 NEIGHBOURS = 8           # closest models listed for a selected model
@@ -30,7 +31,7 @@ def main() -> None:
                "way — usually because they learned similar things. Hover a point for its labels, click it (or draw "
                "around several with the lasso at the top right of the map) to see its closest models.")
     with ui.guard("loading the pool"):
-        data = ui.pool_data(pool)
+        data = pools.pool_data(pool)
         if len(data.frame) == 0:
             missing_vectors(pool, data)
             return
@@ -40,12 +41,12 @@ def main() -> None:
         draw(pool, data)
 
 
-def draw(pool: ui.Pool, data: ui.PoolData) -> None:
+def draw(pool: pools.Pool, data: pools.PoolData) -> None:
     frame = data.frame
     labels = [c for c in frame.columns if c not in ("name", "origin")]
     settings = controls(frame, labels)
     with st.spinner("Drawing the map (the first time for this pool takes a few seconds)..."):
-        embedding = ui.map_embedding(data, settings)
+        embedding = pools.map_embedding(data, settings)
         colour, colour_title, group_note = colouring(data, settings)
     shown = filtered(frame, settings)
     selected = selection(pool, frame)
@@ -65,10 +66,10 @@ def draw(pool: ui.Pool, data: ui.PoolData) -> None:
 def controls(frame: pd.DataFrame, labels: list[str]) -> dict:
     """The map's settings; a copy goes to session state so that other pages draw the same map."""
     top = st.columns([2, 2, 3])
-    settings, n = ui.map_settings(), len(frame)
+    settings, n = pools.map_settings(), len(frame)
     has_mine = bool((frame["origin"] == "yours").any())
-    settings["layout"] = top[0].radio("Layout", list(ui.LAYOUTS), horizontal=True, key="map_layout",
-                                      index=list(ui.LAYOUTS).index(settings["layout"]),
+    settings["layout"] = top[0].radio("Layout", list(pools.LAYOUTS), horizontal=True, key="map_layout",
+                                      index=list(pools.LAYOUTS).index(settings["layout"]),
                                       help="UMAP keeps neighbourhoods and groups; PCA is the simplest straight "
                                            "projection; t-SNE separates tight groups.")
     options = [COLOUR_GROUPS, *labels, *([COLOUR_ORIGIN] if has_mine else [])]
@@ -93,14 +94,14 @@ def controls(frame: pd.DataFrame, labels: list[str]) -> dict:
         if settings["filter_column"]:
             values = sorted(frame[column].astype(str).unique())
             settings["filter_values"] = st.multiselect("...is one of", values, key="map_filter_values")
-    st.session_state[ui.MAP_SETTINGS_KEY] = settings
+    st.session_state[pools.MAP_SETTINGS_KEY] = settings
     return settings
 
 
-def colouring(data: ui.PoolData, settings: dict) -> tuple[list[str], str, str]:
+def colouring(data: pools.PoolData, settings: dict) -> tuple[list[str], str, str]:
     colour = settings["colour"]
     if colour == COLOUR_GROUPS:
-        names, k, silhouette = ui.clusters(data, settings.get("groups", "auto"))
+        names, k, silhouette = pools.clusters(data, settings.get("groups", "auto"))
         how = "chosen automatically" if settings.get("groups", "auto") == "auto" else "set by you"
         return names, "group", f"{k} groups ({how}), silhouette {silhouette:.2f}"
     if colour == COLOUR_ORIGIN:
@@ -122,25 +123,25 @@ def hover_texts(frame: pd.DataFrame, labels: list[str]) -> list[str]:
 
 # ---- selection: the chart, the search box, and the shared state they both write --------------------------------
 
-def on_chart_select(pool: ui.Pool) -> None:
+def on_chart_select(pool: pools.Pool) -> None:
     names = ui.names_from_event(st.session_state.get(CHART_KEY))
     if names:
         ui.remember(ui.SELECTION_KEY, pool, names=names)
 
 
-def on_search(pool: ui.Pool) -> None:
+def on_search(pool: pools.Pool) -> None:
     name = st.session_state.get(SEARCH_KEY)
     if name:
         ui.remember(ui.SELECTION_KEY, pool, names=[name])
 
 
-def selection(pool: ui.Pool, frame: pd.DataFrame) -> list[str]:
+def selection(pool: pools.Pool, frame: pd.DataFrame) -> list[str]:
     known = set(frame["name"])
     remembered = ui.remembered(ui.SELECTION_KEY, pool)
     return [n for n in (remembered or {}).get("names", []) if n in known]
 
 
-def details(pool: ui.Pool, data: ui.PoolData, selected: list[str], labels: list[str]) -> None:
+def details(pool: pools.Pool, data: pools.PoolData, selected: list[str], labels: list[str]) -> None:
     names = list(data.frame["name"])
     st.selectbox("Find a model by name", names, index=None, key=SEARCH_KEY, placeholder="Type a name...",
                  on_change=on_search, args=(pool,))
@@ -156,7 +157,7 @@ def details(pool: ui.Pool, data: ui.PoolData, selected: list[str], labels: list[
         st.rerun()
 
 
-def one_model(pool: ui.Pool, data: ui.PoolData, name: str, labels: list[str]) -> None:
+def one_model(pool: pools.Pool, data: pools.PoolData, name: str, labels: list[str]) -> None:
     from core.projection import nearest_neighbours
 
     frame = data.frame
@@ -183,7 +184,7 @@ def one_model(pool: ui.Pool, data: ui.PoolData, name: str, labels: list[str]) ->
         ui.link("pages/merge.py", "Merge")
 
 
-def many_models(pool: ui.Pool, data: ui.PoolData, selected: list[str], labels: list[str]) -> None:
+def many_models(pool: pools.Pool, data: pools.PoolData, selected: list[str], labels: list[str]) -> None:
     frame = data.frame
     chosen = frame[frame["name"].isin(selected)]
     st.subheader(f"{len(chosen)} models selected")
@@ -200,15 +201,15 @@ def many_models(pool: ui.Pool, data: ui.PoolData, selected: list[str], labels: l
 
 # ---- plain-words quality, exports, missing vectors -------------------------------------------------------------
 
-def quality_notes(data: ui.PoolData, embedding: np.ndarray, settings: dict) -> None:
+def quality_notes(data: pools.PoolData, embedding: np.ndarray, settings: dict) -> None:
     if len(data.X) < 4:
         return
     with st.expander("How faithful is this map?", expanded=False):
-        _, words = ui.quality(data, embedding, settings)
+        _, words = pools.quality(data, embedding, settings)
         st.markdown(words)
         lines = []
         for column in [c for c in data.frame.columns if c not in ("name", "origin")]:
-            value = ui.label_silhouette(data, column)
+            value = pools.label_silhouette(data, column)
             if value is not None:
                 lines.append(f"- Models with the same **{column}** {ui.words_for_silhouette(value)} "
                              f"(silhouette {value:.2f}).")
@@ -217,7 +218,7 @@ def quality_notes(data: ui.PoolData, embedding: np.ndarray, settings: dict) -> N
                         "separate groups, 0 = no grouping):\n" + "\n".join(lines))
 
 
-def exports(pool: ui.Pool, data: ui.PoolData, fig) -> None:
+def exports(pool: pools.Pool, data: pools.PoolData, fig) -> None:
     with st.expander("Download the vectors or the map"):
         stem = pool.catalog_path.parent.name if pool.catalog_path.stem == "catalog" else pool.catalog_path.stem
         cols = st.columns(3)
@@ -244,7 +245,7 @@ def png_export_available() -> bool:
         shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome", "chrome"))
 
 
-def vector_bytes(data: ui.PoolData, suffix: str) -> bytes:
+def vector_bytes(data: pools.PoolData, suffix: str) -> bytes:
     from core.vectors import write_vectors
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -252,7 +253,7 @@ def vector_bytes(data: ui.PoolData, suffix: str) -> bytes:
         return path.read_bytes()
 
 
-def missing_vectors(pool: ui.Pool, data: ui.PoolData) -> None:
+def missing_vectors(pool: pools.Pool, data: pools.PoolData) -> None:
     st.info(f"The models of **{pool.title}** have no vectors yet, so there is nothing to draw. Compute them here "
             f"(this runs every model once; it can take long for big models), or on the command line with "
             f"`python -m core embed {pool.catalog_path}`.")
@@ -260,11 +261,11 @@ def missing_vectors(pool: ui.Pool, data: ui.PoolData) -> None:
         embed_pool(pool, data)
 
 
-def embed_pool(pool: ui.Pool, data: ui.PoolData) -> None:
+def embed_pool(pool: pools.Pool, data: pools.PoolData) -> None:
     from core.engine import embed_catalog
     from core.vectors import write_vectors
 
-    catalog = ui.catalog_of(pool)
+    catalog = pools.catalog_of(pool)
     with ui.exclusive(data.base, "embedding"):
         bar = ui.ProgressBar("Starting...")
         result = embed_catalog(catalog, progress=bar)

@@ -16,6 +16,7 @@ import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from pages import _charts as charts  # noqa: E402
+from pages import _pools as pools  # noqa: E402
 from pages import _ui as ui  # noqa: E402
 
 MERGE_KEY = "merge_result"   # {"catalog", "report", "title"}: the last merge of this session
@@ -34,8 +35,8 @@ def main() -> None:
                "page or the map can pre-fill them), choose how to weigh them, and compare the merged adapter with "
                "the base and with each ingredient on your examples.")
     with ui.guard("preparing the merge"):
-        data = ui.pool_data(pool)
-        catalog = ui.combined_catalog(pool, data)
+        data = pools.pool_data(pool)
+        catalog = pools.combined_catalog(pool, data)
         have = set(data.frame["name"])
         adapters = [e.name for e in catalog if e.kind != "full" and e.name in have]
         if len(adapters) < 2:
@@ -54,7 +55,7 @@ def main() -> None:
         show_result(pool, data)
 
 
-def choose_adapters(pool: ui.Pool, adapters: list[str]) -> list[str]:
+def choose_adapters(pool: pools.Pool, adapters: list[str]) -> list[str]:
     """The ingredients, pre-filled from the last task search or map selection (whichever is newer)."""
     offer = ui.remembered(ui.CANDIDATES_KEY, pool)
     task = ui.remembered(ui.TASK_KEY, pool)
@@ -104,7 +105,7 @@ def run(pool, data, catalog, names, method, weights, budget, title, examples, ta
         ui.remember(MERGE_KEY, pool, report=report, title=title)
 
 
-def show_result(pool: ui.Pool, data: ui.PoolData) -> None:
+def show_result(pool: pools.Pool, data: pools.PoolData) -> None:
     merged = ui.remembered(MERGE_KEY, pool)
     if not merged:
         return
@@ -143,11 +144,11 @@ def verdict(losses: dict[str, float]) -> str:
     return text + " — the merge does not help on these examples; try other adapters or weights."
 
 
-def merge_map(data: ui.PoolData, report) -> None:
+def merge_map(data: pools.PoolData, report) -> None:
     """Where the merged adapter should land (the weighted sum of its ingredients) and where it did land."""
     if report.measured_vector is None:
         return
-    projector = ui.projector(data)
+    projector = pools.projector(data)
     embedding = np.asarray(projector.embedding_)
     marks = []
     for vector, label, symbol, colour, where in [

@@ -1,0 +1,304 @@
+"""The pools the app can show, loaded and cached: catalogs, vector tables, the map's projection, clusters and quality.
+
+Data sits behind ``st.cache_data`` (copied out to each caller); heavy objects (a pool's vector matrix, fitted
+projectors) behind ``st.cache_resource``, shared by every session and never mutated. Cache keys include file
+modification times, so a file written by another session (a model added, vectors recomputed) shows on the next
+rerun; the map's 2-D points are also kept on disk, keyed by the vectors' content.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core.catalog import Catalog, read_catalog
+from core.userpool import UserPool
+from core.vectors import label_columns, matrix, read_vectors
+
+log = logging.getLogger("delta_atlas.app")
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR_ENV = "DELTA_ATLAS_DATA_DIR"     # where catalogs are looked for (default: data/ in the repository)
+CATALOG_ENV = "DELTA_ATLAS_CATALOG"       # the catalog opened first (default: the demo zoo)
+DEMO_CATALOG = ROOT / "data" / "demo" / "catalog.csv"
+
+
+# ---- which pool ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Pool:
+    """The catalog the sidebar chose, where its vectors live, and its title for people."""
+
+    catalog_path: Path
+    vectors_path: Path
+    title: str
+    is_user: bool = False
+    base: str | None = None  # the base whose models are shown, when the catalog has several
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get(DATA_DIR_ENV) or ROOT / "data")
+
+
+def user_pool() -> UserPool:
+    return UserPool()
+
+
+def vectors_path_for(catalog_path: Path) -> Path:
+    """Where a catalog's vectors live: ``catalog.csv`` -> ``vectors.parquet``, ``pool.csv`` -> ``pool.vectors.parquet``
+    (same folder); an existing file named as ``core.task`` looks for them wins."""
+    folder, stem = catalog_path.parent, catalog_path.stem
+    default = folder / ("vectors.parquet" if stem == "catalog" else f"{stem}.vectors.parquet")
+    candidates = [default, folder / f"{stem}_vectors.parquet", folder / f"{stem}.parquet", folder / "vectors.parquet"]
+    return next((p for p in candidates if p.is_file()), default)
+
+
+def find_catalogs() -> list[Path]:
+    """The default catalog first, then every ``catalog*.csv`` and ``*/catalog*.csv`` under the data folder."""
+    first = Path(os.environ.get(CATALOG_ENV) or DEMO_CATALOG)
+    found = [first] if first.is_file() else []
+    folder = data_dir()
+    user_folder = user_pool().root.resolve()
+    for path in sorted([*folder.glob("catalog*.csv"), *folder.glob("*/catalog*.csv")]):
+        if path.resolve() != first.resolve() and path.resolve().parent != user_folder:
+            found.append(path)
+    return found
+
+
+def title_of(path: Path) -> str:
+    if path.resolve() == DEMO_CATALOG.resolve():
+        return "Demo zoo (built in)"
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+# ---- cached loads ----------------------------------------------------------------------------------------------
+
+def stamp(path: Path) -> int:
+    """A cache key part that changes when the file does (0 when it is missing)."""
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def load_catalog(path: str, mtime: int) -> Catalog:
+    return read_catalog(path)
+
+
+def catalog_of(pool: Pool) -> Catalog:
+    return load_catalog(str(pool.catalog_path), stamp(pool.catalog_path))
+
+
+@dataclass(frozen=True)
+class PoolData:
+    """The models of one base that have vectors: labels (one row per model) and the matrix [n, d], read-only."""
+
+    frame: pd.DataFrame      # name, labels..., origin ("pool" or "yours"); never mutated, copy before changing
+    X: np.ndarray            # [n_models, d] float32, read-only
+    base: str
+    bases: tuple[str, ...]   # every base in the catalog (the map shows one at a time)
+    missing: tuple[str, ...]  # catalog models without a vector yet
+    key: str                 # identifies this data in other caches (paths and modification times)
+    digest: str = ""         # identifies the content (names and vectors), stable across restarts and copies
+
+    @property
+    def has_mine(self) -> bool:
+        return bool((self.frame["origin"] == "yours").any()) if len(self.frame) else False
+
+    @property
+    def core_vectors(self) -> pd.DataFrame | None:
+        """What to pass as ``vectors=`` to core's task search and merge: None when the pool's own file holds exactly
+        these models (core then also reads the engine settings stored with it), else this table (the user's models
+        added, or one base of several)."""
+        return self.table if self.has_mine or len(self.bases) > 1 else None
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """A vector table (core.vectors format) of these models, for core calls that take one."""
+        out = self.frame.drop(columns=["origin"]).copy()
+        out.insert(1, "vector", list(self.X))
+        return out
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _load_pool_data(catalog: str, vectors: str, base: str | None, key: str) -> PoolData | None:
+    cat = load_catalog(catalog, stamp(Path(catalog)))
+    bases = tuple(dict.fromkeys(str(e.base) for e in cat))
+    base = base if base in bases else bases[0]
+    names = [e.name for e in cat if str(e.base) == base]
+    if not Path(vectors).is_file():
+        return PoolData(pd.DataFrame(columns=["name", "origin"]), np.zeros((0, 0), np.float32), base, bases,
+                        tuple(names), key, "")
+    table = read_vectors(vectors)
+    table = table[table["name"].isin(names)].assign(origin="pool")
+    users = user_pool()
+    if Path(catalog).resolve() != users.catalog_path.resolve():
+        mine = users.vectors(base=base)
+        if mine is not None:
+            mine = mine[~mine["name"].isin(table["name"])].assign(origin="yours")
+            table = pd.concat([table, mine], ignore_index=True)
+    if len(table):
+        dims = pd.Series([len(v) for v in table["vector"]])
+        table = table[(dims == dims.mode()[0]).to_numpy()]  # one base, one width; anything else cannot be compared
+    table = table.reset_index(drop=True)
+    X = matrix(table)
+    X.setflags(write=False)
+    frame = table.drop(columns=["vector"])
+    frame[label_columns(frame)] = frame[label_columns(frame)].fillna("").astype(str)
+    have = set(frame["name"])
+    missing = tuple(n for n in names if n not in have)
+    digest = hashlib.sha256("\n".join(frame["name"]).encode() + X.tobytes()).hexdigest()[:24]
+    return PoolData(frame, X, base, bases, missing, key, digest)
+
+
+def pool_data(pool: Pool) -> PoolData:
+    """The pool's vectors (plus the user's own models of the same base), cached across reruns and sessions."""
+    users, base = user_pool(), pool.base
+    key = "|".join(map(str, [pool.catalog_path, stamp(pool.catalog_path), pool.vectors_path, stamp(pool.vectors_path),
+                             users.root, stamp(users.vectors_path), stamp(users.catalog_path), base]))
+    return _load_pool_data(str(pool.catalog_path), str(pool.vectors_path), base, key)
+
+
+def combined_catalog(pool: Pool, data: PoolData) -> Catalog:
+    """The pool's catalog plus the user's models of the same base, so that core calls can use both."""
+    cat = catalog_of(pool)
+    users = user_pool()
+    mine = users.catalog() if not pool.is_user and users.catalog_path.is_file() else None
+    if mine is None:
+        return cat
+    known = set(cat.names)
+    extra = [e for e in mine if e.name not in known and str(e.base) == data.base]
+    columns = list(dict.fromkeys([*cat.label_columns, *mine.label_columns]))
+    return Catalog(entries=[*cat.entries, *extra], label_columns=columns, path=cat.path)
+
+
+# ---- the map: projection, clusters, quality (cached per pool and settings) -------------------------------------
+
+LAYOUTS = {"UMAP": "umap", "PCA": "pca", "t-SNE": "tsne"}
+MAP_SETTINGS_KEY = "map_settings"  # a copy of the Map page's choices that outlives its widgets
+MAP_DEFAULTS = {"layout": "UMAP", "neighbours": "auto", "seed": 0}
+QUALITY_SAMPLE = 2000  # models the map-quality measure looks at, at most
+SPREAD_UP_TO, SPREAD_MIN_DIST = 500, 0.5  # UMAP's min_dist for pools up to this size (0.1 above)
+
+
+def map_settings() -> dict:
+    return {**MAP_DEFAULTS, **st.session_state.get(MAP_SETTINGS_KEY, {})}
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _projector(key: str, method: str, n_neighbors: int | None, min_dist: float, seed: int, _X: np.ndarray):
+    from core.projection import Projector
+
+    return Projector(method=method, n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed).fit(_X)
+
+
+def projector(data: PoolData, settings: dict | None = None):
+    """The fitted map projector of this pool (shared by every session; ``transform`` places new points)."""
+    return _projector(data.key, *_layout_args(data, settings or map_settings()), data.X)
+
+
+def _layout_args(data: PoolData, settings: dict) -> tuple[str, int | None, float, int]:
+    """(method, n_neighbors, min_dist, seed) for the Projector. Small pools get a larger min_dist, so that models of
+    one group spread into a clickable cloud instead of a single blot."""
+    neighbours = settings["neighbours"]
+    n_neighbors = None if neighbours == "auto" else min(int(neighbours), max(len(data.X) - 1, 2))
+    min_dist = SPREAD_MIN_DIST if len(data.X) <= SPREAD_UP_TO else 0.1
+    return LAYOUTS[settings["layout"]], n_neighbors, min_dist, int(settings["seed"])
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _map_embedding(digest: str, method: str, n_neighbors: int | None, min_dist: float, seed: int,
+                   _data: PoolData) -> np.ndarray:
+    """The 2-D points of the map. Kept on disk too (``$DELTA_ATLAS_CACHE/maps``), keyed by the vectors' content, so
+    that a restarted server opens a known pool's map without computing it again (UMAP compiles for seconds)."""
+    from core.cache import default_cache_dir
+
+    path = default_cache_dir() / "maps" / f"{digest}-{method}-{n_neighbors or 'auto'}-{min_dist}-{seed}.npy"
+    try:
+        embedding = np.load(path)
+        if embedding.shape == (len(_data.X), 2):
+            return embedding
+    except (OSError, ValueError):
+        pass
+    projector = _projector(_data.key, method, n_neighbors, min_dist, seed, _data.X)
+    embedding = np.asarray(projector.embedding_, dtype=np.float64)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.tmp")
+        with open(tmp, "wb") as handle:
+            np.save(handle, embedding)
+        tmp.replace(path)
+    except OSError as exc:  # a read-only disk only costs the next restart some seconds
+        log.warning("map not cached on disk (%s)", exc)
+    return embedding
+
+
+def map_embedding(data: PoolData, settings: dict | None = None) -> np.ndarray:
+    """[n, 2] map coordinates, from memory, disk or a fresh fit."""
+    return _map_embedding(data.digest, *_layout_args(data, settings or map_settings()), data)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _clusters(key: str, k: str | int, _X: np.ndarray) -> tuple[np.ndarray, int, float]:
+    from core.projection import Clusterer
+
+    fit = Clusterer(n_clusters=k, random_state=0).fit(_X)
+    return np.asarray(fit.labels_), int(fit.n_clusters_), float(fit.silhouette_)
+
+
+def clusters(data: PoolData, k: str | int = "auto") -> tuple[list[str], int, float]:
+    """Group names ('group 1', ...) per model, the number of groups and their silhouette."""
+    labels, n, silhouette = _clusters(data.key, k, data.X)
+    return [f"group {int(label) + 1}" for label in labels], n, silhouette
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _quality(key: str, layout: tuple, _X: np.ndarray, _embedding: np.ndarray) -> tuple[dict, str]:
+    from core.projection import describe_quality, map_quality
+
+    note = ""
+    if len(_X) > QUALITY_SAMPLE:  # trustworthiness needs all pairwise distances: measure a random sample
+        rows = np.random.default_rng(0).choice(len(_X), QUALITY_SAMPLE, replace=False)
+        _X, _embedding = _X[rows], _embedding[rows]
+        note = f" (Measured on a random sample of {QUALITY_SAMPLE:,} models.)"
+    quality = map_quality(_X, _embedding, k=min(10, len(_X) - 1))
+    return quality, describe_quality(quality) + note
+
+
+def quality(data: PoolData, embedding: np.ndarray, settings: dict) -> tuple[dict, str]:
+    layout = (settings["layout"], settings["neighbours"], settings["seed"])
+    return _quality(data.key, layout, data.X, embedding)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _label_silhouette(key: str, column: str, _X: np.ndarray, _labels: tuple) -> float | None:
+    from core.projection import label_silhouette
+
+    labels = np.asarray(_labels, dtype=object)
+    if len(_X) > QUALITY_SAMPLE:  # all pairwise distances again: a random sample says as much
+        rows = np.random.default_rng(0).choice(len(_X), QUALITY_SAMPLE, replace=False)
+        _X, labels = _X[rows], labels[rows]
+    value = float(label_silhouette(_X, list(labels)))
+    return None if np.isnan(value) else value
+
+
+def label_silhouette(data: PoolData, column: str) -> float | None:
+    """Silhouette of a label column on the full vectors, or None when it cannot say anything (one group only,
+    or every model a group of its own)."""
+    values = data.frame[column].astype(str)
+    known = values != ""
+    groups = values[known].nunique()
+    if groups < 2 or groups >= known.sum() or known.sum() < 3:
+        return None
+    return _label_silhouette(data.key, column, data.X[known.to_numpy()], tuple(values[known]))
