@@ -44,9 +44,9 @@ class ZooPlan:
     pretrain_lr: float = 3e-3
     pretrain_warmup: int = 100
     validation_fraction: float = 0.02
-    recipe: Recipe = Recipe(learning_rate=1e-3, steps=100, batch_size=8, warmup_steps=10, max_length=256)
+    recipe: Recipe = Recipe(learning_rate=1e-3, steps=60, batch_size=8, warmup_steps=6, max_length=256)
     full_learning_rate: float = 3e-4
-    examples_per_model: int = 300
+    examples_per_model: int = 240
     robustness_datasets: tuple[str, ...] = ("gsm8k", "pubmedqa")
     full_datasets: tuple[str, ...] = ("gsm8k", "pubmedqa")
     mixtures: tuple[tuple[str, str], ...] = (("gsm8k", "mbpp"), ("legalbench", "pubmedqa"), ("arc", "gsm8k"))
