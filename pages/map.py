@@ -79,6 +79,9 @@ def controls(frame: pd.DataFrame, labels: list[str]) -> dict:
     with top[2].expander("More settings"):
         if settings["colour"] == COLOUR_GROUPS:
             choices = ["auto", *range(2, max(3, min(20, n)))]
+            if settings.get("groups", "auto") not in choices:  # chosen for a bigger pool
+                settings["groups"] = "auto"
+                st.session_state.pop("map_groups", None)
             settings["groups"] = st.select_slider("Number of groups", choices, value=settings.get("groups", "auto"),
                                                   key="map_groups", help="'auto' picks the number that separates "
                                                   "the models best (highest silhouette).")

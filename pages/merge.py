@@ -62,6 +62,8 @@ def choose_adapters(pool: pools.Pool, adapters: list[str]) -> list[str]:
     if offer is None and task is not None:
         offer = {"names": list(task["result"].matches["name"].head(3)), "why": f"the best matches for “{task['title']}”",
                  "token": task["token"]}
+    if NAMES_KEY in st.session_state:  # names of another pool, or of a model since removed
+        st.session_state[NAMES_KEY] = [n for n in st.session_state[NAMES_KEY] if n in adapters]
     if offer is not None and st.session_state.get("_merge_applied") != offer["token"]:
         st.session_state[NAMES_KEY] = [n for n in offer["names"] if n in adapters]
         st.session_state["_merge_applied"] = offer["token"]

@@ -121,3 +121,20 @@ def synthetic_env(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("DELTA_ATLAS_USER_DIR", str(tmp_path / "user"))
     monkeypatch.setenv("DELTA_ATLAS_CACHE", str(tmp_path / "cache"))
     return catalog
+
+
+@pytest.fixture(autouse=True)
+def server_like_page_mode(monkeypatch):
+    """A real server leaves Streamlit's legacy ``pages/`` mode for good once app.py has called st.navigation;
+    AppTest re-enters it on every run, so that a rerun would run the page without app.py (no sidebar, no
+    navigation). Keep the server's behaviour in AppTest. (The legacy path itself is covered by the browser test,
+    which opens a page by its URL first.)"""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    original = PagesManager.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)

@@ -32,6 +32,7 @@ def test_every_page_renders_through_the_app(app_env):
         at.switch_page(f"pages/{page}").run()
         assert problems(at) == [], page
         assert at.title, page
+        assert at.sidebar.selectbox(key="catalog").value == str(app_env["catalog"])  # drawn by app.py
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -218,3 +219,20 @@ def test_an_uploaded_zip_joins_the_user_catalog(app_env):
     at.selectbox(key="add_remove_name").set_value("uploaded").run()
     at.button(key="add_remove").click().run()
     assert not (app_env["user"] / "models" / "uploaded").exists()
+
+
+def test_switching_pools_keeps_every_page_working(app_env, tmp_path, monkeypatch):
+    from conftest import synthetic_pool
+
+    other = synthetic_pool(tmp_path / "data" / "other", per_domain=3)
+    at = app().run()
+    assert at.sidebar.selectbox(key="catalog").options == [str(app_env["catalog"]), str(other)]
+    at.selectbox(key="map_search").set_value("lora_0").run()
+    at.switch_page("pages/merge.py").run()
+    at.multiselect(key="merge_names").set_value(["lora_0", "lora_1"]).run()
+    at.sidebar.selectbox(key="catalog").set_value(str(other)).run()
+    assert problems(at) == []
+    assert at.multiselect(key="merge_names").value == []
+    for page in PAGES:
+        at.switch_page(f"pages/{page}").run()
+        assert problems(at) == [], page
