@@ -14,7 +14,6 @@ from __future__ import annotations
 import gc
 import logging
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -29,8 +28,8 @@ from .cache import VectorCache, content_key, default_cache_dir, entry_key
 from .catalog import Catalog, Source, parse_source, read_catalog
 from .device import dtype_name, pick_device, pick_dtype
 from .errors import ComputationError, DeltaAtlasError, ModelSourceError
-from .loading import (ADAPTER_CONFIG, TOKENIZER_FILES, check_adapter_fits, check_full_fits, check_kind,
-                      detect_kind, load_model, load_tokenizer, read_json, resolve_source, weight_files)
+from .loading import (ADAPTER_CONFIG, TOKENIZER_FILES, check_full_fits, check_kind, detect_kind, load_model,
+                      load_tokenizer, read_json, resolve_source, weight_files)
 from .probes import DEFAULT_PROBES, probes_digest
 from .progress import ProgressFn, report
 from .vectors import make_table
@@ -128,7 +127,7 @@ def embed_catalog(catalog: Catalog | str | Path, *, probes: Sequence[str] | None
     for failure in failures:
         log.debug("%s failed: %s", failure.name, failure.reason)
     return EmbedResult(_table(catalog, out.vectors), failures, out.computed, out.cached,
-                       time.perf_counter() - start, s.metadata())
+                       time.perf_counter() - start, {**s.metadata(), "bases": list(catalog.by_base())})
 
 
 def _table(catalog: Catalog, vectors: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -175,6 +174,7 @@ def _embed_base_group(base_source: Source, jobs: list[_Job], s: _Settings, out: 
         return
     pending = [job for job in jobs if not _look_up(job, base_key, s, out)]
     s.cache.hasher.save()
+    log.debug("Base %s: %d model(s) to compute, %d cached or failed.", base_source, len(pending), len(jobs) - len(pending))
     if not pending:
         return
     run = _BaseRun(base_dir, base_key, s)
@@ -232,9 +232,10 @@ class _BaseRun:
     def load(self):
         if self.model is None:
             report(self.s.progress, 0, 1, "base", self.dir.name)
-            self.model, self.tokenizer = load_model(self.dir, self.s.device, self.s.dtype, self.s.allow_pickle)
-            if self.tokenizer is None:
+            model, tokenizer = load_model(self.dir, self.s.device, self.s.dtype, self.s.allow_pickle)
+            if tokenizer is None:
                 raise ModelSourceError(f"Base {self.dir} has no tokenizer files: the probes cannot be tokenized.")
+            self.model, self.tokenizer = model, tokenizer
             report(self.s.progress, 1, 1, "base", self.dir.name)
         return self.model
 
@@ -255,11 +256,6 @@ class _BaseRun:
         check_finite(states, f"Base {self.dir}")
         self.s.cache.put(self.states_key, states.numpy(), {"base": str(self.dir), "role": "base-states"})
         return states
-
-    def reload(self) -> None:
-        """Throw the base away and load it again (after an adapter failed half-way into it)."""
-        self.free_model()
-        self.load()
 
     def free_model(self) -> None:
         self.model = None
@@ -285,18 +281,22 @@ def _embed_adapter_jobs(run: _BaseRun, jobs: list[_Job], base_mean: torch.Tensor
         for start in range(0, len(group), step):
             batch = group[start:start + step]
             report(s.progress, done, total, "adapters", ", ".join(j.name for j in batch))
-            host = AdapterHost(run.load(), run.dir)
+            done += len(batch)
+            try:
+                host = AdapterHost(run.load(), run.dir)
+            except Exception as exc:  # noqa: BLE001 - the base itself cannot be loaded
+                out.errors.update({j.name: _BaseFailed(Source(str(run.dir), local=run.dir), exc) for j in batch})
+                continue
             states, errors = host.run({j.name: j.path for j in batch}, run.tokenizer, s.probes, s.layer, mixed)
             if host.close():
                 run.model = host.base
             else:
-                log.warning("An adapter could not be removed cleanly from base %s; reloading the base.", run.dir)
-                run.reload()
+                log.warning("An adapter could not be removed cleanly from base %s; it will be reloaded.", run.dir)
+                run.free_model()
             out.errors.update(errors)
             for job in batch:
                 if job.name in states:
                     _guard(job, out, lambda job=job: _finish(s, job, states[job.name], base_mean, out))
-            done += len(batch)
     report(s.progress, total, total, "adapters")
 
 

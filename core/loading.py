@@ -186,14 +186,17 @@ def plain_modules(model) -> dict:
     batch may still be loaded), the wrapped layer stands in its place and the adapter's own modules are left out."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    modules, wrapped = {}, []
-    for name, module in model.named_modules():
-        if any(name.startswith(prefix) for prefix in wrapped):
-            continue
+    modules = {}
+
+    def visit(prefix: str, module) -> None:
         if isinstance(module, BaseTunerLayer):
-            wrapped.append(name + ".")
-            module = module.get_base_layer()
-        modules[name] = module
+            modules[prefix] = module.get_base_layer()
+            return
+        modules[prefix] = module
+        for name, child in module.named_children():
+            visit(f"{prefix}.{name}" if prefix else name, child)
+
+    visit("", model)
     return modules
 
 

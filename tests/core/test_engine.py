@@ -112,13 +112,14 @@ def test_engine_equals_the_reference_loop(tiny_pool, first_run):
         assert cosine(vector_of(result, name), reference_delta(tiny_pool["base"], path, kind, DEFAULT_PROBES)) >= 0.99999
 
 
-def test_table_is_in_catalog_order_with_labels(first_run):
+def test_table_is_in_catalog_order_with_labels(tiny_pool, first_run):
     table = first_run["result"].table
     assert list(table["name"]) == ["lora_0", "lora_1", "lora_2", "lora_3", "full_0", "full_1"]
     assert list(table.columns) == ["name", "vector", "domain"] and list(table["domain"]) == list("ababab")
     assert matrix(table).shape == (6, 64) and matrix(table).dtype == np.float32
     meta = first_run["result"].metadata
     assert meta["dtype"] == "float32" and meta["device"] == "cpu" and meta["layer"] == -1 and meta["engine_version"]
+    assert meta["bases"] == [str(tiny_pool["base"])]
 
 
 def test_progress_names_the_running_model_and_what_is_left(first_run):
@@ -233,3 +234,16 @@ def test_malformed_catalog_is_refused_before_any_model_loads(tiny_pool, tmp_path
             {"name": "odd", "source": str(tiny_pool["loras"]["lora_1"]), "kind": "qlora", "base": str(tiny_pool["base"])}]
     with pytest.raises(CatalogError, match=r"line 3, column 'kind'"):
         embed_catalog(write_catalog(tmp_path / "c.csv", rows), cache_dir=tmp_path / "cache")
+
+
+def test_a_base_left_unclean_is_reloaded_before_the_next_batch(tiny_pool, first_run, tmp_path, monkeypatch):
+    loads = []
+    real_load = engine.load_model
+    monkeypatch.setattr(engine, "load_model", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
+    monkeypatch.setattr(engine.AdapterHost, "close", lambda self: False)      # as if an adapter could not be removed
+    rows = [{"name": n, "source": str(p), "kind": "lora", "base": str(tiny_pool["base"])}
+            for n, p in tiny_pool["loras"].items()]
+    result = embed_catalog(write_catalog(tmp_path / "c.csv", rows), cache_dir=tmp_path / "cache", adapter_batch=2)
+    assert len(loads) == 2 and not result.failures                              # one load per batch of two
+    for name in tiny_pool["loras"]:
+        np.testing.assert_allclose(vector_of(result, name), vector_of(first_run["result"], name), atol=1e-5)
