@@ -19,6 +19,7 @@ import pandas as pd
 import streamlit as st
 
 from core.catalog import Catalog, read_catalog
+from core.errors import DeltaAtlasError
 from core.userpool import UserPool
 from core.vectors import label_columns, matrix, read_vectors
 
@@ -73,12 +74,11 @@ def find_catalogs() -> list[Path]:
 
 
 def title_of(path: Path) -> str:
+    """A catalog's name for people: 'Demo zoo (built in)', else its folder (``x/catalog.csv``) or file name."""
     if path.resolve() == DEMO_CATALOG.resolve():
         return "Demo zoo (built in)"
-    try:
-        return str(path.resolve().relative_to(ROOT))
-    except ValueError:
-        return str(path)
+    name = path.parent.name if path.stem == "catalog" else path.stem
+    return name.replace("_", " ")
 
 
 # ---- cached loads ----------------------------------------------------------------------------------------------
@@ -164,6 +164,11 @@ def _load_pool_data(catalog: str, vectors: str, base: str | None, key: str) -> P
 
 def pool_data(pool: Pool) -> PoolData:
     """The pool's vectors (plus the user's own models of the same base), cached across reruns and sessions."""
+    if not pool.catalog_path.is_file():
+        if pool.catalog_path.resolve() == DEMO_CATALOG.resolve():
+            raise DeltaAtlasError("The demo zoo is not built yet: run `python -m core build-demo` once, then reload "
+                                  "this page.")
+        raise DeltaAtlasError(f"The catalog {pool.catalog_path} is gone: choose another pool in the sidebar.")
     users, base = user_pool(), pool.base
     key = "|".join(map(str, [pool.catalog_path, stamp(pool.catalog_path), pool.vectors_path, stamp(pool.vectors_path),
                              users.root, stamp(users.vectors_path), stamp(users.catalog_path), base]))

@@ -18,7 +18,8 @@ import streamlit as st
 from core.errors import DeltaAtlasError
 from core.jobs import JobLocks
 from core.progress import Progress
-from pages._pools import DEMO_CATALOG, Pool, find_catalogs, load_catalog, stamp, title_of, user_pool, vectors_path_for
+from pages import _pools
+from pages._pools import Pool, find_catalogs, load_catalog, stamp, title_of, user_pool, vectors_path_for
 
 log = logging.getLogger("delta_atlas.app")
 
@@ -40,7 +41,7 @@ STAGES = {  # progress stage -> plain words
 
 
 def sidebar() -> Pool:
-    """Draw the sidebar (catalog choice, device, running jobs) and return the chosen pool."""
+    """Draw the sidebar's pool choice (catalog, and base when it has several) and return the chosen pool."""
     users = user_pool()
     options = [str(p) for p in find_catalogs()]
     if users.catalog_path.is_file():
@@ -50,7 +51,8 @@ def sidebar() -> Pool:
         if not options:
             st.warning("No catalog found. Build the demo zoo with `python -m core build-demo`, or put a "
                        "catalog.csv in the data folder.")
-            pool = Pool(DEMO_CATALOG, vectors_path_for(DEMO_CATALOG), "Demo zoo (not built yet)")
+            demo = _pools.DEMO_CATALOG
+            pool = Pool(demo, vectors_path_for(demo), "Demo zoo (not built yet)")
         else:
             if st.session_state.get(CATALOG_KEY) not in options:
                 st.session_state[CATALOG_KEY] = options[0]

@@ -226,7 +226,7 @@ def test_switching_pools_keeps_every_page_working(app_env, tmp_path, monkeypatch
 
     other = synthetic_pool(tmp_path / "data" / "other", per_domain=3)
     at = app().run()
-    assert at.sidebar.selectbox(key="catalog").options == [str(app_env["catalog"]), str(other)]
+    assert at.sidebar.selectbox(key="catalog").options == ["pool", "other"]  # named by their folders
     at.selectbox(key="map_search").set_value("lora_0").run()
     at.switch_page("pages/merge.py").run()
     at.multiselect(key="merge_names").set_value(["lora_0", "lora_1"]).run()
@@ -236,3 +236,14 @@ def test_switching_pools_keeps_every_page_working(app_env, tmp_path, monkeypatch
     for page in PAGES:
         at.switch_page(f"pages/{page}").run()
         assert problems(at) == [], page
+
+
+def test_no_catalog_at_all_says_how_to_build_the_demo(tmp_path, monkeypatch):
+    monkeypatch.setenv("DELTA_ATLAS_CATALOG", str(tmp_path / "nothing" / "catalog.csv"))
+    monkeypatch.setenv("DELTA_ATLAS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DELTA_ATLAS_USER_DIR", str(tmp_path / "user"))
+    monkeypatch.setattr("pages._pools.DEMO_CATALOG", tmp_path / "nothing" / "catalog.csv")
+    at = app().run()
+    assert len(at.exception) == 0
+    assert any("build-demo" in w.value for w in at.sidebar.warning)
+    assert any("demo zoo is not built" in e.value for e in at.error)
