@@ -43,11 +43,12 @@ def report(progress: ProgressFn | None, *args, **kwargs) -> None:
 class TextBar:
     """A one-line progress bar on stderr for the CLI."""
 
-    def __init__(self, stream=sys.stderr, width: int = 30):
-        self.stream, self.width = stream, width
+    def __init__(self, stream=None, width: int = 30):
+        self.stream, self.width = stream, width  # stream None: sys.stderr as it is when the bar draws
 
     def __call__(self, p: Progress) -> None:
+        stream = self.stream or sys.stderr
         filled = int(self.width * p.fraction)
         line = f"\r[{'#' * filled}{'.' * (self.width - filled)}] {p.describe()}"[:120]
-        self.stream.write(line.ljust(120) + ("\n" if p.done >= p.total else ""))
-        self.stream.flush()
+        stream.write(line.ljust(120) + ("\n" if p.done >= p.total else ""))
+        stream.flush()
