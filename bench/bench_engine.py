@@ -259,13 +259,13 @@ def _probe_lengths(pool: Pool) -> None:
 
 def batch_memory_mb(pool: Pool, args) -> float:
     """Rough size of one adapter batch's activations (fp32): every hidden state the forward pass returns, plus one
-    layer's MLP intermediates, for adapter_batch x probes rows padded to the longest probe."""
+    layer's MLP intermediates, for adapter_batch rows of the longest probe (one pass per probe, no padding)."""
     from transformers import AutoTokenizer
 
     from core.probes import DEFAULT_PROBES
 
     tokenizer = AutoTokenizer.from_pretrained(pool.base)
-    tokens = min(args.adapter_batch, args.adapters) * len(DEFAULT_PROBES) * max(
+    tokens = min(args.adapter_batch, args.adapters) * max(
         len(tokenizer(p)["input_ids"]) for p in DEFAULT_PROBES)
     return tokens * ((args.layers + 1) * args.hidden + 3 * args.intermediate) * 4 / 2**20
 

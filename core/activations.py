@@ -1,9 +1,13 @@
 """Last-token hidden states (SPEC §2): the batched version the engine runs, and the plain reference loop.
 
 h(x) = hidden_states[layer] (default -1: the final layer, after the final norm) at the LAST REAL token of probe x,
-cast to float32. Batches are right-padded: with a causal mask the real tokens never see the padding and keep their
-positions, so a padded row gives the same numbers as the prompt alone; the last real token is found from the
-attention mask. ``adapter_names`` (one per prompt) runs PEFT's mixed-adapter batches: several adapters, one pass.
+cast to float32. Two ways to batch:
+  * ``last_token_states``: several prompts in one pass, right-padded. With a causal mask the real tokens never see
+    the padding and keep their positions, so a padded row gives the same numbers as the prompt alone; the last real
+    token is found from the attention mask. Used where each model runs once (the base, full models).
+  * ``repeated_probe_states``: one pass per probe, of K identical rows (one per adapter, the adapter chosen per row
+    by stacked LoRA hooks or PEFT's ``adapter_names``). Rows of one probe have one length, so nothing is padded:
+    one padded batch of every probe spends about a quarter of its work on padding with the paper's probes.
 """
 from __future__ import annotations
 
@@ -71,6 +75,23 @@ def last_token_states(model, tokenizer, prompts: Sequence[str], *, layer: int = 
     return torch.cat(chunks)
 
 
+@torch.no_grad()
+def repeated_probe_states(model, tokenizer, probes: Sequence[str], copies: int, *, layer: int = -1,
+                          extra: dict | None = None) -> torch.Tensor:
+    """[copies, P, d] float32 on the CPU: each probe as ``copies`` identical rows, one forward pass per probe.
+
+    ``extra`` goes to every forward call (e.g. PEFT's ``adapter_names``, one per row)."""
+    check_layer(model, layer)
+    device = next(model.parameters()).device
+    per_probe = []
+    for ids in tokenize(tokenizer, probes):
+        input_ids = torch.tensor([ids] * copies, dtype=torch.long, device=device)   # [K, T]
+        out = _forward(model, input_ids, torch.ones_like(input_ids), extra or {})
+        per_probe.append(out.hidden_states[layer][:, -1].float().cpu())            # [K, d]: last token, no padding
+        del out
+    return torch.stack(per_probe, dim=1)                                            # [K, P, d]
+
+
 def _forward(model, input_ids: torch.Tensor, mask: torch.Tensor, extra: dict):
     """One forward pass with every hidden state; logits only for one position (they are not needed)."""
     kwargs = dict(input_ids=input_ids, attention_mask=mask, output_hidden_states=True, use_cache=False, **extra)
@@ -125,9 +146,10 @@ def reference_delta(base_dir: Path, model_dir: Path, kind: str, probes: Sequence
 class AdapterHost:
     """PEFT adapters loaded by name onto one base model, run, and removed again, so nothing leaks.
 
-    ``run`` loads a batch of adapters (checking first that each fits the base), runs them x all probes in one
-    mixed-adapter forward pass (or one adapter at a time with ``set_adapter`` for types PEFT cannot mix), and
-    deletes them. ``close`` strips PEFT's wrappers and says whether the base is exactly the plain model again.
+    ``run`` loads a batch of adapters (checking first that each fits the base), runs them x each probe in one
+    mixed-adapter forward pass per probe (or one adapter at a time with ``set_adapter`` for types PEFT cannot mix),
+    and deletes them. ``close`` strips PEFT's wrappers and says whether the base is exactly the plain model again.
+    (The engine runs plain LoRA adapters through ``stacked_lora``, which is faster; this is the general route.)
     """
 
     def __init__(self, model, base_dir: Path):
@@ -183,13 +205,11 @@ class AdapterHost:
         self.peft.eval()
 
     def _run_mixed(self, loaded: dict[str, str], tokenizer, probes, layer) -> dict[str, torch.Tensor]:
-        p = len(probes)
         internals = list(loaded.values())
         self.peft.set_adapter(internals[0])              # PEFT only routes adapter_names when one is active
-        rows = last_token_states(self.peft, tokenizer, list(probes) * len(internals), layer=layer,
-                                 batch_size=p * len(internals),
-                                 adapter_names=[a for a in internals for _ in range(p)])   # [K*P, d]
-        return {name: rows[k * p:(k + 1) * p] for k, name in enumerate(loaded)}
+        rows = repeated_probe_states(self.peft, tokenizer, probes, len(internals), layer=layer,
+                                     extra={"adapter_names": internals})                  # [K, P, d]
+        return {name: rows[k] for k, name in enumerate(loaded)}
 
     def _run_one(self, internal: str, tokenizer, probes, layer) -> torch.Tensor:
         self.peft.set_adapter(internal)

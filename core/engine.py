@@ -3,9 +3,11 @@
 Per base (a catalog may name several; they are embedded one after the other):
   1. resolve every model and look its vector up in the cache (a fully cached base loads no model at all);
   2. load the base once and compute its probe states once (cached too);
-  3. adapters: load ``adapter_batch`` of them by name onto that one base, run them x all probes in ONE forward
-     pass (PEFT mixed-adapter batches), delete them, next batch. Adapter types that mixed batches do not support
-     run one at a time (set_adapter), and are deleted just the same: no adapter ever leaks into another's numbers;
+  3. adapters, ``adapter_batch`` at a time on that one base, one forward pass per probe of one row per adapter
+     (rows of one length: no padding). Plain LoRA adapters are read from their safetensors and run as stacked
+     weights in forward hooks that always remove themselves (``stacked_lora``: no PEFT at all). Other types are
+     loaded by name into PEFT and run as mixed-adapter batches, or one at a time (set_adapter) where PEFT cannot
+     mix them, then deleted. Either way no adapter ever leaks into another's numbers;
   4. free the base, then load each full finetune alone, run it, free it.
 One broken model becomes a :class:`Failure` with a one-line reason; the others are still embedded.
 """
@@ -32,6 +34,7 @@ from .loading import (ADAPTER_CONFIG, TOKENIZER_FILES, check_full_fits, check_ki
                       load_tokenizer, read_json, resolve_source, weight_files)
 from .probes import DEFAULT_PROBES, probes_digest
 from .progress import ProgressFn, report
+from .stacked_lora import run_stacked, unstackable_reason
 from .vectors import make_table
 
 log = logging.getLogger(__name__)
@@ -270,29 +273,26 @@ def _free_memory() -> None:
 
 # ------------------------------------------------------------------------------------------------------ adapters
 def _embed_adapter_jobs(run: _BaseRun, jobs: list[_Job], base_mean: torch.Tensor, out: _Outcome) -> None:
-    """Adapters onto the one base, grouped by adapter type (a PEFT model hosts one type), batched where PEFT can."""
+    """Adapters onto the one base, grouped by how they run (stacked, PEFT mixed, PEFT alone), in batches."""
     s = run.s
-    groups: dict[tuple, list[_Job]] = {}
+    groups: dict[tuple[str, str], list[_Job]] = {}
     for job in jobs:
-        _guard(job, out, lambda job=job: groups.setdefault(_adapter_type(job.path), []).append(job))
+        _guard(job, out, lambda job=job: groups.setdefault(_adapter_route(job.path), []).append(job))
     done, total = 0, sum(len(g) for g in groups.values())
-    for (_, mixed), group in groups.items():
-        step = s.adapter_batch if mixed else 1
+    for (_, route), group in groups.items():
+        step = 1 if route == "alone" else s.adapter_batch
         for start in range(0, len(group), step):
             batch = group[start:start + step]
             report(s.progress, done, total, "adapters", ", ".join(j.name for j in batch))
             done += len(batch)
-            try:
-                host = AdapterHost(run.load(), run.dir)
-            except Exception as exc:  # noqa: BLE001 - the base itself cannot be loaded
-                out.errors.update({j.name: _BaseFailed(Source(str(run.dir), local=run.dir), exc) for j in batch})
-                continue
-            states, errors = host.run({j.name: j.path for j in batch}, run.tokenizer, s.probes, s.layer, mixed)
-            if host.close():
-                run.model = host.base
-            else:
-                log.warning("An adapter could not be removed cleanly from base %s; it will be reloaded.", run.dir)
-                run.free_model()
+            paths = {j.name: j.path for j in batch}
+            states, errors = {}, {}
+            if route == "stacked":
+                states, errors, paths = _run_stacked(run, paths)     # what it cannot take goes through PEFT
+            if paths:
+                more_states, more_errors = _run_peft(run, paths, mixed=route != "alone")
+                states.update(more_states)
+                errors.update(more_errors)
             out.errors.update(errors)
             for job in batch:
                 if job.name in states:
@@ -300,12 +300,40 @@ def _embed_adapter_jobs(run: _BaseRun, jobs: list[_Job], base_mean: torch.Tensor
     report(s.progress, total, total, "adapters")
 
 
-def _adapter_type(path: Path) -> tuple[str, bool]:
-    """(PEFT type, whether PEFT's mixed-adapter batches support it). Only plain LoRA mixes; DoRA and aLoRA not."""
+def _run_stacked(run: _BaseRun, adapters: dict[str, Path]):
+    """Plain LoRA adapters as stacked weights on the base: (states, errors, adapters left for PEFT)."""
+    try:
+        model = run.load()
+    except Exception as exc:  # noqa: BLE001 - the base itself cannot be loaded
+        return {}, {name: _BaseFailed(Source(str(run.dir), local=run.dir), exc) for name in adapters}, {}
+    return run_stacked(model, run.dir, adapters, run.tokenizer, run.s.probes, run.s.layer)
+
+
+def _run_peft(run: _BaseRun, adapters: dict[str, Path], mixed: bool):
+    """Adapters loaded into PEFT on the base, run and deleted: (states, errors). A base PEFT cannot strip clean
+    is dropped, to be reloaded for the next batch."""
+    try:
+        host = AdapterHost(run.load(), run.dir)
+    except Exception as exc:  # noqa: BLE001 - the base itself cannot be loaded
+        return {}, {name: _BaseFailed(Source(str(run.dir), local=run.dir), exc) for name in adapters}
+    states, errors = host.run(adapters, run.tokenizer, run.s.probes, run.s.layer, mixed)
+    if host.close():
+        run.model = host.base
+    else:
+        log.warning("An adapter could not be removed cleanly from base %s; it will be reloaded.", run.dir)
+        run.free_model()
+    return states, errors
+
+
+def _adapter_route(path: Path) -> tuple[str, str]:
+    """(PEFT type, route): "stacked" for plain LoRA, "mixed" for what PEFT's mixed-adapter batches support
+    (LoRA with extras), "alone" for the rest (DoRA, aLoRA and other types run one at a time)."""
     config = read_json(path / ADAPTER_CONFIG)
     peft_type = str(config.get("peft_type", "")).upper()
+    if unstackable_reason(config) is None:
+        return peft_type, "stacked"
     mixed = peft_type == "LORA" and not config.get("use_dora") and not config.get("alora_invocation_tokens")
-    return peft_type, mixed
+    return peft_type, "mixed" if mixed else "alone"
 
 
 # ------------------------------------------------------------------------------------------------------ full models

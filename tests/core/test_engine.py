@@ -241,6 +241,7 @@ def test_a_base_left_unclean_is_reloaded_before_the_next_batch(tiny_pool, first_
     real_load = engine.load_model
     monkeypatch.setattr(engine, "load_model", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
     monkeypatch.setattr(engine.AdapterHost, "close", lambda self: False)      # as if an adapter could not be removed
+    monkeypatch.setattr(engine, "unstackable_reason", lambda config: "forced")  # PEFT's path, not stacked LoRA
     rows = [{"name": n, "source": str(p), "kind": "lora", "base": str(tiny_pool["base"])}
             for n, p in tiny_pool["loras"].items()]
     result = embed_catalog(write_catalog(tmp_path / "c.csv", rows), cache_dir=tmp_path / "cache", adapter_batch=2)
