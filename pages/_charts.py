@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
-PALETTE = px.colors.qualitative.Bold + px.colors.qualitative.Pastel   # 22 distinct colours for groups
+PALETTE = [c for c in px.colors.qualitative.D3 if c != "#7F7F7F"] + px.colors.qualitative.Pastel  # no grey: it reads as "missing"
 WEBGL_FROM = 1500      # points above which the map draws with WebGL (fast for 10,000 models)
 MAX_HOVER_LABELS = 8   # labels shown when hovering a point
 MAP_HEIGHT = 620
@@ -59,9 +59,11 @@ def map_figure(frame: pd.DataFrame, embedding: np.ndarray, colour: list[str], co
     mine = (frame["origin"] == "yours").to_numpy() if "origin" in frame.columns else np.zeros(n, bool)
     colour = np.asarray(colour, dtype=object)
     hover = np.asarray(hover, dtype=object)
-    palette = colours_for(sorted(set(colour), key=_natural))
+    sizes = pd.Series(colour).value_counts()           # the biggest groups get the strongest colours
+    hues = colours_for(list(sizes.index))
     fig = go.Figure()
-    for group, hue in palette.items():
+    for group in sorted(hues, key=_natural):             # the legend in reading order
+        hue = hues[group]
         rows = np.flatnonzero(colour == group)
         fig.add_trace(trace(
             x=embedding[rows, 0], y=embedding[rows, 1], mode="markers", name=str(group),

@@ -34,6 +34,8 @@ def main() -> None:
         with st.expander("Settings"):
             steps = st.number_input("Finetuning steps", 1, 1000, value=default_steps(), key="find_steps",
                                     help="More steps describe the task more precisely but take longer.")
+        st.caption("This runs a short finetune of the base model: on a laptop CPU, one to three minutes for the demo "
+                   "zoo (fewer steps under Settings is faster, and a little less precise).")
         if st.button("Find matching models", type="primary", disabled=not examples, key="find_go"):
             search(pool, data, title, examples, int(steps))
         show_result(pool, data)
@@ -71,7 +73,7 @@ def show_result(pool: pools.Pool, data: pools.PoolData) -> None:
         best = groups.iloc[0]
         st.markdown(f"The task sits closest to the **{best['group']}** models ({best['group_by']}; mean similarity "
                     f"{best['similarity']:.2f} over {int(best['models'])} models).")
-    table_col, map_col = st.columns([2, 3], gap="medium")
+    table_col, map_col = st.columns([5, 6], gap="medium")
     with table_col:
         matches = result.matches.head(SHOWN_MATCHES)
         labels = [c for c in matches.columns if c not in ("name", "similarity")][:3]

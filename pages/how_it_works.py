@@ -85,21 +85,22 @@ def directions(pool: pools.Pool) -> None:
     if len(data.frame) < 3 or "domain" not in data.frame.columns:
         return
     domains = data.frame["domain"].astype(str)
-    means = {d: data.X[(domains == d).to_numpy()].mean(0) for d in sorted(set(domains)) if d}
-    if len(means) < 2:
+    single = [d for d in sorted(set(domains)) if d and "+" not in d]   # mixtures name two domains: left out
+    if len(single) < 2:
         return
-    M = np.stack(list(means.values()))
-    centred = M - 0  # directions from the base (the origin), not from their average
+    means = {d: data.X[(domains == d).to_numpy()].mean(0) for d in single}
+    M = np.stack(list(means.values()))                                   # [domains, d]
+    centred = M - M.mean(0)                                              # from the pool's average model
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    flat = centred @ vt[:2].T
+    flat = centred @ vt[:2].T                                            # [domains, 2]
     flat /= np.abs(flat).max()
     st.subheader("2. On this pool: one arrow per domain")
     left, right = st.columns([3, 2])
     left.plotly_chart(charts.arrows_figure({d: tuple(p) for d, p in zip(means, flat)}), key="how_arrows",
                       config={"staticPlot": True})
-    right.markdown("Each arrow is the average vector of one domain's models in "
-                   f"**{pool.title}**, drawn flat. Arrows that point apart mean the domains changed the base in "
-                   "different ways — which is why the map can tell them apart without being told the labels.")
+    right.markdown(f"Each arrow goes from the average model of **{pool.title}** to the average of one domain's "
+                   "models, drawn flat. Arrows that point apart mean the domains changed the base in different "
+                   "ways — which is why the map can tell them apart without being told the labels.")
 
 
 def clustering(report: dict | None, where: str) -> None:
@@ -113,7 +114,7 @@ def clustering(report: dict | None, where: str) -> None:
         st.dataframe(PAPER, hide_index=True, width="stretch")
         return
     scopes = report["scopes"]
-    rows = [{"embedding": e["name"], "numbers per model": e["dim"],
+    rows = [{"embedding": e["name"], "numbers per model": f"{e['dim']:,}",
              f"silhouette, primary ({scopes['primary']['n']})": e["silhouette"].get("primary"),
              f"silhouette, all ({scopes['all']['n']})": e["silhouette"].get("all"),
              "nearest neighbour, all": e["loo_accuracy"].get("all"),
@@ -123,14 +124,18 @@ def clustering(report: dict | None, where: str) -> None:
     st.dataframe(table, hide_index=True, width="stretch", column_config={
         "nearest neighbour, all": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="percent")})
     ours = next((e for e in report["embeddings"] if e["key"] == "delta_activations"), None)
-    others = [e for e in report["embeddings"] if e["key"] != "delta_activations" and e["silhouette"].get("all") is not None]
-    if ours and ours["silhouette"].get("all") is not None:
-        text = (f"Delta Activations group these models by {report['label']} with a silhouette of "
-                f"**{ours['silhouette']['all']:.2f}**")
+    sentences = []
+    for scope, who in [("primary", "the primary models"), ("all", "the whole pool")]:
+        others = [e for e in report["embeddings"] if e is not ours and e["silhouette"].get(scope) is not None]
+        if ours is None or ours["silhouette"].get(scope) is None:
+            continue
+        text = f"on {who}, Delta Activations reach a silhouette of **{ours['silhouette'][scope]:.2f}**"
         if others:
-            best = max(others, key=lambda e: e["silhouette"]["all"])
-            text += f"; the best other description, {best['name']}, reaches {best['silhouette']['all']:.2f}"
-        st.markdown(text + ".")
+            best = max(others, key=lambda e: e["silhouette"][scope])
+            text += f" against {best['silhouette'][scope]:.2f} for the best other description ({best['name']})"
+        sentences.append(text)
+    if sentences:
+        st.markdown(f"Grouping by {report['label']}: " + "; ".join(sentences) + ".")
     for note in report.get("notes", []):
         st.caption(note)
 
@@ -145,25 +150,27 @@ def additivity(pool: pools.Pool, report: dict) -> None:
              "rank of A + B": f"{a['rank_of_sum']} of {a['n_compared']}"} for a in report["additivity"]]
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
         "similarity to A + B": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="%.2f")})
-    first = report["additivity"][0]
-    firsts = sum(a["rank_of_sum"] == 1 for a in report["additivity"])
-    st.markdown(f"For {firsts} of {len(report['additivity'])} mixtures, A + B is closer to the mixture model than "
-                "any single model of the pool.")
+    first, mixes = report["additivity"][0], report["additivity"]
+    st.markdown(f"On average a mixture model's similarity to A + B is **{np.mean([a['cos_sum'] for a in mixes]):.2f}**, "
+                f"against {np.mean([a['mean_cos_others'] for a in mixes]):.2f} to the other models of the pool. "
+                f"A + B ranks {', '.join(str(a['rank_of_sum']) for a in mixes)} among the "
+                f"{first['n_compared']} vectors compared (1 = closer than any single model of the pool).")
     data = pools.pool_data(pool)
     index = {n: i for i, n in enumerate(data.frame["name"])}
     if all(n in index for n in [first["name"], *first["parts"]]):
         a, b, mix = (data.X[index[n]] for n in [*first["parts"], first["name"]])
         basis, _ = np.linalg.qr(np.stack([a, b]).T)           # a flat picture of the plane of A and B
-        flat = {n: tuple(basis.T @ v) for n, v in zip([*first["parts"], first["name"]], (a, b, mix))}
+        flat = {n: tuple(basis.T @ v) for n, v in zip(["A", "B", "trained on both"], (a, b, mix))}
         scale = max(abs(c) for p in flat.values() for c in p)
         flat = {n: (x / scale, y / scale) for n, (x, y) in flat.items()}
-        total = tuple(np.add(flat[first["parts"][0]], flat[first["parts"][1]]))
+        total = tuple(np.add(flat["A"], flat["B"]))
         left, right = st.columns([3, 2])
         left.plotly_chart(charts.arrows_figure(flat, {"A + B": total}), key="how_additive",
                           config={"staticPlot": True})
-        right.markdown(f"The arrows of **{first['parts'][0]}** (A), **{first['parts'][1]}** (B) and "
-                       f"**{first['name']}**, drawn in the plane of A and B; ✕ marks A + B. "
-                       f"Similarity of the mixture to A + B: {first['cos_sum']:.2f}.")
+        right.markdown(f"The vectors of **{first['parts'][0]}** (A), **{first['parts'][1]}** (B) and "
+                       f"**{first['name']}** (trained on both), drawn in the plane of A and B; ✕ marks A + B. "
+                       f"The arrow of the model trained on both points towards A + B (similarity "
+                       f"{first['cos_sum']:.2f}).")
 
 
 def robustness(report: dict) -> None:

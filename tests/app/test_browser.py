@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from core.catalog import read_catalog
+
+DEMO = ROOT / "data" / "demo" / "catalog.csv"
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -42,11 +45,13 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(app_pool, tmp_path_factory):
-    """``streamlit run app.py`` on a free port, pointed at the small pool; stopped after the module."""
+    """``streamlit run app.py`` on a free port, on the demo zoo when it is built (what a visitor sees), else on the
+    tiny test pool; stopped after the module."""
     tmp = tmp_path_factory.mktemp("browser")
     (tmp / "allowed").mkdir()
     port = free_port()
-    env = {**os.environ, "DELTA_ATLAS_CATALOG": str(app_pool["catalog"]), "DELTA_ATLAS_DATA_DIR": str(tmp / "data"),
+    catalog = DEMO if DEMO.is_file() and DEMO.with_name("vectors.parquet").is_file() else app_pool["catalog"]
+    env = {**os.environ, "DELTA_ATLAS_CATALOG": str(catalog), "DELTA_ATLAS_DATA_DIR": str(tmp / "data"),
            "DELTA_ATLAS_USER_DIR": str(tmp / "user"), "DELTA_ATLAS_ALLOWED_ROOTS": str(tmp / "allowed"),
            "DELTA_ATLAS_CACHE": str(app_pool["cache"]), "HF_HUB_OFFLINE": "1"}
     log = open(tmp / "server.log", "w")
@@ -65,7 +70,7 @@ def server(app_pool, tmp_path_factory):
                 if process.poll() is not None or time.time() > deadline:
                     raise RuntimeError(f"streamlit did not start: {(tmp / 'server.log').read_text()[-2000:]}")
                 time.sleep(0.5)
-        yield {"url": url, "log": tmp / "server.log"}
+        yield {"url": url, "log": tmp / "server.log", "models": len(read_catalog(catalog))}
     finally:
         process.terminate()
         try:
@@ -178,7 +183,7 @@ def test_vectors_and_map_download(server, page, shots):
     with page.expect_download(timeout=RENDER_TIMEOUT) as csv:
         page.get_by_role("button", name="Vectors (CSV)").click()
     text = Path(csv.value.path()).read_text()
-    assert text.startswith("name,vector,") and text.count("\n") == 7  # header + the six models
+    assert text.startswith("name,vector,") and text.count("\n") == server["models"] + 1  # header + every model
     with page.expect_download(timeout=RENDER_TIMEOUT) as html:
         page.get_by_role("button", name="Map (interactive HTML)").click()
     assert "plotly" in Path(html.value.path()).read_text()[:200_000].lower()

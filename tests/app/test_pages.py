@@ -188,7 +188,7 @@ def test_how_it_works_shows_the_evidence(synthetic_env):
     additive = at.dataframe[1].value
     assert list(additive["model trained on both"]) == ["legal-0+math-0", "medical-0+coding-0"]
     assert (additive["similarity to A + B"] > 0.9).all()  # built as sums, so they must read as additive
-    assert any("For 2 of 2 mixtures" in m.value for m in at.markdown)
+    assert any("A + B ranks 1, 1 among" in m.value for m in at.markdown)
 
 
 def test_map_groups_found_automatically(synthetic_env):
