@@ -122,7 +122,9 @@ def show_result(pool: pools.Pool, data: pools.PoolData) -> None:
         table = pd.DataFrame({"adapter": report.ingredients, "weight": report.weights})
         if report.similarities:
             table["similarity to the task"] = [report.similarities.get(n) for n in report.ingredients]
-        st.dataframe(table, hide_index=True, width="stretch")
+        st.dataframe(table, hide_index=True, width="stretch", column_config={
+            "weight": st.column_config.NumberColumn(format="%.3f"),
+            "similarity to the task": st.column_config.NumberColumn(format="%.3f")})
         st.caption(f"Method {report.method}, weights {report.weights_mode}, {report.seconds:.0f} s.")
         downloads(report)
     with right:
