@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from tests.app.conftest import ROOT
 from core.catalog import read_catalog
 
 DEMO = ROOT / "data" / "demo" / "catalog.csv"

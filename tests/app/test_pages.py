@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import PAGES, ROOT, TIMEOUT, copy_model, problems
+from tests.app.conftest import PAGES, ROOT, TIMEOUT, copy_model, problems
 
 
 def app(path: str = "app.py") -> AppTest:
@@ -222,7 +222,7 @@ def test_an_uploaded_zip_joins_the_user_catalog(app_env):
 
 
 def test_switching_pools_keeps_every_page_working(app_env, tmp_path, monkeypatch):
-    from conftest import synthetic_pool
+    from tests.app.conftest import synthetic_pool
 
     other = synthetic_pool(tmp_path / "data" / "other", per_domain=3)
     at = app().run()

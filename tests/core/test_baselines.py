@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import core.baselines as baselines
-from conftest import write_catalog
+from tests.conftest import write_catalog
 from core.baselines import Tensors, compute_baselines, lora_delta, read_lora
 from core.errors import DeltaAtlasError
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import core.engine as engine
-from conftest import make_base, make_lora, write_catalog
+from tests.conftest import make_base, make_lora, write_catalog
 from core.activations import reference_delta
 from core.errors import CatalogError, IncompatibleModelError
 from core.engine import embed_adapters, embed_catalog

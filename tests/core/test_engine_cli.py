@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_catalog
+from tests.conftest import write_catalog
 from core.cli import main
 from core.probes import probes_digest
 from core.vectors import read_metadata, read_vectors

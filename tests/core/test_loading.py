@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_base, make_lora
+from tests.conftest import make_base, make_lora
 from core.catalog import parse_source
 from core.errors import IncompatibleModelError, ModelSourceError
 from core.loading import (check_adapter_fits, check_full_fits, check_kind, detect_kind, load_model,

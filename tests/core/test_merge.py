@@ -28,7 +28,7 @@ def own_cache(tmp_path, monkeypatch):
 def pool(tiny_pool, tmp_path_factory):
     """The tiny pool (rank-4 LoRA on q/v/up, two full models) plus a rank-8 adapter on k/v and an adapter of another
     base, in one catalog."""
-    from conftest import make_base, make_lora, write_catalog
+    from tests.conftest import make_base, make_lora, write_catalog
 
     root = tmp_path_factory.mktemp("merge_pool")
     base = str(tiny_pool["base"])

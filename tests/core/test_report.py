@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import write_catalog
+from tests.conftest import write_catalog
 from core.cli import main
 from core.errors import DeltaAtlasError
 from core.report import build_report, format_report, loo_accuracy, silhouette

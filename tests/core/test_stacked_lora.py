@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import core.engine as engine
-from conftest import make_base, make_lora
+from tests.conftest import make_base, make_lora
 from core.activations import AdapterHost, last_token_states, reference_delta, repeated_probe_states
 from core.errors import IncompatibleModelError
 from core.loading import load_model

@@ -29,7 +29,7 @@ def own_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def pool(tiny_pool, tmp_path_factory):
     """The tiny pool's LoRA adapters in a catalog of our own, with a small recipe.json beside it."""
-    from conftest import write_catalog
+    from tests.conftest import write_catalog
 
     root = tmp_path_factory.mktemp("task_pool")
     rows = [{"name": n, "source": str(p), "kind": "lora", "base": str(tiny_pool["base"]), "domain": "ab"[i % 2],
@@ -93,7 +93,7 @@ def test_pool_recipe_and_vectors_file(pool, tmp_path):
 
 
 def test_pool_with_two_bases_is_refused(tiny_pool, tmp_path):
-    from conftest import write_catalog
+    from tests.conftest import write_catalog
 
     rows = [{"name": "a", "source": str(tiny_pool["loras"]["lora_0"]), "kind": "lora", "base": str(tiny_pool["base"])},
             {"name": "b", "source": str(tiny_pool["loras"]["lora_1"]), "kind": "lora", "base": str(tmp_path)}]
