@@ -220,8 +220,9 @@ def warm_up(random_state: int = 0) -> float:
 def label_silhouette(X: np.ndarray, labels) -> float:
     """Silhouette of ``labels`` on the cosine-distance matrix (the paper's measure), in [-1, 1].
 
-    Rows whose label is missing (None, NaN or "") are left out. NaN when it is undefined: fewer than 2 labels,
-    or every model its own label.
+    Rows whose label is missing (None, NaN or "") are left out, and so are labels held by one model only: a group
+    of one has no silhouette of its own, and it wrecks its neighbours' (a "math+coding" mixture next to the coding
+    models makes them look misplaced). NaN when it is undefined: fewer than 2 labels left.
     """
     from sklearn.metrics import silhouette_score
 
@@ -229,7 +230,8 @@ def label_silhouette(X: np.ndarray, labels) -> float:
     labels = np.asarray(["" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in labels])
     if len(labels) != len(X):
         raise DeltaAtlasError(f"{len(labels)} labels for {len(X)} vectors: give one label per model.")
-    keep = labels != ""
+    values, counts = np.unique(labels, return_counts=True)
+    keep = (labels != "") & np.isin(labels, values[counts > 1])
     n_labels = len(set(labels[keep]))
     if n_labels < 2 or n_labels >= keep.sum():
         return float("nan")

@@ -159,3 +159,13 @@ def test_models_that_all_point_the_same_way():
         assert "same way" in p.note_ and np.allclose(p.embedding_, 0) and np.allclose(p.transform(X[:2]), 0)
     c = Clusterer().fit(np.vstack([X, -X[:3]]))
     assert c.n_clusters_ == 2 and set(c.scores_) == {2}
+
+
+def test_label_silhouette_leaves_out_labels_held_by_one_model():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(2, 16))
+    X = np.vstack([centres[0] + 0.05 * rng.normal(size=(5, 16)), centres[1] + 0.05 * rng.normal(size=(5, 16)),
+                   centres[1] + 0.01 * rng.normal(size=(1, 16))])      # a one-model label sitting on group b
+    labels = ["a"] * 5 + ["b"] * 5 + ["a+b"]
+    assert label_silhouette(X, labels) == pytest.approx(label_silhouette(X[:10], labels[:10]))
+    assert label_silhouette(X, labels) > 0.8
