@@ -15,7 +15,7 @@ import random
 import shutil
 import time
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch

@@ -11,14 +11,6 @@ from core.loading import load_model
 from core.probes import DEFAULT_PROBES
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, above all on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 LONG = "Below is an instruction. " * 12 + "Write a long response that appropriately completes the request."
 

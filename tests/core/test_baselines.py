@@ -15,13 +15,6 @@ from core.baselines import Tensors, compute_baselines, lora_delta, read_lora
 from core.errors import DeltaAtlasError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def merged_delta(base_dir, adapter_dir, module: str) -> torch.Tensor:
     """W_merged - W_base as PEFT itself computes it."""

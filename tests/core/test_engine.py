@@ -20,14 +20,6 @@ from core.tinylm import train_tokenizer
 from core.vectors import matrix
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, above all on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 
 def cosine(a, b) -> float:

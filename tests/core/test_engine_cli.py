@@ -7,21 +7,12 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from tests.conftest import write_catalog
 from core.cli import main
 from core.probes import probes_digest
 from core.vectors import read_metadata, read_vectors
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, above all on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

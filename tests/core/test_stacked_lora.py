@@ -20,14 +20,6 @@ from core.probes import DEFAULT_PROBES
 from core.stacked_lora import NotStackableError, read_lora, run_stacked, stacked_lora, unstackable_reason
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, above all on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def edit_config(src: Path, dst: Path, **changes) -> Path:
     """A copy of adapter ``src`` with its adapter_config.json changed (the weights stay the same)."""
