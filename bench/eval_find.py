@@ -65,7 +65,8 @@ def evaluate(tasks, catalog, steps: int, device=None) -> list[dict]:
                "top5_majority": sum(in_domain(d, domain) for d in top["domain"]) >= 3,
                "group_top1": domains["group"].iloc[0] if len(domains) else "",
                "group_right": bool(len(domains)) and in_domain(domains["group"].iloc[0], domain),
-               "final_loss": result.to_json()["final_loss"]}
+               "final_loss": result.to_json()["final_loss"],
+               "matches": result.matches[["name", "similarity", "domain"]].to_dict(orient="records")}
         rows.append(row)
         print(f"[{i}/{len(tasks)}] {dataset:<24} top-1 {row['top1']:<32} {'ok ' if row['top1_right'] else 'NO '}"
               f"group {row['group_top1']:<12} {seconds:5.1f} s", file=sys.stderr)

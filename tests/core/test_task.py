@@ -76,6 +76,10 @@ def test_rank_groups_means_best_first_and_skips_empty_labels():
     assert domain["similarity"].iloc[1] == pytest.approx((sims[0] + sims[1] + sims[3]) / 3)   # d is "x+y": in both
     assert set(groups["group_by"]) == {"domain", "dataset"}
     assert len(rank_groups(pd.DataFrame({"name": ["a"], "similarity": [1.0]}))) == 0
+    # the score is the mean of the group's `top` closest models; the plain mean is kept beside it
+    x = rank_groups(rank(np.array([0.0, 1.0, 0.0]), synthetic_table()), top=2).set_index("group").loc["x"]
+    assert x["similarity"] == pytest.approx((sims[3] + sims[1]) / 2)
+    assert x["mean"] == pytest.approx((sims[0] + sims[1] + sims[3]) / 3)
 
 
 # -- the pool ---------------------------------------------------------------------------------------------------
