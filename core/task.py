@@ -29,7 +29,7 @@ from .vectors import label_columns, matrix, read_metadata, read_vectors
 log = logging.getLogger(__name__)
 
 DEMO_CATALOG = Path(__file__).resolve().parent.parent / "data" / "demo" / "catalog.csv"
-TASK_STEPS = 40                          # few-shot steps: on the demo zoo 40 and 80 were equally accurate, 40 twice as fast
+TASK_STEPS = 40                          # few-shot steps: 40 and 80 were equally accurate on the demo zoo
 GROUP_COLUMNS = ("domain", "dataset")   # label columns whose groups are ranked too
 GROUP_TOP = 3                           # a group's score: mean similarity of its 3 closest models (see below)
 RECIPE_FILE = "recipe.json"             # the pool's finetuning recipe, beside the catalog
