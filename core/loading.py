@@ -43,7 +43,11 @@ def resolve_source(source: Source, allow_pickle: bool = False) -> Path:
     Weights must be safetensors unless ``allow_pickle``; every safetensors header is read so a corrupt or truncated
     file fails here, with its name, instead of deep inside a loader.
     """
-    if source.is_local:
+    if source.builtin is not None:
+        from .bases import ensure_base
+
+        path = ensure_base(source.text)
+    elif source.is_local:
         path = source.local
         if not path.exists():
             raise ModelSourceError(f"Model folder {path} does not exist: fix the path (relative paths are relative "

@@ -46,10 +46,15 @@ class TaskResult:
     losses: list[float] = field(default_factory=list)  # finetuning loss of every step
     seconds: float = 0.0
     position: np.ndarray | None = None  # [2] on the map, when a fitted projector was given
+    no_close_match: bool = False        # no model fits the task well (core.novelty)
+    match_strength: float = float("nan")
+    match_note: str = ""                # the plain-words verdict
 
     def to_json(self) -> dict:
         """Plain JSON: the CLI's ``--json`` output and what the app stores."""
         return {"matches": _records(self.matches), "groups": _records(self.group_matches),
+                "no_close_match": self.no_close_match, "match_strength": round(self.match_strength, 4),
+                "match_note": self.match_note,
                 "seconds": round(self.seconds, 3), "steps": len(self.losses),
                 "final_loss": float(np.mean(self.losses[-10:])) if self.losses else None,
                 "adapter_dir": str(self.adapter_dir) if self.adapter_dir else None,
@@ -250,9 +255,25 @@ def find_models(examples: list[Example], catalog: str | Path | Catalog = DEMO_CA
         shutil.rmtree(work, ignore_errors=True)
     matches = rank(vector, vectors)
     position = None if projector is None else np.asarray(projector.transform(vector[None, :]))[0]
-    return TaskResult(vector=vector, matches=matches if top is None else matches.head(top),
-                      group_matches=rank_groups(matches), adapter_dir=keep, losses=losses,
-                      seconds=time.perf_counter() - start, position=position)
+    result = TaskResult(vector=vector, matches=matches if top is None else matches.head(top),
+                        group_matches=rank_groups(matches), adapter_dir=keep, losses=losses,
+                        seconds=time.perf_counter() - start, position=position)
+    judge_closeness(result, vectors, matches["similarity"].to_numpy())
+    return result
+
+
+def judge_closeness(result: TaskResult, vectors: pd.DataFrame, similarities: np.ndarray) -> None:
+    """Fill in the "no close match" verdict, from a rule fitted on the pool's own vectors (core.novelty).
+    A pool of fewer than 3 models has no background to calibrate on: no verdict then."""
+    from .novelty import CloseMatchRule
+
+    if len(vectors) < 3:
+        result.match_note = "Too few models in this pool to judge how close the best match is."
+        return
+    rule = CloseMatchRule().fit(matrix(vectors))
+    result.no_close_match = not rule.is_close(similarities)
+    result.match_strength = rule.strength(similarities)
+    result.match_note = rule.explain(similarities)
 
 
 def prepare_out_dir(out_dir: str | Path | None, overwrite: bool = False, what: str = "the output",
@@ -316,6 +337,7 @@ def main(args) -> int:
         if len(result.group_matches):
             print("\nGroups (mean similarity of their models):")
             print(result.group_matches.to_string(index=False, float_format="%.3f"))
+    print(f"\n{result.match_note}")
     print(f"\n{len(examples)} examples, {len(result.losses)} steps (final loss {result.to_json()['final_loss']:.3f}), "
           f"{result.seconds:.1f} s" + (f"; task adapter kept in {result.adapter_dir}" if result.adapter_dir else ""))
     return 0

@@ -58,6 +58,8 @@ class Recipe:
     weight_decay: float = 0.0
     max_length: int = 256         # tokens per example, prompt + response
     seed: int = 0
+    layers: int = 0               # train only the top N transformer layers (0: all); see TopLayers
+    precision: str = "float32"    # "bfloat16": mixed precision (bf16 compute, fp32 weights and optimiser)
 
     def replace(self, **changes) -> "Recipe":
         unknown = set(changes) - {f.name for f in fields(self)}
@@ -119,16 +121,17 @@ def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, 
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
-def batches(encoded: list, batch_size: int, steps: int, seed: int):
-    """``steps`` batches drawn epoch by epoch from a seeded shuffle (the last partial batch wraps around)."""
+def batch_indices(n: int, batch_size: int, steps: int, seed: int):
+    """``steps`` batches of example indices, drawn epoch by epoch from a seeded shuffle (the last partial batch
+    wraps around into the next epoch)."""
     rng = random.Random(seed)
     order: list[int] = []
     for _ in range(steps):
         while len(order) < batch_size:
-            epoch = list(range(len(encoded)))
+            epoch = list(range(n))
             rng.shuffle(epoch)
             order.extend(epoch)
-        yield [encoded[i] for i in order[:batch_size]]
+        yield order[:batch_size]
         del order[:batch_size]
 
 
@@ -140,12 +143,30 @@ def lr_at(step: int, recipe: Recipe) -> float:
     return recipe.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The transformer blocks of a causal LM (``model.model.layers`` in Llama, Qwen, Gemma...)."""
+    inner = getattr(model.get_base_model() if hasattr(model, "get_base_model") else model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise DeltaAtlasError(f"Cannot find the transformer layers of {type(model).__name__}: train it with "
+                              "layers=0 (every layer).")
+    return layers
+
+
+def top_layer_ids(model, recipe: Recipe) -> list[int]:
+    n = len(decoder_layers(model))
+    if recipe.layers < 0 or recipe.layers > n:
+        raise DeltaAtlasError(f"Recipe layers={recipe.layers} but the model has {n} layers: use 0 (all) to {n}.")
+    return list(range(n - recipe.layers, n)) if recipe.layers else list(range(n))
+
+
 def wrap_lora(model, recipe: Recipe, adapter_name: str = "default"):
     """Put a fresh, seeded LoRA adapter on ``model`` (a PeftModel is returned)."""
     from peft import LoraConfig, get_peft_model
 
+    top = {"layers_to_transform": top_layer_ids(model, recipe), "layers_pattern": "layers"} if recipe.layers else {}
     config = LoraConfig(r=recipe.rank, lora_alpha=recipe.alpha, lora_dropout=recipe.dropout,
-                        target_modules=list(recipe.target_modules), bias="none", task_type="CAUSAL_LM")
+                        target_modules=list(recipe.target_modules), bias="none", task_type="CAUSAL_LM", **top)
     torch.manual_seed(recipe.seed)
     return get_peft_model(model, config, adapter_name=adapter_name)
 
@@ -155,26 +176,42 @@ def finetune(model, tokenizer, examples: list[Example], recipe: Recipe, out_dir:
     """Finetune ``model`` (a freshly loaded base; it is changed in place) on ``examples`` and save the result.
 
     LoRA saves a PEFT adapter folder; full saves a whole HF model folder with the tokenizer. ``progress(step,
-    total, loss)`` is called after every step. Seeded: the same inputs give the same weights.
+    total, loss)`` is called after every step. Seeded: the same inputs give the same weights. With
+    ``recipe.layers = N`` only the top N layers learn (LoRA on them, or all their weights for full), and the frozen
+    layers below run once per example instead of once per step (:class:`TopLayers`).
     """
     if recipe.method not in ("lora", "full"):
         raise DeltaAtlasError(f"Unknown finetuning method {recipe.method!r}: use lora or full.")
+    if recipe.precision not in PRECISIONS:
+        raise DeltaAtlasError(f"Unknown precision {recipe.precision!r}: use {' or '.join(PRECISIONS)}.")
     if len(examples) == 0:
         raise DeltaAtlasError("No training example: give at least one instruction/response pair.")
     torch.manual_seed(recipe.seed)
     device = next(model.parameters()).device
+    layer_ids = top_layer_ids(model, recipe)
     if recipe.method == "lora":
         model = wrap_lora(model, recipe)
+    elif recipe.layers:
+        kept = {f"layers.{i}." for i in layer_ids}
+        for name, param in model.named_parameters():
+            param.requires_grad_(any(k in name for k in kept))
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
     encoded = encode(examples, tokenizer, recipe.max_length)
+    autocast = _autocast(device, recipe.precision)
+    top = TopLayers(model, layer_ids[0], encoded, tokenizer.pad_token_id, autocast) \
+        if 0 < recipe.layers < len(decoder_layers(model)) else None
     model.train()
     result = TrainResult(out_dir=Path(out_dir))
-    for step, batch in enumerate(batches(encoded, recipe.batch_size, recipe.steps, recipe.seed)):
+    for step, rows in enumerate(batch_indices(len(encoded), recipe.batch_size, recipe.steps, recipe.seed)):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, recipe)
-        inputs = {k: v.to(device) for k, v in collate(batch, tokenizer.pad_token_id).items()}
-        loss = model(**inputs).loss                       # mean over response tokens of the batch
+        batch = collate([encoded[i] for i in rows], tokenizer.pad_token_id)
+        with autocast:
+            if top is not None:
+                loss = top.loss(rows, batch["labels"].to(device))
+            else:
+                loss = model(**{k: v.to(device) for k, v in batch.items()}).loss   # mean over response tokens
         if not torch.isfinite(loss):
             raise DeltaAtlasError(f"Training diverged at step {step + 1} (loss {loss.item()}): lower the learning rate.")
         loss.backward()
@@ -187,6 +224,73 @@ def finetune(model, tokenizer, examples: list[Example], recipe: Recipe, out_dir:
     model.eval()
     save_trained(model, tokenizer, recipe, result.out_dir, save_dtype)
     return result
+
+
+PRECISIONS = ("float32", "bfloat16")
+
+
+def _autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+
+
+class _StopForward(Exception):
+    pass
+
+
+class TopLayers:
+    """Training the top layers only: the frozen layers below ``start`` run once per example, and every step feeds
+    their kept output to the top layers. Exact, not an approximation: the lower layers are frozen and have no
+    dropout, so their output is the same at every step. On SmolLM2 (30 layers) with the top 8 learning, this
+    makes a step about 3x cheaper than a full forward and backward pass."""
+
+    def __init__(self, model, start: int, encoded: list, pad_id: int, autocast, chunk: int = 16):
+        self.causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.layers, self.start = decoder_layers(model), start
+        self.states: list[torch.Tensor] = []                    # per example [T_i, d], float32
+        for first in range(0, len(encoded), chunk):
+            rows = encoded[first:first + chunk]
+            batch = collate(rows, pad_id)
+            with autocast:
+                hidden = self._below(batch["input_ids"], batch["attention_mask"])     # [B, T, d]
+            self.states.extend(hidden[i, : len(ids)].float() for i, (ids, _) in enumerate(rows))
+
+    @torch.no_grad()
+    def _below(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Output of layer ``start - 1`` (the input of layer ``start``), by stopping the forward pass there."""
+        kept = {}
+
+        def grab(module, args, output):
+            kept["h"] = output[0] if isinstance(output, tuple) else output
+            raise _StopForward
+
+        device = self.causal.device
+        handle = self.layers[self.start - 1].register_forward_hook(grab)
+        try:
+            self.causal.model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        return kept["h"]
+
+    def loss(self, rows: list[int], labels: torch.Tensor) -> torch.Tensor:
+        """Mean loss on the response tokens of examples ``rows`` (labels [B, T], -100 off the response)."""
+        width = labels.shape[1]
+        hidden = torch.zeros(len(rows), width, self.states[0].shape[-1], device=labels.device)    # [B, T, d]
+        mask = torch.zeros(len(rows), width, dtype=torch.long, device=labels.device)
+        for b, i in enumerate(rows):
+            hidden[b, : len(self.states[i])] = self.states[i]
+            mask[b, : len(self.states[i])] = 1
+        inner, everything = self.causal.model, self.layers
+        inner.layers = everything[self.start:]          # the top layers only, for this one call
+        try:
+            out = inner(inputs_embeds=hidden, attention_mask=mask, use_cache=False).last_hidden_state   # [B, T, d]
+        finally:
+            inner.layers = everything
+        targets = labels[:, 1:]
+        keep = targets != -100                          # the vocabulary projection only where there is a loss
+        logits = self.causal.lm_head(out[:, :-1][keep])                                # [N, V]
+        return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
 
 
 def save_trained(model, tokenizer, recipe: Recipe, out_dir: Path, save_dtype: torch.dtype | None) -> None:
@@ -206,7 +310,8 @@ def save_trained(model, tokenizer, recipe: Recipe, out_dir: Path, save_dtype: to
 
 
 @torch.no_grad()
-def example_loss(model, tokenizer, examples: list[Example], max_length: int = 256, batch_size: int = 8) -> float:
+def example_loss(model, tokenizer, examples: list[Example], max_length: int = 256, batch_size: int = 8,
+                 precision: str = "float32") -> float:
     """Mean response-token loss of ``model`` on ``examples`` (token-weighted), for evaluating merges and bases."""
     encoded = encode(examples, tokenizer, max_length)
     device = next(model.parameters()).device
@@ -214,7 +319,8 @@ def example_loss(model, tokenizer, examples: list[Example], max_length: int = 25
     model.eval()
     for start in range(0, len(encoded), batch_size):
         inputs = {k: v.to(device) for k, v in collate(encoded[start:start + batch_size], tokenizer.pad_token_id).items()}
-        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits.float()
+        with _autocast(device, precision):
+            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits.float()
         shift_logits, shift_labels = logits[:, :-1], inputs["labels"][:, 1:]
         losses = torch.nn.functional.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=-100,
                                                    reduction="sum")

@@ -34,8 +34,8 @@ def main() -> None:
         with st.expander("Settings"):
             steps = st.number_input("Finetuning steps", 1, 1000, value=default_steps(), key="find_steps",
                                     help="More steps describe the task more precisely but take longer.")
-        st.caption("This runs a short finetune of the base model: on a laptop CPU, one to three minutes for the demo "
-                   "zoo (fewer steps under Settings is faster, and a little less precise).")
+        st.caption("This runs a short finetune of the base model: on a laptop CPU, under a minute for the demo zoo "
+                   "with 20 examples (fewer steps under Settings is faster, and a little less precise).")
         if st.button("Find matching models", type="primary", disabled=not examples, key="find_go"):
             search(pool, data, title, examples, int(steps))
         show_result(pool, data)
@@ -69,10 +69,14 @@ def show_result(pool: pools.Pool, data: pools.PoolData) -> None:
     st.divider()
     st.subheader(f"Models closest to “{title}”")
     groups = result.group_matches
-    if len(groups):
+    if getattr(result, "no_close_match", False):
+        st.warning(result.match_note, icon="🔎")
+    elif len(groups):
         best = groups.iloc[0]
-        st.markdown(f"The task sits closest to the **{best['group']}** models ({best['group_by']}; mean similarity "
-                    f"{best['similarity']:.2f} over {int(best['models'])} models).")
+        st.markdown(f"The task sits closest to the **{best['group']}** models ({best['group_by']}; similarity "
+                    f"{best['similarity']:.2f}, the mean of its 3 closest of {int(best['models'])} models).")
+        if getattr(result, "match_note", ""):
+            st.caption(result.match_note)
     table_col, map_col = st.columns([5, 6], gap="medium")
     with table_col:
         matches = result.matches.head(SHOWN_MATCHES)

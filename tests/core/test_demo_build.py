@@ -76,9 +76,14 @@ def test_build_writes_an_embeddable_catalog(micro_zoo):
     catalog = read_catalog(micro_zoo["catalog"])
     specs = plan_models(ZooPlan.micro(), micro_zoo["data"])
     assert catalog.names == [s.name for s in specs]
-    assert {"domain", "dataset", "method", "variant", "setting"} <= set(catalog.label_columns)
+    assert {"domain", "dataset", "format", "method", "variant", "setting", "held_out_loss", "base_held_out_loss",
+            "shipped"} <= set(catalog.label_columns)
     for entry in catalog:
-        assert (entry.source.local / "training.json").exists()
+        info = json.loads((entry.source.local / "training.json").read_text())
+        assert info["held_out_loss"] == float(entry.labels["held_out_loss"]) and info["held_out_examples"] == 4
+        # full finetunes are kept out of the shipped folder (too big on a real base); their vectors ship
+        assert (entry.source.local.parent.name == "full") == (entry.kind == "full")
+        assert entry.labels["shipped"] == ("vectors only" if entry.kind == "full" else "yes")
     assert {e.kind for e in catalog} == {"lora", "full"}
     figures = json.loads((micro_zoo["zoo"] / "base/pretraining.json").read_text())
     assert figures["validation_perplexity"] > 1
@@ -107,11 +112,21 @@ def test_build_is_deterministic(micro_zoo, tmp_path):
     spec = next(s for s in plan_models(plan, micro_zoo["data"]) if s.name == "math-gsm8k-first")
     from core.demo_build import train_model
 
-    train_model(spec, zoo / "base", micro_zoo["data"], zoo / "models" / spec.name, None)
+    train_model(spec, zoo / "base", micro_zoo["data"], zoo / "models" / spec.name, plan, None)
     first = load_file(micro_zoo["zoo"] / "models" / spec.name / "adapter_model.safetensors")
     again = load_file(zoo / "models" / spec.name / "adapter_model.safetensors")
     assert first.keys() == again.keys()
     assert all((first[k] == again[k]).all() for k in first)
+
+
+def test_only_retrains_the_named_models_and_refuses_unknown_names(micro_zoo):
+    target = micro_zoo["zoo"] / "full" / "math-gsm8k-full" / "training.json"
+    other = micro_zoo["zoo"] / "models" / "math-gsm8k-first" / "training.json"
+    before, other_before = target.stat().st_mtime_ns, other.stat().st_mtime_ns
+    build_demo(micro_zoo["data"], micro_zoo["zoo"], ZooPlan.micro(), only=["math-gsm8k-full"])
+    assert target.stat().st_mtime_ns > before and other.stat().st_mtime_ns == other_before
+    with pytest.raises(DeltaAtlasError, match="no such model"):
+        build_demo(micro_zoo["data"], micro_zoo["zoo"], ZooPlan.micro(), only=["math-nope"])
 
 
 def test_missing_data_dir_is_a_clear_error(tmp_path):

@@ -1,0 +1,68 @@
+""""No close match": does a task fit any model of the pool, or only less badly than others?
+
+Every ranking has a first place, even for a task unlike anything in the pool (a poem against a pool of math and
+law adapters). Every finetune moves the probes' last-token state a little in a shared direction (the instruction
+format, the end-of-answer habit), so even an unrelated task has a positive similarity to every model; what tells
+a real match is how far its closest models stand above that shared background.
+
+The rule is calibrated on the pool itself, not on a fixed number: ``fit`` reads the pool's pairwise similarities
+and takes their ``quantile`` as the threshold; a task whose match strength (the mean similarity of its ``top``
+closest models) falls below it is flagged. Because the threshold moves with the pool's own spread, the same
+setting holds for pools of other bases and sizes. ``quantile`` was chosen on calibration tasks cut from the
+datasets (in-domain) and from general text (off-domain), never on the hand-written evaluation tasks
+(bench/README.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import DeltaAtlasError
+
+QUANTILE = 0.9
+TOP = 3
+
+
+@dataclass
+class CloseMatchRule:
+    """``CloseMatchRule().fit(pool_vectors).is_close(similarities)``; plain arrays in, plain values out."""
+
+    quantile: float = QUANTILE
+    top: int = TOP
+
+    def fit(self, vectors: np.ndarray) -> "CloseMatchRule":
+        """Learn the pool's background similarity from its vectors [n, d]."""
+        from .projection import cosine_similarities
+
+        vectors = np.asarray(vectors, dtype=np.float64)
+        if vectors.ndim != 2 or len(vectors) < 3:
+            raise DeltaAtlasError(f"Calibrating 'no close match' needs at least 3 pool vectors, got {len(vectors)}.")
+        if not 0.0 < self.quantile < 1.0 or self.top < 1:
+            raise DeltaAtlasError(f"CloseMatchRule(quantile={self.quantile}, top={self.top}): the quantile must lie "
+                                  "strictly between 0 and 1 and top must be at least 1.")
+        sims = cosine_similarities(vectors, vectors)                   # [n, n]
+        pairs = sims[np.triu_indices(len(vectors), k=1)]               # [n (n - 1) / 2]
+        self.threshold_ = float(np.quantile(pairs, self.quantile))
+        self.n_models_ = len(vectors)
+        return self
+
+    def strength(self, similarities: np.ndarray) -> float:
+        """How well the task fits its closest models: the mean of its ``top`` best similarities."""
+        sims = np.sort(np.asarray(similarities, dtype=np.float64))[::-1]
+        return float(sims[: min(self.top, len(sims))].mean()) if len(sims) else float("nan")
+
+    def is_close(self, similarities: np.ndarray) -> bool:
+        if not hasattr(self, "threshold_"):
+            raise DeltaAtlasError("CloseMatchRule is not fitted: call fit(pool_vectors) first.")
+        return bool(self.strength(similarities) >= self.threshold_)
+
+    def explain(self, similarities: np.ndarray) -> str:
+        """One plain sentence for people."""
+        strength = self.strength(similarities)
+        if self.is_close(similarities):
+            return (f"Close match: the task's {self.top} closest models have similarity {strength:.2f}, above the "
+                    f"{self.threshold_:.2f} that {100 * self.quantile:.0f}% of this pool's model pairs stay under.")
+        return (f"No close match: no model of this pool fits the task well. Its {self.top} closest models have "
+                f"similarity {strength:.2f}, no more than unrelated models of this pool share with each other "
+                f"({self.threshold_:.2f}). The ranking below is only the least bad.")
