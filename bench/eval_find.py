@@ -122,6 +122,23 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summary(rows: list[dict]) -> dict:
+    """Counts for people ("27/30"), as the How it works page shows them."""
+    def share(group, key):
+        return f"{sum(r[key] for r in group)}/{len(group)}"
+
+    inside, off = [r for r in rows if r["domain"] != "off"], [r for r in rows if r["domain"] == "off"]
+    out = {}
+    if inside:
+        out["in"] = {"tasks": len(inside), "top1": share(inside, "top1_right"),
+                     "top5_majority": share(inside, "top5_majority"), "group": share(inside, "group_right"),
+                     "in_flagged": share(inside, "no_close_match"),
+                     "median_seconds": sorted(r["seconds"] for r in inside)[len(inside) // 2]}
+    if off:
+        out["off"] = {"tasks": len(off), "flagged": share(off, "no_close_match")}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--catalog", default=str(DEMO_CATALOG))
@@ -136,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ood", action="store_true", help="the hand-written tasks of bench/ood_tasks/")
     parser.add_argument("--off-domain", action="store_true", help="add off-domain tasks made from pretrain/")
     parser.add_argument("--no-held-out", action="store_true", help="leave out the held-out rows of the datasets")
+    parser.add_argument("--summary", default=None, metavar="FILE",
+                        help="also write the counts (for the How it works page: data/demo/search_quality.json)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "eval_find.json"))
     args = parser.parse_args(argv)
     if args.threads:
@@ -159,6 +178,15 @@ def main(argv: list[str] | None = None) -> int:
         rows = evaluate(tasks, catalog, steps, args.device)
         results[steps] = rows
         print(f"\n### steps = {steps}\n\n{table(rows)}")
+    if args.summary:
+        path = Path(args.summary)
+        known = json.loads(path.read_text()) if path.is_file() else {}
+        counts = summary(results[int(args.steps.split(",")[0])])
+        if "in" in counts:
+            known["ood" if args.ood else "held_out"] = counts["in"]
+        if "off" in counts:
+            known["off"] = counts["off"]
+        path.write_text(json.dumps(known, indent=1))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1, default=str))
     return 0

@@ -334,14 +334,31 @@ def _shipped_vectors_only(out: Path, spec: ModelSpec) -> bool:
 
 
 def embed_zoo(catalog: Path, path: Path, progress: ProgressFn | None) -> None:
-    from .engine import embed_catalog
-    from .vectors import write_vectors
-
-    result = embed_catalog(catalog, device="cpu", dtype="float32", progress=progress)
-    if result.failures:
-        raise DeltaAtlasError("Some zoo models failed to embed: " + "; ".join(f"{f.name}: {f.reason}" for f in result.failures))
+    """Embed the zoo; a model shipped as vectors only (a full finetune not rebuilt here) keeps its shipped vector."""
     from . import ENGINE_VERSION
-    write_vectors(result.table, path, {"engine_version": ENGINE_VERSION, "layer": -1, "dtype": "float32"})
+    from .catalog import read_catalog
+    from .engine import embed_catalog
+    from .vectors import read_vectors, write_vectors
+
+    entries = read_catalog(catalog)
+    absent = {e.name for e in entries if e.labels.get("shipped") == "vectors only" and not e.source.local.exists()}
+    shipped = read_vectors(path) if absent and path.is_file() else None
+    missing = absent - set(shipped["name"]) if shipped is not None else absent
+    if missing:
+        raise DeltaAtlasError(f"{', '.join(sorted(missing))}: not on disk and no shipped vector; rebuild with "
+                              f"`python -m core build-demo --data-dir ../shared/datasets --only {sorted(missing)[0]}`.")
+    result = embed_catalog(catalog, device="cpu", dtype="float32", progress=progress)
+    failures = [f for f in result.failures if f.name not in absent]
+    if failures:
+        raise DeltaAtlasError("Some zoo models failed to embed: " + "; ".join(f"{f.name}: {f.reason}" for f in failures))
+    table = result.table
+    if absent:
+        import pandas as pd
+
+        kept = shipped[shipped["name"].isin(absent)][table.columns.intersection(shipped.columns)]
+        table = pd.concat([table, kept], ignore_index=True)
+        table = table.set_index("name").loc[[e.name for e in entries]].reset_index()
+    write_vectors(table, path, {"engine_version": ENGINE_VERSION, "layer": -1, "dtype": "float32"})
 
 
 def write_report(catalog: Path, path: Path, progress: ProgressFn | None) -> None:

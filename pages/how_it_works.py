@@ -18,6 +18,7 @@ from pages import _pools as pools  # noqa: E402
 from pages import _ui as ui  # noqa: E402
 
 REPORT = Path(ROOT) / "data" / "demo" / "report.json"
+SEARCH_QUALITY = Path(ROOT) / "data" / "demo" / "search_quality.json"   # bench/eval_find.py --summary
 PAPER = pd.DataFrame({  # the paper's Table (silhouette of the domain labels, 15 LoRA models per base)
     "embedding": ["flattened adapter weights", "salient mask", "output sentence embeddings", "Delta Activations"],
     "Llama-3.1-8B": [-0.035, 0.133, 0.221, 0.645], "Gemma-2-9B": [-0.060, 0.208, -0.053, 0.545],
@@ -77,6 +78,9 @@ def main() -> None:
             additivity(pool, report)
         if report and report.get("robustness"):
             robustness(report)
+    if pool.catalog_path.resolve() == pools.DEMO_CATALOG.resolve():
+        with ui.guard("describing the demo zoo"):
+            demo_zoo(pool)
 
 
 def directions(pool: pools.Pool) -> None:
@@ -188,3 +192,44 @@ def robustness(report: dict) -> None:
 
 
 main()
+
+
+def demo_zoo(pool: pools.Pool) -> None:
+    """What the demo zoo is made of, and how well task search does on it (measured by bench/eval_find.py)."""
+    from core.bases import BUILTINS, is_builtin
+
+    st.subheader("6. The demo zoo, and how well task search does on it")
+    frame = pools.catalog_of(pool).labels_frame()
+    base = str(next(iter(pools.catalog_of(pool))).base)
+    about = BUILTINS[base.split(":", 1)[1]].about if is_builtin(base) and base.split(":", 1)[1] in BUILTINS else base
+    st.markdown(f"The demo zoo holds **{len(frame)} models**, all finetuned from one real pretrained base: {about}. "
+                "Each was trained here on one public dataset (or two, for the mixtures). Every domain has datasets "
+                "that answer in different forms — a one-word label, a letter, a number, prose, code — so that the "
+                "form of the answers cannot decide where a model lands.")
+    if {"domain", "dataset", "format"} <= set(frame.columns):
+        single = frame[~frame["domain"].astype(str).str.contains("+", regex=False)]
+        loss = pd.to_numeric(single.get("held_out_loss"), errors="coerce")
+        base_loss = pd.to_numeric(single.get("base_held_out_loss"), errors="coerce")
+        rows = [{"domain": d, "models": len(g), "datasets": ", ".join(dict.fromkeys(g["dataset"])),
+                 "answer forms": ", ".join(dict.fromkeys(g["format"])),
+                 "loss on unseen examples: base → finetuned": f"{base_loss[g.index].mean():.2f} → {loss[g.index].mean():.2f}"}
+                for d, g in single.groupby("domain", sort=True)]
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        st.caption("Loss on unseen examples: how surprised the model is by the right answers of examples of its own "
+                   "dataset that it never trained on (lower is better); the drop shows each model learned its data.")
+    if SEARCH_QUALITY.is_file():
+        quality = load_report(str(SEARCH_QUALITY), pools.stamp(SEARCH_QUALITY))
+        lines = []
+        for key, what in (("ood", "tasks written by hand for this project (not from the training datasets)"),
+                          ("held_out", "tasks cut from unseen rows of the training datasets")):
+            q = quality.get(key)
+            if q:
+                lines.append(f"- On **{q['tasks']} {what}**: the best match was in the right domain for "
+                             f"**{q['top1']}**, most of the top 5 for {q['top5_majority']}, the best domain group for "
+                             f"{q['group']}; *no close match* was said wrongly for {q['in_flagged']}, "
+                             f"in a median {q['median_seconds']:.0f} s per task.")
+        if quality.get("off"):
+            q = quality["off"]
+            lines.append(f"- On **{q['tasks']} tasks outside the five domains** (poems, recipes, sports...): "
+                         f"*no close match* was said for **{q['flagged']}**.")
+        st.markdown("Task search, measured (`bench/eval_find.py`):\n" + "\n".join(lines))

@@ -129,6 +129,25 @@ def test_only_retrains_the_named_models_and_refuses_unknown_names(micro_zoo):
         build_demo(micro_zoo["data"], micro_zoo["zoo"], ZooPlan.micro(), only=["math-nope"])
 
 
+def test_a_fresh_clone_without_the_full_models_keeps_their_shipped_vectors(micro_zoo, tmp_path):
+    import shutil
+
+    from core.demo_build import embed_zoo
+    from core.vectors import read_vectors
+
+    zoo = tmp_path / "clone"
+    shutil.copytree(micro_zoo["zoo"], zoo, ignore=shutil.ignore_patterns("full"))   # what git ships
+    before = read_vectors(zoo / "vectors.parquet")
+    embed_zoo(zoo / "catalog.csv", zoo / "vectors.parquet", None)
+    after = read_vectors(zoo / "vectors.parquet")
+    assert list(after["name"]) == list(before["name"])
+    for a, b in zip(before["vector"], after["vector"]):
+        assert abs(a - b).max() < 1e-5
+    (zoo / "vectors.parquet").unlink()
+    with pytest.raises(DeltaAtlasError, match="--only"):
+        embed_zoo(zoo / "catalog.csv", zoo / "vectors.parquet", None)
+
+
 def test_missing_data_dir_is_a_clear_error(tmp_path):
     with pytest.raises(DeltaAtlasError, match="does not exist"):
         build_demo(tmp_path / "nope", tmp_path / "zoo", ZooPlan.micro())
