@@ -7,18 +7,54 @@ through to every output. Relative local paths are relative to the catalog file's
 from __future__ import annotations
 
 import csv
+import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from .errors import CatalogError
+from .errors import CatalogError, ModelSourceError
+from .textio import read_text, spreadsheet_safe, unescape, unescape_frame
 
 REQUIRED_COLUMNS = ("name", "source", "kind", "base")
 KINDS = ("lora", "full", "auto")
 BUILTIN_PREFIX = "builtin:"
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+MAX_CATALOG_BYTES = 20 * 2**20   # some 100,000 models
+# A hub id as the Hugging Face Hub accepts it: organisation/name, each 1-96 of [A-Za-z0-9_.-] starting and ending with
+# a letter, digit or '_', with no '..' or '--'; optionally @revision (a branch, tag or commit: parts joined by '/').
+_PART = r"[A-Za-z0-9_](?:[\w.-]{0,94}[A-Za-z0-9_])?"
+HUB_ID = re.compile(rf"^{_PART}/{_PART}(?:@[\w.-]+(?:/[\w.-]+)*)?$", re.ASCII)
+HUB_ID_HELP = "write it as organisation/model, e.g. ASethi04/llama-3.1-8b-gsm8k-first (optionally @revision)"
+
+
+def hub_id_problem(text: str) -> str | None:
+    """Why ``text`` is not a hub id (``org/name`` or ``org/name@revision``), in a few words; None when it is one."""
+    hub_id, at, revision = text.partition("@")
+    if ".." in text:
+        return "'..' is not allowed in a hub id or revision"
+    if "--" in hub_id:
+        return "'--' is not allowed in a hub id"
+    if hub_id.count("/") != 1:
+        return "it needs exactly one '/', between the organisation and the model name"
+    if at and not revision:
+        return "nothing follows '@'; give a branch, tag or commit, or leave '@' out"
+    if len(revision) > 200:
+        return "the revision is over 200 characters"
+    if any(len(part) > 96 for part in hub_id.split("/")):
+        return "the organisation or model name is over 96 characters"
+    if not HUB_ID.fullmatch(text):
+        return ("only letters, digits, '-', '_' and '.' are allowed, and each name starts and ends with a letter or "
+                "digit")
+    return None
+
+
+def check_hub_id(text: str) -> str:
+    """``text`` stripped when it is a hub id; else a :class:`ModelSourceError` that says what is wrong with it."""
+    problem = hub_id_problem(text.strip())
+    if problem:
+        raise ModelSourceError(f"{text!r} is not a hub id ({problem}): {HUB_ID_HELP}.")
+    return text.strip()
 
 
 @dataclass(frozen=True)
@@ -48,14 +84,34 @@ def parse_source(text: str, root: Path | None = None) -> Source:
     text = text.strip()
     if text.startswith(BUILTIN_PREFIX):
         return Source(text=text, builtin=text.removeprefix(BUILTIN_PREFIX))
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ModelSourceError(f"Model source {text!r} holds a control character (a NUL byte, tab or line break): "
+                               "write the folder path or hub id on one line, without them.")
     root = Path(root) if root is not None else Path.cwd()
-    path = Path(text).expanduser()
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError:  # ~someone who is not a user here
+        raise ModelSourceError(f"Model source {text!r} starts with ~ but names no user of this machine: write the "
+                               "full path of the folder.") from None
     candidate = path if path.is_absolute() else root / path
-    looks_like_path = text.startswith((".", "/", "~")) or "\\" in text or candidate.exists()
-    if looks_like_path or not HUB_ID.match(text):
-        return Source(text=text, local=candidate.resolve())
+    looks_like_path = text.startswith((".", "/", "~")) or "\\" in text or _exists(candidate)
+    if not looks_like_path and "@" in text:  # meant as hub id@revision
+        check_hub_id(text)
+    if looks_like_path or hub_id_problem(text):
+        try:
+            return Source(text=text, local=candidate.resolve())
+        except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long for the file system
+            raise ModelSourceError(f"Model source {text!r} cannot be resolved as a folder ({exc}): fix the "
+                                   "path.") from None
     hub_id, _, revision = text.partition("@")
     return Source(text=text, hub_id=hub_id, revision=revision or None)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # e.g. a name longer than the file system allows
+        return False
 
 
 @dataclass(frozen=True)
@@ -112,11 +168,18 @@ def read_catalog(path: str | Path) -> Catalog:
     if not path.is_file():
         raise CatalogError(f"Catalog file {path} does not exist: give the path of a CSV file with columns "
                            f"{', '.join(REQUIRED_COLUMNS)}.")
+    text = read_text(path, CatalogError, MAX_CATALOG_BYTES, "split the pool into several catalogs.",
+                     "save the catalog as CSV UTF-8")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows, lines, start = [], [], 1   # each row with the line it starts on (a quoted cell may hold line breaks)
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise CatalogError(f"Catalog {path} is not UTF-8 text ({exc.reason}): save it as CSV UTF-8.") from None
-    rows = list(csv.reader(text.splitlines()))
+        for row in reader:
+            rows.append([unescape(cell) for cell in row])
+            lines.append(start)
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise CatalogError(f"Catalog {path}, line {start}: not valid CSV ({exc}); check the quotes on that line (a "
+                           "cell that opens a quote must close it).") from None
     if not rows:
         raise CatalogError(f"Catalog {path} is empty: the first line must name the columns {', '.join(REQUIRED_COLUMNS)}.")
     header = [h.strip() for h in rows[0]]
@@ -132,12 +195,12 @@ def read_catalog(path: str | Path) -> Catalog:
         raise CatalogError(f"Catalog {path}, line 1: column {dupes[0]!r} appears twice; keep one.")
     labels = [h for h in header if h not in REQUIRED_COLUMNS]
     entries, seen = [], {}
-    for lineno, row in enumerate(rows[1:], start=2):
+    for lineno, row in zip(lines[1:], rows[1:]):
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(header):
             raise CatalogError(f"Catalog {path}, line {lineno}: {len(row)} fields but the header has {len(header)}; "
-                               "quote values that contain commas.")
+                               "quote values that contain commas, and close every quote you open.")
         record = {h: cell.strip() for h, cell in zip(header, row)}
         for column in REQUIRED_COLUMNS:
             if not record[column]:
@@ -150,19 +213,26 @@ def read_catalog(path: str | Path) -> Catalog:
             raise CatalogError(f"Catalog {path}, line {lineno}, column 'kind': unknown kind {record['kind']!r}; "
                                f"use one of {', '.join(KINDS)}.")
         seen[name] = lineno
-        entries.append(ModelEntry(
-            name=name, kind=kind, line=lineno,
-            source=parse_source(record["source"], path.parent),
-            base=parse_source(record["base"], path.parent),
-            labels={c: record[c] for c in labels},
-        ))
+        try:
+            source, base = parse_source(record["source"], path.parent), parse_source(record["base"], path.parent)
+        except ModelSourceError as exc:
+            raise CatalogError(f"Catalog {path}, line {lineno}: {exc}") from None
+        entries.append(ModelEntry(name=name, kind=kind, line=lineno, source=source, base=base,
+                                  labels={c: record[c] for c in labels}))
     if not entries:
         raise CatalogError(f"Catalog {path} lists no model: add one row per model under the header.")
     return Catalog(entries=entries, label_columns=labels, path=path)
 
 
+def read_rows(path: str | Path) -> list[dict]:
+    """The rows of a catalog written by :func:`write_catalog`, as dicts of strings, unvalidated."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return unescape_frame(frame).to_dict("records")
+
+
 def write_catalog(rows: list[dict], path: str | Path) -> Path:
-    """Write catalog rows (dicts with at least the required columns) as CSV, atomically."""
+    """Write catalog rows (dicts with at least the required columns) as CSV, atomically; a cell a spreadsheet would
+    run as a formula is written with a ``'`` in front (see :mod:`core.textio`)."""
     path = Path(path)
     frame = pd.DataFrame(rows)
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
@@ -171,6 +241,6 @@ def write_catalog(rows: list[dict], path: str | Path) -> Path:
     frame = frame[[*REQUIRED_COLUMNS, *[c for c in frame.columns if c not in REQUIRED_COLUMNS]]]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False)
+    spreadsheet_safe(frame).to_csv(tmp, index=False)
     tmp.replace(path)
     return path

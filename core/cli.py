@@ -15,6 +15,7 @@ from .errors import DeltaAtlasError
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("core.engine_cli", "compute the Delta Activations of every model in a catalog"),
+    "catalog": ("core.hub_catalog", "write a catalog of a base model's adapters and finetunes on the Hugging Face Hub"),
     "prepare-base": ("core.bases", "make a built-in base model ready (one-time conversion into the cache)"),
     "build-demo": ("core.demo_build", "train the built-in demo zoo from the datasets folder"),
     "report": ("core.report", "measure a pool: clustering against baselines, additivity, robustness"),

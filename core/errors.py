@@ -36,3 +36,7 @@ class MergeError(DeltaAtlasError):
 
 class PathNotAllowedError(DeltaAtlasError):
     """A local path lies outside the folders the user allowed."""
+
+
+class HubError(DeltaAtlasError):
+    """The Hugging Face Hub cannot answer: no network, offline mode, rate limit, refused token, unknown base id."""

@@ -16,12 +16,14 @@ import json
 from pathlib import Path
 
 from .errors import ExamplesError
+from .textio import check_size, decode_text
 from .train import Example
 
 MIN_EXAMPLES = 2                 # a task needs at least two examples (10-50 is the useful range)
 MAX_EXAMPLES = 1000
 MAX_FILE_BYTES = 5 * 2**20       # 5 MiB
 MAX_EXAMPLE_CHARS = 20_000       # prompt + response of one example; training truncates to 256 tokens anyway
+TOO_BIG = f"upload fewer or shorter examples (at most {MAX_EXAMPLES})."
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "sample_tasks"
 
 # Field names, best first. A record needs one prompt field and one response field, or a single text field.
@@ -37,20 +39,9 @@ SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv
 # -- bytes to text ----------------------------------------------------------------------------------------------
 def decode(data: bytes, filename: str) -> str:
     """UTF-8 text of an upload, or an :class:`ExamplesError` naming the line that is not UTF-8 or not text."""
-    if len(data) > MAX_FILE_BYTES:
-        raise ExamplesError(f"{filename} is {len(data) / 2**20:.1f} MiB; the limit is {MAX_FILE_BYTES // 2**20} MiB "
-                            f"(at most {MAX_EXAMPLES} examples): upload fewer or shorter examples.")
-    if b"\x00" in data:
-        line = data[: data.index(b"\x00")].count(b"\n") + 1
-        raise ExamplesError(f"{filename}, line {line}: holds a NUL byte, so it looks like a binary (or UTF-16) file; "
-                            "save the examples as UTF-8 text (JSON Lines, JSON, CSV or plain text).")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise ExamplesError(f"{filename}, line {line}, column {column}: byte 0x{data[exc.start]:02x} is not UTF-8; "
-                            "save the file as UTF-8 (in a spreadsheet: 'CSV UTF-8').") from None
+    text = decode_text(data, filename, ExamplesError, MAX_FILE_BYTES, TOO_BIG,
+                       "save the examples as UTF-8 text (JSON Lines, JSON, CSV or plain text; in a spreadsheet: "
+                       "'CSV UTF-8')")
     if not text.strip():
         raise ExamplesError(f"{filename} is empty: write at least {MIN_EXAMPLES} examples, e.g. one JSON object per "
                             'line like {"instruction": "...", "response": "..."}.')
@@ -77,7 +68,16 @@ def jsonl_records(text: str, filename: str) -> list[tuple[int, object]]:
         except json.JSONDecodeError as exc:
             raise ExamplesError(f"{filename}, line {lineno}: not valid JSON ({exc.msg} at column {exc.colno}); "
                                 "JSON Lines holds one complete JSON object per line.") from None
+        except (RecursionError, ValueError) as exc:
+            raise not_flat(f"{filename}, line {lineno}", exc) from None
     return records
+
+
+def not_flat(where: str, exc: Exception) -> ExamplesError:
+    """The message for JSON that Python's parser gives up on: nested too deeply, or a number too long."""
+    what = "is nested too deeply" if isinstance(exc, RecursionError) else "holds a number too long to read"
+    return ExamplesError(f"{where}: the JSON {what}; each example must be one flat object of text fields, e.g. "
+                         '{"instruction": "...", "response": "..."}.')
 
 
 def json_records(text: str, filename: str) -> list[tuple[int, object]]:
@@ -113,6 +113,9 @@ def json_records(text: str, filename: str) -> list[tuple[int, object]]:
     except json.JSONDecodeError as exc:
         raise ExamplesError(f"{filename}, line {exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno}); "
                             "fix the syntax there (a missing comma or quote is the usual cause).") from None
+    except (RecursionError, ValueError) as exc:
+        line = text.count("\n", 0, pos) + 1
+        raise not_flat(f"{filename}, line {line}", exc) from None
     return records
 
 
@@ -137,6 +140,9 @@ def csv_records(text: str, filename: str, delimiter: str = ",") -> list[tuple[in
             start = reader.line_num + 1
     except csv.Error as exc:
         where = f"{filename}, line {start}"
+        if "field limit" in str(exc):
+            raise ExamplesError(f"{where}: a field is longer than {csv.field_size_limit():,} characters, usually "
+                                "because a quote is never closed; check the quotes on that line.") from None
         raise ExamplesError(f"{where}: not valid CSV ({exc}); check the quotes on that line.") from None
     return records
 
@@ -224,9 +230,7 @@ def load_examples(path: str | Path) -> list[Example]:
     path = Path(path)
     if not path.is_file():
         raise ExamplesError(f"Examples file {path} does not exist: give a JSON Lines, JSON, CSV or text file.")
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise ExamplesError(f"{path} is {path.stat().st_size / 2**20:.1f} MiB; the limit is "
-                            f"{MAX_FILE_BYTES // 2**20} MiB: keep at most {MAX_EXAMPLES} examples.")
+    check_size(path.stat().st_size, str(path), ExamplesError, MAX_FILE_BYTES, TOO_BIG)
     return parse_examples(path.read_bytes(), str(path))
 
 

@@ -114,7 +114,8 @@ def parse_weights(weights: str | list | tuple, n: int) -> list[float] | str:
         raise MergeError(f"Weights {weights!r} are not numbers: give one number per adapter (e.g. 0.5,0.5), "
                          "auto or search.") from None
     if len(values) != n:
-        raise MergeError(f"{len(values)} weight(s) for {n} adapters: give exactly one weight per adapter.")
+        got = ", ".join(f"{v:g}" for v in values) or "none"
+        raise MergeError(f"{len(values)} weight(s) for {n} adapters (got {got}): give exactly one weight per adapter.")
     if not all(math.isfinite(v) for v in values):
         raise MergeError(f"Weights {values} include a non-finite number: use ordinary numbers.")
     return values
@@ -123,14 +124,12 @@ def parse_weights(weights: str | list | tuple, n: int) -> list[float] | str:
 def plan_merge(catalog: str | Path | Catalog, names: list[str] | str, method: str = "ties",
                weights: str | list = "auto", density: float | None = None) -> MergePlan:
     """Check everything a merge needs before any model is loaded; one :class:`MergeError` lists what does not fit."""
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise MergeError(f"Unknown merge method {method!r}: use one of {', '.join(METHODS)}.")
     spec = METHODS[method]
     names = _check_names(names)
     weights = parse_weights(weights, len(names))
-    if density is not None and (spec.density is None or not 0 < density <= 1):
-        raise MergeError(f"Density {density} does not apply: it is a fraction in (0, 1] for ties, dare_ties and "
-                         f"dare_linear only (method {method!r}).")
+    density = _check_density(density, method)
     catalog = open_catalog(catalog)
     missing = [n for n in names if n not in catalog.names]
     if missing:
@@ -158,7 +157,26 @@ def plan_merge(catalog: str | Path | Catalog, names: list[str] | str, method: st
                      catalog=catalog)
 
 
+def _check_density(density, method: str) -> float | None:
+    """``density`` as a float when ``method`` takes one and it is a fraction in (0, 1]."""
+    if density is None:
+        return None
+    try:
+        value = float(density)
+    except (TypeError, ValueError):
+        raise MergeError(f"Density {density!r} is not a number: give a fraction in (0, 1], e.g. 0.5.") from None
+    if METHODS[method].density is None:
+        raise MergeError(f"Density {value} does not apply to method {method!r}: only ties, dare_ties and dare_linear "
+                         "keep a fraction of the values; leave the density out.")
+    if not 0 < value <= 1:
+        raise MergeError(f"Density {value} does not apply: it is the fraction of values each adapter keeps, a number "
+                         "in (0, 1] such as 0.5.")
+    return value
+
+
 def _check_names(names: list[str] | str) -> list[str]:
+    if not isinstance(names, (str, list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise MergeError(f"Adapters {names!r} are not a list of names: give the catalog names, e.g. A,B.")
     names = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
     if len(names) < 2:
         raise MergeError(f"A merge needs at least two adapters; got {len(names)} ({', '.join(names) or 'none'}).")
@@ -397,7 +415,8 @@ def read_recipe(recipe_path: str | Path) -> dict:
     try:
         recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise MergeError(f"Recipe {path} is not valid YAML ({str(exc).splitlines()[0]}).") from None
+        raise MergeError(f"Recipe {path} is not valid YAML ({str(exc).splitlines()[0]}): give the recipe.yaml an "
+                         "earlier merge wrote, or fix the line it names.") from None
     needed = ("base", "method", "weights", "ingredients")
     missing = [k for k in needed if not isinstance(recipe, dict) or k not in recipe]
     if missing:
@@ -405,6 +424,9 @@ def read_recipe(recipe_path: str | Path) -> dict:
     if not isinstance(recipe["ingredients"], list) or not all(
             isinstance(i, dict) and {"name", "source"} <= set(i) for i in recipe["ingredients"]):
         raise MergeError(f"Recipe {path}: ingredients must be a list of {{name, source}} entries.")
+    seed = recipe.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise MergeError(f"Recipe {path}: seed {seed!r} is not a whole number: write e.g. seed: 0.")
     return recipe
 
 

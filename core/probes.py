@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from .errors import DeltaAtlasError
+from .textio import read_text
 
 PROBE_TASK = "Please provide a response."
 PROBE_INPUT = "Input."
@@ -26,6 +27,7 @@ PROBE_TEMPLATES = (
 DEFAULT_PROBES: tuple[str, ...] = tuple(t.format(task=PROBE_TASK, input=PROBE_INPUT) for t in PROBE_TEMPLATES)
 MAX_PROBE_TOKENS = 256  # truncation length of each probe (SPEC §2)
 MAX_PROBES = 1000
+MAX_PROBE_FILE_BYTES = 2 * 2**20
 
 
 def load_probes(path: str | Path | None) -> tuple[str, ...]:
@@ -39,24 +41,31 @@ def load_probes(path: str | Path | None) -> tuple[str, ...]:
     path = Path(path)
     if not path.is_file():
         raise DeltaAtlasError(f"Probe file {path} does not exist: pass a text file (one probe per blank-line block) or a JSON list.")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DeltaAtlasError(f"Probe file {path} is not UTF-8 text ({exc.reason}): save it as UTF-8.") from None
+    text = read_text(path, DeltaAtlasError, MAX_PROBE_FILE_BYTES, f"keep at most {MAX_PROBES} probes (each is cut "
+                     f"to {MAX_PROBE_TOKENS} tokens anyway).", "save the probes as UTF-8 text")
     if path.suffix.lower() == ".json":
         try:
             probes = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise DeltaAtlasError(f"Probe file {path} is not valid JSON (line {exc.lineno}): it must be a list of strings.") from None
+            raise DeltaAtlasError(f"Probe file {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
+                                  f"{exc.msg}): it must be a list of strings.") from None
+        except (RecursionError, ValueError):  # nested too deeply, a number too long
+            raise DeltaAtlasError(f"Probe file {path} is JSON that cannot be read (nested too deeply, or a number "
+                                  'too long): it must be a flat list of strings, e.g. ["first probe", "second '
+                                  'probe"].') from None
         if not isinstance(probes, list) or not all(isinstance(p, str) for p in probes):
-            raise DeltaAtlasError(f"Probe file {path} must hold a JSON list of strings.")
+            found = type(probes).__name__ if not isinstance(probes, list) else "a list with " + next(
+                type(p).__name__ for p in probes if not isinstance(p, str))
+            raise DeltaAtlasError(f"Probe file {path} holds {found}; it must hold a JSON list of strings, e.g. "
+                                  '["first probe", "second probe"].')
     else:
         probes = [block.strip("\n") for block in text.replace("\r\n", "\n").split("\n\n")]
     probes = [p for p in probes if p.strip()]
     if not probes:
         raise DeltaAtlasError(f"Probe file {path} holds no probe: write at least one non-empty prompt.")
     if len(probes) > MAX_PROBES:
-        raise DeltaAtlasError(f"Probe file {path} holds {len(probes)} probes; the limit is {MAX_PROBES}.")
+        raise DeltaAtlasError(f"Probe file {path} holds {len(probes)} probes; the limit is {MAX_PROBES}: keep fewer "
+                              "(the paper uses five).")
     return tuple(probes)
 
 

@@ -6,8 +6,10 @@ away (against the base of the pool it joins) and only then written to ``<user di
 
 Safety for a public deployment: local folders are read only under allowed roots (the user dir, plus the folders in
 ``DELTA_ATLAS_ALLOWED_ROOTS``, ``os.pathsep``-separated), after resolving symlinks and ``..``; uploads are size-capped,
-extracted file by file with no absolute path, no ``..``, no symlink, a cap on the number of files and on the total
-unpacked size, and weights in safetensors only.
+extracted file by file with no absolute path, no ``..``, no symlink, no archive inside the archive, a cap on the
+number of files and on the total unpacked size (as declared, then as really written), and weights in safetensors
+only. The user folder has a disk budget, ``DELTA_ATLAS_USER_BUDGET_MB`` (default 4096 MB): an upload that would not
+fit is refused before it is unpacked, and nothing is added while the folder is full.
 """
 from __future__ import annotations
 
@@ -20,12 +22,13 @@ import stat
 import threading
 import uuid
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
 import pandas as pd
 
-from .catalog import HUB_ID, REQUIRED_COLUMNS, Catalog, read_catalog, write_catalog
+from .catalog import REQUIRED_COLUMNS, Catalog, check_hub_id, read_catalog, read_rows, write_catalog
 from .errors import DeltaAtlasError, ModelSourceError, PathNotAllowedError
 from .progress import ProgressFn
 from .vectors import read_vectors, write_vectors
@@ -34,14 +37,17 @@ log = logging.getLogger(__name__)
 
 USER_DIR_ENV = "DELTA_ATLAS_USER_DIR"
 ALLOWED_ROOTS_ENV = "DELTA_ATLAS_ALLOWED_ROOTS"
+BUDGET_ENV = "DELTA_ATLAS_USER_BUDGET_MB"
+DEFAULT_BUDGET_MB = 4096             # the user folder on disk: every unpacked upload, catalog and vectors together
 DEFAULT_USER_DIR = Path(__file__).resolve().parents[1] / "data" / "user"
 
 # Upload limits, in one place.
-MAX_ZIP_BYTES = 512 * 2**20          # the uploaded file itself
+MAX_ZIP_BYTES = 512 * 2**20          # the uploaded file itself; .streamlit/config.toml's server.maxUploadSize agrees
 MAX_UNPACKED_BYTES = 2 * 2**30       # every file of the archive together, counted while extracting
 MAX_FILES = 200
 ALLOWED_SUFFIXES = (".safetensors", ".json", ".txt", ".md", ".model", ".jinja", ".tiktoken")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".zst")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 _WRITE_LOCK = threading.Lock()  # one read-modify-write of the user catalog at a time in this process
@@ -61,14 +67,56 @@ def allowed_roots(user_root: Path | None = None) -> list[Path]:
     return [r.expanduser().resolve() for r in roots]
 
 
+def budget_bytes() -> int:
+    """The user folder's disk budget: ``$DELTA_ATLAS_USER_BUDGET_MB`` megabytes (default 4096)."""
+    text = os.environ.get(BUDGET_ENV, "").strip() or str(DEFAULT_BUDGET_MB)
+    try:
+        megabytes = float(text)
+    except ValueError:
+        megabytes = -1.0
+    if not 0 <= megabytes < 2**40:
+        raise DeltaAtlasError(f"{BUDGET_ENV}={text!r} is not a number of megabytes: the admin should set it to e.g. "
+                              f"{DEFAULT_BUDGET_MB}.")
+    return int(megabytes * 2**20)
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes used by the files under ``folder`` (links are not followed; 0 when it does not exist)."""
+    total = 0
+    for top, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(top, name)).st_size
+            except OSError:  # removed meanwhile
+                pass
+    return total
+
+
 def check_local_path(path: str | Path, roots: list[Path]) -> Path:
     """``path`` resolved (symlinks and ``..`` followed) if it lies under one of ``roots``; else PathNotAllowedError."""
-    resolved = Path(path).expanduser().resolve()
+    text = str(path).strip()
+    if not text:
+        raise ModelSourceError("No folder given: type the path of the folder that holds the model's files.")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ModelSourceError(f"The folder {text!r} holds a control character (a NUL byte, tab or line break): type "
+                               "its path on one line, without them.")
+    try:
+        resolved = Path(text).expanduser().resolve()
+    except (OSError, RuntimeError) as exc:  # ~nobody, a symlink loop
+        raise ModelSourceError(f"The folder {text!r} cannot be resolved ({exc}): type the full path of a real "
+                               "folder.") from None
     if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
         where = ", ".join(str(r) for r in roots)
         raise PathNotAllowedError(f"The folder {path} is outside the folders this app may read ({where}): copy the "
                                   f"model there, or ask the admin to add its folder to {ALLOWED_ROOTS_ENV}.")
-    if not resolved.is_dir():
+    try:
+        is_dir, exists = resolved.is_dir(), resolved.exists()
+    except OSError as exc:  # a name longer than the file system allows
+        raise ModelSourceError(f"The folder {text!r} cannot be read ({exc.strerror}): fix the path.") from None
+    if exists and not is_dir:
+        raise ModelSourceError(f"{path} is a file, not a folder: give the folder that holds the model's files "
+                               "(adapter_config.json or config.json and the .safetensors weights).")
+    if not is_dir:
         raise ModelSourceError(f"The folder {path} does not exist: give the folder that holds the model's files.")
     return resolved
 
@@ -82,10 +130,12 @@ def safe_name(text: str) -> str:
 class UserPool:
     """The user catalog in ``root`` (default :func:`user_dir`). ``embed`` defaults to ``core.engine.embed_catalog``."""
 
-    def __init__(self, root: str | Path | None = None, roots: list[Path] | None = None, embed: EmbedFn | None = None):
+    def __init__(self, root: str | Path | None = None, roots: list[Path] | None = None, embed: EmbedFn | None = None,
+                 budget: int | None = None):
         self.root = Path(root) if root is not None else user_dir()
         self.roots = roots if roots is not None else allowed_roots(self.root)
         self.embed = embed
+        self.budget = budget  # bytes; None: budget_bytes(), read when a model is added
 
     @property
     def catalog_path(self) -> Path:
@@ -105,8 +155,7 @@ class UserPool:
         """The catalog rows as dicts of strings ([] when the user has added nothing)."""
         if not self.catalog_path.is_file():
             return []
-        frame = pd.read_csv(self.catalog_path, dtype=str, keep_default_na=False)
-        return frame.to_dict("records")
+        return read_rows(self.catalog_path)
 
     def catalog(self) -> Catalog | None:
         return read_catalog(self.catalog_path) if self.rows() else None
@@ -128,10 +177,8 @@ class UserPool:
     def add_hub(self, hub_id: str, base: str | Path, name: str | None = None, kind: str = "auto",
                 labels: dict | None = None, progress: ProgressFn | None = None, **embed_kwargs) -> pd.DataFrame:
         """Add a Hugging Face model by id (``org/name`` or ``org/name@revision``); returns its vector row."""
-        hub_id = hub_id.strip()
-        if not HUB_ID.match(hub_id):
-            raise ModelSourceError(f"{hub_id!r} is not a hub id: write it as organisation/model, e.g. "
-                                   "ASethi04/llama-3.1-8b-gsm8k-first (optionally @revision).")
+        hub_id = check_hub_id(hub_id)
+        self.room()
         name = name or safe_name(hub_id.split("@")[0].split("/")[-1])
         return self._add(name, hub_id, kind, base, labels, progress, embed_kwargs)
 
@@ -139,6 +186,7 @@ class UserPool:
                   labels: dict | None = None, progress: ProgressFn | None = None, **embed_kwargs) -> pd.DataFrame:
         """Add a model folder on the server's disk (only under the allowed roots); it is read in place."""
         resolved = check_local_path(folder, self.roots)
+        self.room()
         name = name or safe_name(resolved.name)
         return self._add(name, str(resolved), kind, base, labels, progress, embed_kwargs)
 
@@ -146,10 +194,11 @@ class UserPool:
                 progress: ProgressFn | None = None, **embed_kwargs) -> pd.DataFrame:
         """Add an uploaded zip of a model folder (safetensors only); it is unpacked under ``models/<name>``."""
         self._check_new_name(name)
+        room = self.room()
         staging = self.models_dir / f".upload-{uuid.uuid4().hex[:8]}"
         target, moved = self.models_dir / name, False
         try:
-            extract_zip(data, staging)
+            extract_zip(data, staging, room=room)
             if target.exists():
                 raise DeltaAtlasError(f"A folder {target} is already there: choose another name.")
             staging.rename(target)
@@ -179,6 +228,16 @@ class UserPool:
         folder = (self.models_dir / name).resolve()
         if source == str(folder) and folder.is_dir():  # an upload we unpacked; never a folder the user pointed at
             shutil.rmtree(folder, ignore_errors=True)
+
+    def room(self) -> int:
+        """Bytes left in the user folder's disk budget; a :class:`DeltaAtlasError` when it is full."""
+        budget = self.budget if self.budget is not None else budget_bytes()
+        used = folder_bytes(self.root)
+        if used >= budget:
+            raise DeltaAtlasError(f"Your models folder {self.root} is full: it holds {_size(used)} of the "
+                                  f"{_size(budget)} allowed. Remove some of your models first, or ask the admin to "
+                                  f"raise {BUDGET_ENV}.")
+        return budget - used
 
     # ---- internals -----------------------------------------------------------------------------------------------
 
@@ -240,8 +299,9 @@ def _strings(table: pd.DataFrame) -> pd.DataFrame:
 
 # ---- safe zip extraction -----------------------------------------------------------------------------------------
 
-def extract_zip(data: bytes, out_dir: Path) -> Path:
-    """Unpack an uploaded model folder into ``out_dir`` (which must not exist), refusing anything unsafe.
+def extract_zip(data: bytes, out_dir: Path, room: int | None = None) -> Path:
+    """Unpack an uploaded model folder into ``out_dir`` (which must not exist), refusing anything unsafe; ``room``
+    is what is left of the user folder's disk budget (bytes).
 
     A single top-level folder in the archive is stripped, so both "zip of the folder" and "zip of its files" work.
     """
@@ -250,14 +310,18 @@ def extract_zip(data: bytes, out_dir: Path) -> Path:
                                "upload the adapter only (not a full model), or add it by hub id.")
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
-        raise ModelSourceError("The upload is not a zip file: zip the folder that save_pretrained wrote.") from None
+    except (zipfile.BadZipFile, EOFError, ValueError):
+        raise ModelSourceError("The upload is not a zip file (or it is damaged or cut short): zip the folder that "
+                               "save_pretrained wrote, and upload it again.") from None
     members = [(info, _member_path(info)) for info in archive.infolist() if not info.is_dir()]
     members = [(info, path) for info, path in members if not _is_junk(path)]
     if len(members) > MAX_FILES:
         raise ModelSourceError(f"The zip holds {len(members)} files, over the limit of {MAX_FILES}: zip only the model folder.")
-    for _, path in members:
+    for info, path in members:
         _check_suffix(path)
+        if info.flag_bits & 0x1:
+            raise ModelSourceError(f"The zip entry {info.filename!r} is encrypted: zip the folder again without a "
+                                   "password.")
     files, paths = [m[0] for m in members], [m[1] for m in members]
     prefix = _common_folder(paths)
     if not any(p.suffix == ".safetensors" for p in paths):
@@ -266,19 +330,44 @@ def extract_zip(data: bytes, out_dir: Path) -> Path:
     if not any(p.name in ("adapter_config.json", "config.json") for p in paths):
         raise ModelSourceError("The zip holds no adapter_config.json or config.json: zip the whole folder that "
                                "save_pretrained wrote.")
+    limit = MAX_UNPACKED_BYTES if room is None else min(MAX_UNPACKED_BYTES, room)
+    declared = sum(info.file_size for info in files)
+    if declared > limit:                      # a zip bomb says so in its own directory: refused before any write
+        raise _too_big(declared, room)
     out_dir.mkdir(parents=True)
-    budget = MAX_UNPACKED_BYTES
+    budget = limit
     for info, path in zip(files, paths):
         target = out_dir.joinpath(*path.parts[len(prefix):])
         target.parent.mkdir(parents=True, exist_ok=True)
-        with archive.open(info) as src, open(target, "wb") as dst:
-            while chunk := src.read(2**20):
-                budget -= len(chunk)
-                if budget < 0:
-                    raise ModelSourceError(f"The zip unpacks to more than {MAX_UNPACKED_BYTES // 2**30} GB: "
-                                           "upload the adapter only.")
-                dst.write(chunk)
+        try:
+            with archive.open(info) as src, open(target, "wb") as dst:
+                while chunk := src.read(2**20):
+                    budget -= len(chunk)
+                    if budget < 0:            # the directory lied about the sizes
+                        raise _too_big(None, room)
+                    dst.write(chunk)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            raise ModelSourceError(f"The zip entry {info.filename!r} is damaged ({exc}): zip the folder again and "
+                                   "upload the new zip.") from None
+        except NotImplementedError:
+            raise ModelSourceError(f"The zip entry {info.filename!r} uses a compression this server cannot read: "
+                                   "zip the folder again with ordinary (deflate) compression.") from None
     return out_dir
+
+
+def _too_big(size: int | None, room: int | None) -> ModelSourceError:
+    """Why an archive that unpacks to ``size`` bytes (None: to more than allowed) cannot be unpacked."""
+    said = f" ({_size(size)})" if size is not None else ""
+    if room is not None and room < MAX_UNPACKED_BYTES and (size is None or size <= MAX_UNPACKED_BYTES):
+        return ModelSourceError(f"The zip unpacks to more than the {_size(room)} left in your models folder's disk "
+                                f"budget{said}: remove some of your models first, or ask the admin to raise "
+                                f"{BUDGET_ENV}.")
+    return ModelSourceError(f"The zip unpacks to more than the {_size(MAX_UNPACKED_BYTES)} allowed{said}: upload the "
+                            "adapter only (not a full model), or add it by hub id.")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n:,} bytes"
 
 
 def _member_path(info: zipfile.ZipInfo) -> PurePosixPath:
@@ -299,6 +388,9 @@ def _is_junk(path: PurePosixPath) -> bool:
 
 
 def _check_suffix(path: PurePosixPath) -> None:
+    if path.suffix.lower() in ARCHIVE_SUFFIXES:
+        raise ModelSourceError(f"The zip entry {str(path)!r} is an archive inside the archive: upload one zip of the "
+                               "model folder itself (unpack the inner archive first).")
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise ModelSourceError(f"The zip entry {str(path)!r} holds pickle weights, which can run code: save the "
                                "model with safe_serialization=True to get .safetensors files.")

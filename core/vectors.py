@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import DeltaAtlasError
+from .textio import spreadsheet_safe, unescape_frame
 
 META_KEY = b"delta_atlas"
 
@@ -38,14 +39,15 @@ def label_columns(table: pd.DataFrame) -> list[str]:
 
 
 def write_vectors(table: pd.DataFrame, path: str | Path, metadata: dict | None = None) -> Path:
-    """Write a vector table to Parquet (or CSV when the suffix is .csv), atomically."""
+    """Write a vector table to Parquet (or CSV when the suffix is .csv, with its text cells made safe for a
+    spreadsheet), atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     if path.suffix.lower() == ".csv":
         flat = table.copy()
         flat["vector"] = [json.dumps([float(x) for x in v]) for v in flat["vector"]]
-        flat.to_csv(tmp, index=False)
+        spreadsheet_safe(flat).to_csv(tmp, index=False)
     else:
         vectors = pa.array([np.asarray(v, dtype=np.float32) for v in table["vector"]], type=pa.list_(pa.float32()))
         rest = pa.Table.from_pandas(table.drop(columns=["vector"]).astype(str), preserve_index=False)
@@ -64,7 +66,7 @@ def read_vectors(path: str | Path) -> pd.DataFrame:
         raise DeltaAtlasError(f"Vector file {path} does not exist: run `python -m core embed` to make it.")
     try:
         if path.suffix.lower() == ".csv":
-            table = pd.read_csv(path, dtype=str, keep_default_na=False)
+            table = unescape_frame(pd.read_csv(path, dtype=str, keep_default_na=False))
             table["vector"] = [np.asarray(json.loads(v), dtype=np.float32) for v in table["vector"]]
         else:
             table = pq.read_table(path).to_pandas()

@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR_ENV = "DELTA_ATLAS_DATA_DIR"     # where catalogs are looked for (default: data/ in the repository)
 CATALOG_ENV = "DELTA_ATLAS_CATALOG"       # the catalog opened first (default: the demo zoo)
 DEMO_CATALOG = ROOT / "data" / "demo" / "catalog.csv"
+CATALOGS_FOLDER = "catalogs"              # data/catalogs/*.csv: ready catalogs, one pool per file
+HUB_NEEDS = "a GPU and the Hugging Face Hub"  # what a pool of hub models needs before it has vectors
 
 
 # ---- which pool ----------------------------------------------------------------------------------------------
@@ -62,13 +64,15 @@ def vectors_path_for(catalog_path: Path) -> Path:
 
 
 def find_catalogs() -> list[Path]:
-    """The default catalog first, then every ``catalog*.csv`` and ``*/catalog*.csv`` under the data folder."""
+    """The default catalog first, then every ``catalog*.csv`` and ``*/catalog*.csv`` under the data folder, then
+    every CSV file in its ``catalogs/`` folder (ready catalogs, such as the paper's pools on the Hub)."""
     first = Path(os.environ.get(CATALOG_ENV) or DEMO_CATALOG)
     found = [first] if first.is_file() else []
     folder = data_dir()
     user_folder = user_pool().root.resolve()
-    for path in sorted([*folder.glob("catalog*.csv"), *folder.glob("*/catalog*.csv")]):
-        if path.resolve() != first.resolve() and path.resolve().parent != user_folder:
+    for path in [*sorted([*folder.glob("catalog*.csv"), *folder.glob("*/catalog*.csv")]),
+                 *sorted((folder / CATALOGS_FOLDER).glob("*.csv"))]:
+        if path.resolve() not in {p.resolve() for p in found} and path.resolve().parent != user_folder:
             found.append(path)
     return found
 
@@ -173,6 +177,15 @@ def pool_data(pool: Pool) -> PoolData:
     key = "|".join(map(str, [pool.catalog_path, stamp(pool.catalog_path), pool.vectors_path, stamp(pool.vectors_path),
                              users.root, stamp(users.vectors_path), stamp(users.catalog_path), base]))
     return _load_pool_data(str(pool.catalog_path), str(pool.vectors_path), base, key)
+
+
+def hub_needs(pool: Pool, data: PoolData) -> str | None:
+    """What the pool's models need before they can be measured when their base is a Hugging Face hub id (the
+    catalog's ``needs`` label, else a GPU and the Hub); None for a local or built-in base."""
+    entries = [e for e in catalog_of(pool) if str(e.base) == data.base]
+    if not entries or entries[0].base.hub_id is None:
+        return None
+    return entries[0].labels.get("needs") or HUB_NEEDS
 
 
 def combined_catalog(pool: Pool, data: PoolData) -> Catalog:
@@ -307,3 +320,31 @@ def label_silhouette(data: PoolData, column: str) -> float | None:
     if groups < 2 or groups >= known.sum() or known.sum() < 3:
         return None
     return _label_silhouette(data.key, column, data.X[known.to_numpy()], tuple(values[known]))
+
+
+# ---- lineage beside behaviour: declared datasets against the neighbours ----------------------------------------
+
+LINEAGE_COLUMNS = ("dataset", "datasets")  # labels that declare what a model was trained on (the first found)
+LINEAGE_NEIGHBOURS = 5
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _lineage(key: str, column: str, k: int, _frame: pd.DataFrame, _X: np.ndarray) -> pd.DataFrame:
+    from core.projection import lineage_disagreements
+
+    return lineage_disagreements(_frame, _X, column, k=k)
+
+
+def lineage_check(data: PoolData) -> tuple[str, int, pd.DataFrame] | None:
+    """(column, k, the models whose declared dataset differs from what most of their k closest models declare), or
+    None when the pool declares no datasets to compare. k is 5, or one less than the usual number of models per
+    dataset when that is smaller (3 models per dataset: each is checked against its 2 closest)."""
+    column = next((c for c in LINEAGE_COLUMNS if c in data.frame.columns), None)
+    if column is None:
+        return None
+    values = data.frame[column].astype(str)
+    counts = values[values != ""].value_counts()
+    if len(counts) < 2 or counts.sum() < 3:
+        return None
+    k = int(max(1, min(LINEAGE_NEIGHBOURS, np.median(counts) - 1)))
+    return column, k, _lineage(data.key, column, k, data.frame, data.X)

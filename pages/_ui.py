@@ -58,7 +58,9 @@ def sidebar() -> Pool:
                 st.session_state[CATALOG_KEY] = options[0]
             choice = st.selectbox("Pool of models", options, key=CATALOG_KEY, format_func=titles.get,
                                   help="The demo zoo is built in. Any catalog.csv in the data folder appears here, "
-                                       "and so do the models you add yourself.")
+                                       "and so does every CSV file in data/catalogs (the paper's pools on the "
+                                       "Hugging Face Hub, or catalogs made with `python -m core catalog "
+                                       "--from-hub`), and the models you add yourself.")
             path = Path(choice)
             pool = Pool(path, users.vectors_path if path == users.catalog_path else vectors_path_for(path),
                         titles[choice], is_user=path == users.catalog_path, base=choose_base(path))
@@ -203,6 +205,10 @@ class ProgressBar:
 
     def done(self, text: str = "Done.") -> None:
         self.bar.progress(1.0, text=text)
+
+    def clear(self) -> None:
+        """Take the bar away (the work failed: its message says why, without a stale "Reading..." above it)."""
+        self.bar.empty()
 
 
 @contextmanager

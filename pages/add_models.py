@@ -81,12 +81,16 @@ def add(pool, data, users, how, where, name, kind, labels) -> None:
         with ui.exclusive(data.base, "embedding"):
             bar = ui.ProgressBar("Reading the model...")
             common = dict(base=data.base, name=name, kind=kind, labels=labels, progress=bar)
-            if how == FOLDER:
-                table = users.add_local(where.strip(), **common)
-            elif how == ZIP:
-                table = users.add_zip(where.getvalue(), **common)
-            else:
-                table = users.add_hub(where.strip(), **common)
+            try:
+                if how == FOLDER:
+                    table = users.add_local(where.strip(), **common)
+                elif how == ZIP:
+                    table = users.add_zip(where.getvalue(), **common)
+                else:
+                    table = users.add_hub(where.strip(), **common)
+            except Exception:
+                bar.clear()
+                raise
             added = str(table["name"].iloc[0])
             bar.done(f"{added} measured.")
         ui.remember(ui.SELECTION_KEY, pool, names=[added])

@@ -191,9 +191,6 @@ def robustness(report: dict) -> None:
     st.markdown(f"**{share:.0%}** of them sit next to a model of their own {label}.")
 
 
-main()
-
-
 def demo_zoo(pool: pools.Pool) -> None:
     """What the demo zoo is made of, and how well task search does on it (measured by bench/eval_find.py)."""
     from core.bases import BUILTINS, is_builtin
@@ -233,3 +230,6 @@ def demo_zoo(pool: pools.Pool) -> None:
             lines.append(f"- On **{q['tasks']} tasks outside the five domains** (poems, recipes, sports...): "
                          f"*no close match* was said for **{q['flagged']}**.")
         st.markdown("Task search, measured (`bench/eval_find.py`):\n" + "\n".join(lines))
+
+
+main()

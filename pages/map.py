@@ -58,6 +58,7 @@ def draw(pool: pools.Pool, data: pools.PoolData) -> None:
                         config={"displaylogo": False, "toImageButtonOptions": {"filename": "delta-atlas-map"}})
         st.caption(f"{int(shown.sum())} of {len(frame)} models shown · {group_note}")
         quality_notes(data, embedding, settings)
+        lineage_notes(data)
     with side_col:
         details(pool, data, selected, labels)
     exports(pool, data, fig)
@@ -221,6 +222,28 @@ def quality_notes(data: pools.PoolData, embedding: np.ndarray, settings: dict) -
                         "separate groups, 0 = no grouping):\n" + "\n".join(lines))
 
 
+def lineage_notes(data: pools.PoolData) -> None:
+    """Declared datasets beside behaviour: the models whose card names another dataset than their neighbours do."""
+    check = pools.lineage_check(data)
+    if check is None:
+        return
+    column, k, odd = check
+    with st.expander("Models whose declared dataset disagrees with their neighbours", expanded=False):
+        st.markdown(f"Each model's **{column}**, as its catalog declares it, next to what its {k} closest models "
+                    "(by Delta Activations) declare. A model listed here behaves like models trained on something "
+                    "else: its card may be wrong, it may have learned more than it says, or two datasets teach "
+                    "much the same thing.")
+        if not len(odd):
+            st.success(f"Every model's declared {column} is also what most of its {k} closest models declare.")
+            return
+        shown = odd.assign(agreement=[f"{round(a * k)} of {k}" for a in odd["agreement"]])
+        st.dataframe(shown, hide_index=True, width="stretch", column_config={
+            "declared": st.column_config.TextColumn(f"declared {column}"),
+            "neighbours_say": st.column_config.TextColumn("its closest models say"),
+            "agreement": st.column_config.TextColumn(
+                "closest models that agree", help=f"How many of its {k} closest models declare the same {column}.")})
+
+
 def exports(pool: pools.Pool, data: pools.PoolData, fig) -> None:
     with st.expander("Download the vectors or the map"):
         stem = pool.catalog_path.parent.name if pool.catalog_path.stem == "catalog" else pool.catalog_path.stem
@@ -257,11 +280,33 @@ def vector_bytes(data: pools.PoolData, suffix: str) -> bytes:
 
 
 def missing_vectors(pool: pools.Pool, data: pools.PoolData) -> None:
+    needs = pools.hub_needs(pool, data)
+    if needs:  # models on the Hub (the paper's pools...): a job for a GPU machine, not for this page
+        n = len(data.missing)
+        st.info(f"**{pool.title}** lists {n} model{'s' if n != 1 else ''} finetuned from **{data.base}**. They "
+                f"live on the Hugging Face Hub and have no vectors yet, so there is nothing to draw. Measuring them "
+                f"needs {needs}: each model is downloaded and run once (log in with `hf auth login` first when "
+                f"the base is gated). On such a machine, run\n\n```\n{embed_command(pool, lines=True)}\n```\n\n"
+                "then reload this page to see the map.")
+        return
     st.info(f"The models of **{pool.title}** have no vectors yet, so there is nothing to draw. Compute them here "
             f"(this runs every model once; it can take long for big models), or on the command line with "
-            f"`python -m core embed {pool.catalog_path}`.")
+            f"`{embed_command(pool)}`.")
     if st.button("Compute the vectors now", type="primary", key="map_embed"):
         embed_pool(pool, data)
+
+
+def embed_command(pool: pools.Pool, lines: bool = False) -> str:
+    """The command that computes this pool's vectors where the app looks for them (paths relative to the project
+    when they lie inside it), on one line or, for a code block, on three."""
+    def shown(path: Path) -> str:
+        try:
+            return str(path.resolve().relative_to(pools.ROOT))
+        except ValueError:
+            return str(path)
+
+    gap = " \\\n    " if lines else " "
+    return f"python -m core embed{gap}--catalog {shown(pool.catalog_path)}{gap}--out {shown(pool.vectors_path)}"
 
 
 def embed_pool(pool: pools.Pool, data: pools.PoolData) -> None:

@@ -5,13 +5,16 @@ Skipped when /usr/bin/chromium is missing: install it with ``apt-get install chr
 """
 from __future__ import annotations
 
+import io
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -70,7 +73,7 @@ def server(app_pool, tmp_path_factory):
                 if process.poll() is not None or time.time() > deadline:
                     raise RuntimeError(f"streamlit did not start: {(tmp / 'server.log').read_text()[-2000:]}")
                 time.sleep(0.5)
-        yield {"url": url, "log": tmp / "server.log", "models": len(read_catalog(catalog))}
+        yield {"url": url, "log": tmp / "server.log", "models": len(read_catalog(catalog)), "user": tmp / "user"}
     finally:
         process.terminate()
         try:
@@ -187,3 +190,86 @@ def test_vectors_and_map_download(server, page, shots):
     with page.expect_download(timeout=RENDER_TIMEOUT) as html:
         page.get_by_role("button", name="Map (interactive HTML)").click()
     assert "plotly" in Path(html.value.path()).read_text()[:200_000].lower()
+
+
+def a_zip(files: dict) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+ADAPTER = {"adapter_config.json": "{}", "adapter_model.safetensors": b"\0" * 8}
+BAD_EXAMPLES = [  # file name, content, what the error box under the uploader says
+    ("picture.jsonl", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" * 4, "line 3: holds a NUL byte, so it looks like a"),
+    ("empty.csv", b"", "empty.csv is empty: write at least 2 examples"),
+    ("one.txt", b"Just one example, no blank line.\n", "one.txt holds 1 example; give at least 2"),
+    ("deep.json", b"[" * 50_000 + b"]" * 50_000, "deep.json, line 1: the JSON is nested too deeply"),
+    ("latin1.csv", b"question,answer\ncaf\xe9,x\nb,y\n", "latin1.csv, line 2, column 4: byte 0xe9 is not UTF-8"),
+]
+BAD_ZIPS = [
+    ("slip.zip", a_zip({**ADAPTER, "../../../../tmp/evil.json": "{}"}), "'../../../../tmp/evil.json' points outside"),
+    ("renamed.zip", b"a text file with a .zip name", "The upload is not a zip file"),
+    ("pickled.zip", a_zip({"adapter_config.json": "{}", "adapter_model.bin": b"\x80\x04"}), "holds pickle weights"),
+]
+
+
+def upload(page, name: str, data: bytes) -> None:
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").first.set_input_files(
+        files=[{"name": name, "mimeType": "application/octet-stream", "buffer": data}])
+    settle(page)
+
+
+def shows_error(page, expected: str) -> str:
+    """The error box that says ``expected``, and no traceback anywhere on the page."""
+    box = page.locator("[data-testid='stAlertContentError']", has_text=re.compile(re.escape(expected)))
+    box.first.wait_for(timeout=RENDER_TIMEOUT)
+    body = page.locator("body").inner_text()
+    assert "Traceback" not in body and 'File "' not in body
+    assert page.locator("[data-testid='stException']").count() == 0
+    return box.first.inner_text()
+
+
+def open_uploader(page, url: str, shows: str, choice: str) -> None:
+    """Open a page and pick ``choice`` (the radio option that brings its file uploader)."""
+    page.goto(url)
+    settle(page, shows)
+    page.get_by_text(choice).click()
+    settle(page, "[data-testid='stFileUploaderDropzone']")
+
+
+def test_bad_uploads_get_a_message_not_a_traceback(server, page, shots):
+    open_uploader(page, f"{server['url']}/find", "text=Find matching models", "Upload my own examples")
+    for name, data, expected in BAD_EXAMPLES:
+        upload(page, name, data)
+        shows_error(page, expected)
+        assert page.get_by_role("button", name="Find matching models").is_disabled()  # nothing to run on
+        if name == "deep.json":
+            snap(page, shots, "bad-upload-examples")
+
+    open_uploader(page, f"{server['url']}/add_models", "text=Your models", "Upload a zip")
+    for name, data, expected in BAD_ZIPS:
+        upload(page, name, data)
+        page.get_by_role("button", name="Add and measure").click()
+        settle(page)
+        shows_error(page, expected)
+        assert page.get_by_text("None yet.").count() == 1  # the user's model list is as it was: empty
+        if name == "slip.zip":
+            snap(page, shots, "bad-upload-zip")
+    upload(page, "setup.exe", b"MZ\x90\x00")  # a type the uploader itself refuses, before the app sees it
+    page.get_by_text("files are not allowed").first.wait_for(timeout=RENDER_TIMEOUT)
+
+    page.get_by_text("Hugging Face Hub id").click()
+    settle(page)
+    field = page.locator("input[aria-label='Hub id']")
+    field.fill("../../etc/passwd")
+    field.press("Enter")
+    settle(page)
+    page.get_by_role("button", name="Add and measure").click()
+    settle(page)
+    shows_error(page, "'../../etc/passwd' is not a hub id ('..' is not allowed")
+    assert page.get_by_text("None yet.").count() == 1
+    user = server["user"]
+    assert not (user / "catalog.csv").exists() and not any((user / "models").glob("*"))
+    assert not Path("/tmp/evil.json").exists()

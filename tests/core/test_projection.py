@@ -169,3 +169,26 @@ def test_label_silhouette_leaves_out_labels_held_by_one_model():
     labels = ["a"] * 5 + ["b"] * 5 + ["a+b"]
     assert label_silhouette(X, labels) == pytest.approx(label_silhouette(X[:10], labels[:10]))
     assert label_silhouette(X, labels) > 0.8
+
+
+def test_lineage_disagreements_find_the_mislabelled_model():
+    from core.projection import lineage_disagreements
+    from core.vectors import make_table
+
+    X, y = blobs(n_clusters=3, per=5, dim=16)
+    declared = [["gsm8k", "pubmedqa", "opc"][c] for c in y]
+    declared[2] = "opc"                    # a gsm8k model whose card names another dataset
+    declared[7] = ""                       # no dataset declared: not checked, does not vote
+    declared[12] = "opc;gsm8k"             # two datasets, one of them what its neighbours say: agrees
+    labels = pd.DataFrame({"name": [f"m{i}" for i in range(len(X))], "dataset": declared})
+    odd = lineage_disagreements(labels, X, "dataset", k=3)
+    assert list(odd.columns) == ["name", "declared", "neighbours_say", "agreement"]
+    assert odd.to_dict("records") == [{"name": "m2", "declared": "opc", "neighbours_say": "gsm8k", "agreement": 0.0}]
+    table = make_table(labels["name"].tolist(), X, labels)               # a vector table works the same
+    assert lineage_disagreements(table, None, "dataset", k=3).equals(odd)
+    assert len(lineage_disagreements(labels.assign(dataset="gsm8k"), X, "dataset")) == 0  # one value: nothing to say
+    assert len(lineage_disagreements(labels, X, "dataset", k=0)) == 0
+    with pytest.raises(DeltaAtlasError, match="'datasets' is not a label"):
+        lineage_disagreements(labels, X, "datasets")
+    with pytest.raises(DeltaAtlasError, match="one label row per model"):
+        lineage_disagreements(labels[:4], X, "dataset")

@@ -188,3 +188,21 @@ def test_missing_demo_zoo_says_how_to_build_it(tmp_path, monkeypatch):
         find_models(EXAMPLES, tmp_path / "demo" / "catalog.csv")
     with pytest.raises(DeltaAtlasError, match="Catalog file .* does not exist"):
         find_models(EXAMPLES, tmp_path / "other.csv")
+
+
+def test_closeness_verdict_is_calibrated_on_the_pool():
+    from core.task import judge_closeness
+
+    from tests.core.test_novelty import clustered_pool
+
+    vectors, centres = clustered_pool()
+    table = make_table([f"m{i}" for i in range(len(vectors))], vectors)
+    near = TaskResult(vector=np.zeros(3), matches=pd.DataFrame(), group_matches=pd.DataFrame())
+    judge_closeness(near, table, rank(centres[0].astype(np.float32), table)["similarity"].to_numpy())
+    far = TaskResult(vector=np.zeros(3), matches=pd.DataFrame(), group_matches=pd.DataFrame())
+    judge_closeness(far, table, rank(-centres.sum(0).astype(np.float32), table)["similarity"].to_numpy())
+    assert not near.no_close_match and far.no_close_match
+    assert far.match_note.startswith("No close match") and far.to_json()["no_close_match"] is True
+    tiny = TaskResult(vector=np.zeros(3), matches=pd.DataFrame(), group_matches=pd.DataFrame())
+    judge_closeness(tiny, table.head(2), np.array([0.1, 0.2]))
+    assert not tiny.no_close_match and "Too few models" in tiny.match_note
