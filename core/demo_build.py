@@ -4,7 +4,8 @@ landscape offline. The micro plan (tests, smoke runs) pretrains a tiny base from
 
 ``python -m core build-demo --data-dir ../shared/datasets --out data/demo`` builds it. Resumable: every finished
 piece (base, each model, vectors, report) is skipped on the next run; each model is trained into a temporary folder
-and renamed when complete, so a killed build never leaves a half-written model. Seeded and deterministic.
+and renamed when complete, so a killed build never leaves a half-written model (and the next run deletes the killed
+one's temporary folder). Seeded and deterministic.
 
 Full finetunes of a 135M base (270 MB each) are too big to ship: they live in ``<out>/full/`` (not in git), their
 vectors are in the shipped vector table, and ``build-demo --only NAME`` rebuilds one.
@@ -229,7 +230,7 @@ def train_model(spec: ModelSpec, base_dir: Path, data_dir: Path, out_dir: Path, 
     held = demo_data.held_out(data_dir, spec.dataset.split("+")[0])[: plan.held_out_examples]
     base_loss = example_loss(model, tokenizer, held, spec.recipe.max_length, precision=spec.recipe.precision)
     tmp = out_dir.with_name(f".tmp-{out_dir.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_killed_tmp(out_dir)
     step_progress = None if progress is None else (
         lambda step, total, loss: report(progress, step, total, "finetune", spec.name, loss))
     start = time.time()
@@ -248,6 +249,27 @@ def train_model(spec: ModelSpec, base_dir: Path, data_dir: Path, out_dir: Path, 
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     return info
+
+
+def remove_killed_tmp(out_dir: Path) -> None:
+    """Delete the temporary folders ``.tmp-<name>-<pid>`` of ``out_dir`` whose process is gone (a killed build's)."""
+    prefix = f".tmp-{out_dir.name}-"
+    for tmp in out_dir.parent.glob(f"{prefix}*"):
+        pid = tmp.name[len(prefix):]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False                 # this process's own leftover (it cannot be training it right now)
+    try:
+        os.kill(pid, 0)              # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:          # another user's process
+        pass
+    return True
 
 
 def catalog_rows(specs: list[ModelSpec], out: Path, plan: ZooPlan) -> list[dict]:

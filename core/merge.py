@@ -10,6 +10,7 @@ it that is renamed at the end: a failure leaves nothing half-written.
 """
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import math
@@ -29,6 +30,7 @@ from .examples import check_count, load_examples
 from .progress import ProgressFn, TextBar, report
 from .task import DEMO_CATALOG, cosine_to, open_catalog, prepare_out_dir, publish
 from .train import Example, example_loss
+from .userpool import sweep_stale
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +215,12 @@ def _check_adapter(entry: ModelEntry) -> tuple[Path | None, dict, str | None]:
 
 
 def check_out_dir(out_dir: str | Path | None, overwrite: bool = False) -> tuple[Path, Path]:
-    """The output folder and a temporary folder beside it; a :class:`MergeError` when it cannot be written."""
-    return prepare_out_dir(out_dir, overwrite, "the merged adapter", MergeError)
+    """The output folder and a temporary folder beside it; a :class:`MergeError` when it cannot be written. The
+    temporary folders that a killed merge into the same folder left are deleted once stale (``STALE_AFTER_S``)."""
+    out, work = prepare_out_dir(out_dir, overwrite, "the merged adapter", MergeError)
+    name = glob.escape(out.name)
+    sweep_stale(out.parent, patterns=(f".{name}.tmp-*", f".{name}.old-*"))
+    return out, work
 
 
 # -- weights ----------------------------------------------------------------------------------------------------

@@ -10,9 +10,16 @@ extracted file by file with no absolute path, no ``..``, no symlink, no archive 
 number of files and on the total unpacked size (as declared, then as really written), and weights in safetensors
 only. The user folder has a disk budget, ``DELTA_ATLAS_USER_BUDGET_MB`` (default 4096 MB): an upload that would not
 fit is refused before it is unpacked, and nothing is added while the folder is full.
+
+Several sessions (threads, or server processes) may add and remove models at once: every read-modify-write of the
+catalog and vector table holds a file lock (``<user dir>/.lock``), and each file is replaced atomically. An upload
+gets its final folder name only in that same locked step, so a killed addition never leaves a model folder without
+its catalog row; what a killed process leaves (``.upload-*`` folders, temporary files) is swept when a pool is opened
+once it is older than :data:`STALE_AFTER_S`.
 """
 from __future__ import annotations
 
+import fcntl
 import io
 import logging
 import os
@@ -20,11 +27,13 @@ import re
 import shutil
 import stat
 import threading
+import time
 import uuid
 import zipfile
 import zlib
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import Callable, Iterator
 
 import pandas as pd
 
@@ -50,7 +59,10 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".zst")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
-_WRITE_LOCK = threading.Lock()  # one read-modify-write of the user catalog at a time in this process
+_WRITE_LOCK = threading.Lock()  # one read-modify-write of the user catalog at a time in this process...
+LOCK_FILE = ".lock"             # ...and across processes: an flock on this file in the user folder
+STALE_AFTER_S = 3600            # a temporary file or folder this old was left by a killed process
+TEMPORARY = (".pending-*", ".*.tmp", "models/.upload-*")  # what an addition writes before it is done
 
 EmbedFn = Callable[..., object]  # core.engine.embed_catalog's signature: (catalog, *, progress=None, ...) -> EmbedResult
 
@@ -121,6 +133,38 @@ def check_local_path(path: str | Path, roots: list[Path]) -> Path:
     return resolved
 
 
+@contextmanager
+def locked(root: Path) -> Iterator[None]:
+    """Hold the user folder's write lock: one read-modify-write of its catalog and vectors at a time, across the
+    threads of this process (a lock) and across processes (``fcntl.flock`` on ``root/.lock``)."""
+    with _WRITE_LOCK:
+        root.mkdir(parents=True, exist_ok=True)
+        with open(root / LOCK_FILE, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)   # released when the file is closed, also by a killed process
+            yield
+
+
+def sweep_stale(root: Path, max_age_s: float = STALE_AFTER_S, patterns: tuple[str, ...] = TEMPORARY) -> list[Path]:
+    """Delete what killed processes left under ``root`` (names matching ``patterns``, by default what an addition
+    writes before it is done) once it is older than ``max_age_s`` seconds, as a fresh one may belong to a process
+    still running; returns what was deleted."""
+    removed, cutoff = [], time.time() - max_age_s
+    for path in (p for pattern in patterns for p in root.glob(pattern)):
+        try:
+            if path.lstat().st_mtime >= cutoff:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError as exc:  # removed meanwhile, or not ours to remove
+            log.debug("could not sweep %s: %s", path, exc)
+            continue
+        log.info("removed %s, left by an interrupted run", path)
+        removed.append(path)
+    return removed
+
+
 def safe_name(text: str) -> str:
     """A model name made from a folder, hub id or file name: letters, digits, '.', '_' and '-'."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", text.strip()).strip("-._")[:100]
@@ -136,6 +180,7 @@ class UserPool:
         self.roots = roots if roots is not None else allowed_roots(self.root)
         self.embed = embed
         self.budget = budget  # bytes; None: budget_bytes(), read when a model is added
+        sweep_stale(self.root)
 
     @property
     def catalog_path(self) -> Path:
@@ -196,23 +241,17 @@ class UserPool:
         self._check_new_name(name)
         room = self.room()
         staging = self.models_dir / f".upload-{uuid.uuid4().hex[:8]}"
-        target, moved = self.models_dir / name, False
+        target = self.models_dir / name
         try:
             extract_zip(data, staging, room=room)
-            if target.exists():
-                raise DeltaAtlasError(f"A folder {target} is already there: choose another name.")
-            staging.rename(target)
-            moved = True
-            return self._add(name, str(target.resolve()), kind, base, labels, progress, embed_kwargs)
-        except BaseException:  # also when the user leaves the page: nothing half-added stays behind
+            self._check_free(target)
+            return self._add(name, str(target.resolve()), kind, base, labels, progress, embed_kwargs, staging)
+        finally:  # moved into place when added; else (also when the user leaves the page) nothing half-added stays
             shutil.rmtree(staging, ignore_errors=True)
-            if moved:
-                shutil.rmtree(target, ignore_errors=True)
-            raise
 
     def remove(self, name: str) -> None:
         """Take ``name`` out of the user catalog (and delete its unpacked upload, if it was one)."""
-        with _WRITE_LOCK:
+        with locked(self.root):
             rows = self.rows()
             kept = [r for r in rows if r["name"] != name]
             if len(kept) == len(rows):
@@ -248,16 +287,21 @@ class UserPool:
         if name in {r["name"] for r in self.rows()}:
             raise DeltaAtlasError(f"You already added a model called {name!r}: choose another name or remove it first.")
 
+    def _check_free(self, target: Path) -> None:
+        if target.exists():
+            raise DeltaAtlasError(f"A folder {target} is already there: choose another name.")
+
     def _add(self, name: str, source: str, kind: str, base: str | Path, labels: dict | None,
-             progress: ProgressFn | None, embed_kwargs: dict) -> pd.DataFrame:
-        """Embed one new model against ``base``; only when that works, write the vectors and then the catalog."""
+             progress: ProgressFn | None, embed_kwargs: dict, staging: Path | None = None) -> pd.DataFrame:
+        """Embed one new model against ``base``; only when that works, write the vectors and then the catalog.
+        ``staging``: an unpacked upload, embedded where it is and renamed to ``source`` with the catalog written."""
         self._check_new_name(name)
         base_text = str(Path(base).resolve()) if Path(str(base)).exists() else str(base)
         row = {"name": name, "source": source, "kind": kind, "base": base_text, **(labels or {})}
         self.root.mkdir(parents=True, exist_ok=True)
         pending = self.root / f".pending-{uuid.uuid4().hex[:8]}.csv"
         try:
-            write_catalog([row], pending)
+            write_catalog([row if staging is None else {**row, "source": str(staging.resolve())}], pending)
             one = read_catalog(pending)  # validates the row exactly as any catalog
         finally:
             pending.unlink(missing_ok=True)
@@ -267,13 +311,21 @@ class UserPool:
         if failures or len(result.table) == 0:
             reason = failures[0].reason if failures else "no vector came back"
             raise ModelSourceError(f"{name} could not be embedded: {reason}")
-        with _WRITE_LOCK:
-            rows = [r for r in self.rows() if r["name"] != name] + [row]
-            old = read_vectors(self.vectors_path) if self.vectors_path.is_file() else None
-            table = result.table if old is None else pd.concat([old[old["name"] != name], result.table],
-                                                                ignore_index=True)
-            write_vectors(_strings(table), self.vectors_path)
-            write_catalog(_fill(rows), self.catalog_path)
+        with locked(self.root):
+            self._check_new_name(name)           # another session may have added it meanwhile
+            if staging is not None:
+                self._check_free(Path(source))
+                staging.rename(source)
+            try:
+                old = read_vectors(self.vectors_path) if self.vectors_path.is_file() else None
+                table = result.table if old is None else pd.concat([old[old["name"] != name], result.table],
+                                                                    ignore_index=True)
+                write_vectors(_strings(table), self.vectors_path)
+                write_catalog(_fill([*self.rows(), row]), self.catalog_path)
+            except BaseException:
+                if staging is not None:
+                    Path(source).rename(staging)  # removed by add_zip
+                raise
         log.info("added %s (%s) to the user catalog %s", name, source, self.catalog_path)
         return result.table
 
