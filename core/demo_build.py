@@ -238,6 +238,7 @@ def train_model(spec: ModelSpec, base_dir: Path, data_dir: Path, out_dir: Path, 
                       save_dtype=torch.float16)
     seconds = time.time() - start
     model = model.to(torch.float16).to(torch.float32)        # evaluate what ships: the fp16 weights
+    name_base(tmp, plan)
     info = json.loads((tmp / "training.json").read_text())
     info.update(spec=spec.labels(), final_loss=round(result.final_loss, 4), losses=[round(x, 4) for x in result.losses],
                 train_seconds=round(seconds, 1), held_out_examples=len(held),
@@ -249,6 +250,19 @@ def train_model(spec: ModelSpec, base_dir: Path, data_dir: Path, out_dir: Path, 
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     return info
+
+
+def name_base(folder: Path, plan: ZooPlan) -> None:
+    """Adapters of a built-in base name its Hub id as their base (not this machine's cache path); PEFT's generated
+    model card, which repeats the path, is dropped."""
+    config = folder / "adapter_config.json"
+    if plan.base and config.is_file():
+        from .bases import BUILTINS, builtin_name
+
+        data = json.loads(config.read_text())
+        data["base_model_name_or_path"] = BUILTINS[builtin_name(plan.base)].hub_id or plan.base
+        config.write_text(json.dumps(data, indent=2))
+        (folder / "README.md").unlink(missing_ok=True)
 
 
 def remove_killed_tmp(out_dir: Path) -> None:

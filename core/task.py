@@ -258,19 +258,21 @@ def find_models(examples: list[Example], catalog: str | Path | Catalog = DEMO_CA
     result = TaskResult(vector=vector, matches=matches if top is None else matches.head(top),
                         group_matches=rank_groups(matches), adapter_dir=keep, losses=losses,
                         seconds=time.perf_counter() - start, position=position)
-    judge_closeness(result, vectors, matches["similarity"].to_numpy())
+    judge_closeness(result, vectors, matches["similarity"].to_numpy(), catalog.path)
     return result
 
 
-def judge_closeness(result: TaskResult, vectors: pd.DataFrame, similarities: np.ndarray) -> None:
-    """Fill in the "no close match" verdict, from a rule fitted on the pool's own vectors (core.novelty).
-    A pool of fewer than 3 models has no background to calibrate on: no verdict then."""
-    from .novelty import CloseMatchRule
+def judge_closeness(result: TaskResult, vectors: pd.DataFrame, similarities: np.ndarray,
+                    catalog_path: Path | None = None) -> None:
+    """Fill in the "no close match" verdict, from a rule fitted on the pool's own vectors (core.novelty), with the
+    settings chosen for this pool when a ``novelty.json`` lies beside its catalog. A pool of fewer than 3 models
+    has no background to calibrate on: no verdict then."""
+    from .novelty import load_rule
 
     if len(vectors) < 3:
         result.match_note = "Too few models in this pool to judge how close the best match is."
         return
-    rule = CloseMatchRule().fit(matrix(vectors))
+    rule = load_rule(Path(catalog_path).parent / "novelty.json" if catalog_path else None).fit(matrix(vectors))
     result.no_close_match = not rule.is_close(similarities)
     result.match_strength = rule.strength(similarities)
     result.match_note = rule.explain(similarities)

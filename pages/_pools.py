@@ -81,6 +81,9 @@ def title_of(path: Path) -> str:
     """A catalog's name for people: 'Demo zoo (built in)', else its folder (``x/catalog.csv``) or file name."""
     if path.resolve() == DEMO_CATALOG.resolve():
         return "Demo zoo (built in)"
+    title = path.parent / "TITLE"              # a shipped pool may name itself in one line
+    if path.stem == "catalog" and title.is_file():
+        return title.read_text(encoding="utf-8").strip()[:80] or path.parent.name
     name = path.parent.name if path.stem == "catalog" else path.stem
     return name.replace("_", " ")
 

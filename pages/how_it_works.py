@@ -17,8 +17,8 @@ from pages import _charts as charts  # noqa: E402
 from pages import _pools as pools  # noqa: E402
 from pages import _ui as ui  # noqa: E402
 
-REPORT = Path(ROOT) / "data" / "demo" / "report.json"
-SEARCH_QUALITY = Path(ROOT) / "data" / "demo" / "search_quality.json"   # bench/eval_find.py --summary
+REPORT = "report.json"                    # beside a shipped pool's catalog: python -m core report --json
+SEARCH_QUALITY = "search_quality.json"    # beside it too: bench/eval_find.py --summary
 PAPER = pd.DataFrame({  # the paper's Table (silhouette of the domain labels, 15 LoRA models per base)
     "embedding": ["flattened adapter weights", "salient mask", "output sentence embeddings", "Delta Activations"],
     "Llama-3.1-8B": [-0.035, 0.133, 0.221, 0.645], "Gemma-2-9B": [-0.060, 0.208, -0.053, 0.545],
@@ -39,9 +39,10 @@ def quick_report(catalog: str, vectors: str, mtimes: tuple) -> dict:
 
 
 def pool_report(pool: pools.Pool) -> tuple[dict | None, str]:
-    """The shipped report for the demo zoo, else one measured now on the chosen pool (when it has domains)."""
-    if pool.catalog_path.resolve() == pools.DEMO_CATALOG.resolve() and REPORT.is_file():
-        return load_report(str(REPORT), pools.stamp(REPORT)), "the demo zoo (from data/demo/report.json)"
+    """The report shipped beside the pool's catalog, else one measured now on the chosen pool (when it has domains)."""
+    shipped = pool.catalog_path.parent / REPORT
+    if shipped.is_file():
+        return load_report(str(shipped), pools.stamp(shipped)), f"{pool.title} (from {shipped.parent.name}/{REPORT})"
     catalog = pools.catalog_of(pool)
     if "domain" not in catalog.label_columns or not pool.vectors_path.is_file():
         return None, ""
@@ -78,7 +79,7 @@ def main() -> None:
             additivity(pool, report)
         if report and report.get("robustness"):
             robustness(report)
-    if pool.catalog_path.resolve() == pools.DEMO_CATALOG.resolve():
+    if (pool.catalog_path.parent / SEARCH_QUALITY).is_file():
         with ui.guard("describing the demo zoo"):
             demo_zoo(pool)
 
@@ -191,6 +192,18 @@ def robustness(report: dict) -> None:
     st.markdown(f"**{share:.0%}** of them sit next to a model of their own {label}.")
 
 
+def base_description(base: str, builtins: dict, is_builtin) -> str:
+    """A built-in base's own line, or the figures of a base pretrained here (its pretraining.json)."""
+    if is_builtin(base) and base.split(":", 1)[1] in builtins:
+        return builtins[base.split(":", 1)[1]].about
+    figures = Path(base) / "pretraining.json"
+    if figures.is_file():
+        f = json.loads(figures.read_text())
+        return (f"a {f['parameters'] / 1e6:.1f}M-parameter model pretrained from scratch here on "
+                f"{f['train_tokens'] / 1e6:.1f}M tokens of general English text")
+    return Path(base).name or base
+
+
 def demo_zoo(pool: pools.Pool) -> None:
     """What the demo zoo is made of, and how well task search does on it (measured by bench/eval_find.py)."""
     from core.bases import BUILTINS, is_builtin
@@ -198,11 +211,13 @@ def demo_zoo(pool: pools.Pool) -> None:
     st.subheader("6. The demo zoo, and how well task search does on it")
     frame = pools.catalog_of(pool).labels_frame()
     base = str(next(iter(pools.catalog_of(pool))).base)
-    about = BUILTINS[base.split(":", 1)[1]].about if is_builtin(base) and base.split(":", 1)[1] in BUILTINS else base
-    st.markdown(f"The demo zoo holds **{len(frame)} models**, all finetuned from one real pretrained base: {about}. "
+    about = base_description(base, BUILTINS, is_builtin)
+    st.markdown(f"**{pool.title}** holds **{len(frame)} models**, all finetuned from one base: {about}. "
                 "Each was trained here on one public dataset (or two, for the mixtures). Every domain has datasets "
                 "that answer in different forms — a one-word label, a letter, a number, prose, code — so that the "
-                "form of the answers cannot decide where a model lands.")
+                "map shows whether models group by topic or by the form of their answers. On a base this small, the "
+                "form still often wins: models of one dataset sit together, but datasets of one domain that answer "
+                "differently can sit apart.")
     if {"domain", "dataset", "format"} <= set(frame.columns):
         single = frame[~frame["domain"].astype(str).str.contains("+", regex=False)]
         loss = pd.to_numeric(single.get("held_out_loss"), errors="coerce")
@@ -214,8 +229,9 @@ def demo_zoo(pool: pools.Pool) -> None:
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
         st.caption("Loss on unseen examples: how surprised the model is by the right answers of examples of its own "
                    "dataset that it never trained on (lower is better); the drop shows each model learned its data.")
-    if SEARCH_QUALITY.is_file():
-        quality = load_report(str(SEARCH_QUALITY), pools.stamp(SEARCH_QUALITY))
+    path = pool.catalog_path.parent / SEARCH_QUALITY
+    if path.is_file():
+        quality = load_report(str(path), pools.stamp(path))
         lines = []
         for key, what in (("ood", "tasks written by hand for this project (not from the training datasets)"),
                           ("held_out", "tasks cut from unseen rows of the training datasets")):

@@ -49,3 +49,14 @@ def test_bad_settings_are_refused(rule, vectors, message):
 def test_an_unfitted_rule_says_so():
     with pytest.raises(DeltaAtlasError, match="not fitted"):
         CloseMatchRule().is_close(np.array([0.5]))
+
+
+def test_a_pool_may_ship_its_own_settings(tmp_path):
+    from core.novelty import load_rule
+
+    assert load_rule(None) == CloseMatchRule() and load_rule(tmp_path / "none.json") == CloseMatchRule()
+    (tmp_path / "novelty.json").write_text('{"quantile": 0.7, "top": 2}')
+    assert load_rule(tmp_path / "novelty.json") == CloseMatchRule(quantile=0.7, top=2)
+    (tmp_path / "novelty.json").write_text('{"quantile": "high"}')
+    with pytest.raises(DeltaAtlasError, match="novelty.json cannot be read"):
+        load_rule(tmp_path / "novelty.json")
