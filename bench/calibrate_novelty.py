@@ -27,7 +27,7 @@ from core.task import DEMO_CATALOG, pool_vectors  # noqa: E402
 from core.catalog import read_catalog  # noqa: E402
 from core.vectors import matrix  # noqa: E402
 
-QUANTILES = (0.5, 0.7, 0.8, 0.85, 0.86, 0.87, 0.88, 0.89, 0.9, 0.95)
+QUANTILES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.86, 0.87, 0.88, 0.89, 0.9, 0.95)
 
 
 def rows_of(path: str) -> list[dict]:

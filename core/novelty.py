@@ -66,8 +66,8 @@ class CloseMatchRule:
             return (f"Close match: the task's {self.top} closest models have similarity {strength:.2f}, above the "
                     f"{self.threshold_:.2f} that {100 * self.quantile:.0f}% of this pool's model pairs stay under.")
         return (f"No close match: no model of this pool fits the task well. Its {self.top} closest models have "
-                f"similarity {strength:.2f}, no more than unrelated models of this pool share with each other "
-                f"({self.threshold_:.2f}). The ranking below is only the least bad.")
+                f"similarity {strength:.2f}, less than {100 * self.quantile:.0f}% of this pool's own model pairs share "
+                f"with each other ({self.threshold_:.2f}). The ranking below is only the least bad.")
 
 
 def load_rule(path: Path | None) -> CloseMatchRule:

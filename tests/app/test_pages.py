@@ -247,3 +247,19 @@ def test_no_catalog_at_all_says_how_to_build_the_demo(tmp_path, monkeypatch):
     assert len(at.exception) == 0
     assert any("build-demo" in w.value for w in at.sidebar.warning)
     assert any("demo zoo is not built" in e.value for e in at.error)
+
+
+SMOLLM2 = ROOT / "data" / "demo-smollm2" / "catalog.csv"
+
+
+@pytest.mark.skipif(not (SMOLLM2.parent / "vectors.parquet").is_file(), reason="the SmolLM2 zoo is not built")
+@pytest.mark.parametrize("page", ["map.py", "how_it_works.py"])
+def test_the_smollm2_zoo_opens_by_its_title_with_its_figures(demo_env, monkeypatch, page):
+    monkeypatch.setenv("DELTA_ATLAS_CATALOG", str(SMOLLM2))
+    at = app().run()
+    at.switch_page(f"pages/{page}").run()
+    assert problems(at) == []
+    assert at.sidebar.selectbox(key="catalog").value == str(SMOLLM2)
+    if page == "how_it_works.py":
+        text = " ".join(m.value for m in at.markdown)
+        assert "SmolLM2-135M demo zoo" in text and "written by hand" in text
