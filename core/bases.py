@@ -11,7 +11,6 @@ into float32 weights; those are what we save, so nothing is rounded twice.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -72,38 +71,35 @@ def package_file(base: BuiltinBase) -> Path:
     return path
 
 
-def file_digest(path: Path, chunk: int = 1 << 22) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            sha.update(block)
-    return sha.hexdigest()
-
-
 def bases_root() -> Path:
     from .cache import default_cache_dir
 
     return default_cache_dir() / "bases"
 
 
-def base_folder(text: str, root: Path | None = None) -> Path:
-    """Where a built-in base lives once converted (whether or not it is there yet). Cheap: no hashing."""
-    base = BUILTINS[builtin_name(text)]
-    root = Path(root) if root is not None else bases_root()
+def gguf_digest(base: BuiltinBase, root: Path) -> str:
+    """SHA-256 of the packaged file, hashed once: a memo in ``root`` keeps it while the file's size and mtime hold."""
+    from .cache import atomic_write, sha256_file
+
     gguf = package_file(base)
     stat = gguf.stat()
-    # the folder is keyed by the file's SHA-256; its size and mtime only pick the memo that records it
     memo = root / f".{base.name}.digest.json"
     try:
         known = json.loads(memo.read_text())
         if known["size"] == stat.st_size and known["mtime_ns"] == stat.st_mtime_ns:
-            return root / f"{base.name}-{known['sha256'][:16]}"
+            return known["sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    digest = file_digest(gguf)
-    root.mkdir(parents=True, exist_ok=True)
-    _write_atomic(memo, json.dumps({"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}))
-    return root / f"{base.name}-{digest[:16]}"
+    digest = sha256_file(gguf)
+    atomic_write(memo, json.dumps({"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}).encode())
+    return digest
+
+
+def base_folder(text: str, root: Path | None = None) -> Path:
+    """Where a built-in base lives once converted (whether or not it is there yet), keyed by the file's hash."""
+    base = BUILTINS[builtin_name(text)]
+    root = Path(root) if root is not None else bases_root()
+    return root / f"{base.name}-{gguf_digest(base, root)[:16]}"
 
 
 def ensure_base(text: str, root: Path | None = None, progress: ProgressFn | None = None) -> Path:
@@ -147,7 +143,7 @@ def convert(base: BuiltinBase, folder: Path, progress: ProgressFn | None = None)
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / DONE_FILE).write_text(json.dumps({"source": str(gguf), "sha256": file_digest(gguf),
+        (tmp / DONE_FILE).write_text(json.dumps({"source": str(gguf), "sha256": gguf_digest(base, folder.parent),
                                                   "about": base.about}, indent=1))
         shutil.rmtree(folder, ignore_errors=True)      # an unfinished folder from an older, cut-off run
         tmp.rename(folder)
@@ -155,12 +151,6 @@ def convert(base: BuiltinBase, folder: Path, progress: ProgressFn | None = None)
         shutil.rmtree(tmp, ignore_errors=True)
     report(progress, 3, 3, "base", f"{base.name} ready")
     return folder
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 # -- CLI --------------------------------------------------------------------------------------------------------

@@ -154,17 +154,21 @@ def decoder_layers(model) -> torch.nn.ModuleList:
 
 
 def top_layer_ids(model, recipe: Recipe) -> list[int]:
+    """The layers that learn when the recipe limits them; [] for ``layers=0`` (every weight, any architecture)."""
+    if not recipe.layers:
+        return []
     n = len(decoder_layers(model))
     if recipe.layers < 0 or recipe.layers > n:
         raise DeltaAtlasError(f"Recipe layers={recipe.layers} but the model has {n} layers: use 0 (all) to {n}.")
-    return list(range(n - recipe.layers, n)) if recipe.layers else list(range(n))
+    return list(range(n - recipe.layers, n))
 
 
 def wrap_lora(model, recipe: Recipe, adapter_name: str = "default"):
     """Put a fresh, seeded LoRA adapter on ``model`` (a PeftModel is returned)."""
     from peft import LoraConfig, get_peft_model
 
-    top = {"layers_to_transform": top_layer_ids(model, recipe), "layers_pattern": "layers"} if recipe.layers else {}
+    layer_ids = top_layer_ids(model, recipe)
+    top = {"layers_to_transform": layer_ids, "layers_pattern": "layers"} if layer_ids else {}
     config = LoraConfig(r=recipe.rank, lora_alpha=recipe.alpha, lora_dropout=recipe.dropout,
                         target_modules=list(recipe.target_modules), bias="none", task_type="CAUSAL_LM", **top)
     torch.manual_seed(recipe.seed)
@@ -191,7 +195,7 @@ def finetune(model, tokenizer, examples: list[Example], recipe: Recipe, out_dir:
     layer_ids = top_layer_ids(model, recipe)
     if recipe.method == "lora":
         model = wrap_lora(model, recipe)
-    elif recipe.layers:
+    elif layer_ids:
         kept = {f"layers.{i}." for i in layer_ids}
         for name, param in model.named_parameters():
             param.requires_grad_(any(k in name for k in kept))
@@ -199,8 +203,8 @@ def finetune(model, tokenizer, examples: list[Example], recipe: Recipe, out_dir:
     optimizer = torch.optim.AdamW(trainable, lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
     encoded = encode(examples, tokenizer, recipe.max_length)
     autocast = _autocast(device, recipe.precision)
-    top = TopLayers(model, layer_ids[0], encoded, tokenizer.pad_token_id, autocast) \
-        if 0 < recipe.layers < len(decoder_layers(model)) else None
+    # all layers learning (layers == n) leaves nothing frozen below to run once
+    top = TopLayers(model, layer_ids[0], encoded, tokenizer.pad_token_id, autocast) if layer_ids and layer_ids[0] else None
     model.train()
     result = TrainResult(out_dir=Path(out_dir))
     for step, rows in enumerate(batch_indices(len(encoded), recipe.batch_size, recipe.steps, recipe.seed)):

@@ -192,10 +192,13 @@ def robustness(report: dict) -> None:
     st.markdown(f"**{share:.0%}** of them sit next to a model of their own {label}.")
 
 
-def base_description(base: str, builtins: dict, is_builtin) -> str:
+def base_description(base: str) -> str:
     """A built-in base's own line, or the figures of a base pretrained here (its pretraining.json)."""
-    if is_builtin(base) and base.split(":", 1)[1] in builtins:
-        return builtins[base.split(":", 1)[1]].about
+    from core.bases import BUILTINS, is_builtin
+
+    name = base.split(":", 1)[-1]
+    if is_builtin(base) and name in BUILTINS:
+        return BUILTINS[name].about
     figures = Path(base) / "pretraining.json"
     if figures.is_file():
         f = json.loads(figures.read_text())
@@ -206,12 +209,10 @@ def base_description(base: str, builtins: dict, is_builtin) -> str:
 
 def demo_zoo(pool: pools.Pool) -> None:
     """What the demo zoo is made of, and how well task search does on it (measured by bench/eval_find.py)."""
-    from core.bases import BUILTINS, is_builtin
-
     st.subheader("6. The demo zoo, and how well task search does on it")
     frame = pools.catalog_of(pool).labels_frame()
     base = str(next(iter(pools.catalog_of(pool))).base)
-    about = base_description(base, BUILTINS, is_builtin)
+    about = base_description(base)
     st.markdown(f"**{pool.title}** holds **{len(frame)} models**, all finetuned from one base: {about}. "
                 "Each was trained here on one public dataset (or two, for the mixtures). Every domain has datasets "
                 "that answer in different forms — a one-word label, a letter, a number, prose, code — so that the "

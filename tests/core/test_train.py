@@ -89,3 +89,15 @@ def test_bad_recipes_are_refused_with_a_message(base, tmp_path, change, message)
 def test_batches_cover_every_example_each_epoch():
     seen = [i for batch in batch_indices(5, 2, 5, seed=1) for i in batch]   # 10 draws = 2 epochs of 5
     assert sorted(seen[:5]) == list(range(5)) and sorted(seen[5:]) == list(range(5))
+
+
+def test_every_layer_training_works_on_any_layout(base, tmp_path):
+    """layers=0 never looks for ``model.model.layers``: a GPT-2 layout (``transformer.h``) still finetunes."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    _, tokenizer, _ = base
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=128))
+    recipe = Recipe(rank=2, alpha=4, target_modules=("c_attn",), steps=2, batch_size=2, warmup_steps=1)
+    assert len(finetune(gpt2, tokenizer, EXAMPLES, recipe, tmp_path / "gpt2").losses) == 2
+    with pytest.raises(DeltaAtlasError, match="transformer layers"):
+        finetune(GPT2LMHeadModel(gpt2.config), tokenizer, EXAMPLES, recipe.replace(layers=1), tmp_path / "x")
