@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -34,6 +35,7 @@ from .loading import (ADAPTER_CONFIG, TOKENIZER_FILES, check_full_fits, check_ki
                       load_tokenizer, read_json, resolve_source, weight_files)
 from .probes import DEFAULT_PROBES, probes_digest
 from .progress import ProgressFn, report
+from .shared import SharedModels
 from .stacked_lora import run_stacked, unstackable_reason
 from .vectors import make_table
 
@@ -71,6 +73,7 @@ class _Settings:
     adapter_batch: int
     cache: VectorCache
     progress: ProgressFn | None
+    models: SharedModels | None = None   # lends the base already in memory, instead of loading it per run
 
     def key(self, **parts) -> str:
         return entry_key(engine=ENGINE_VERSION, probes=probes_digest(self.probes), layer=self.layer,
@@ -101,7 +104,8 @@ class _Outcome:
     cached: list[str] = field(default_factory=list)
 
 
-def _settings(probes, layer, device, dtype, force, cache_dir, allow_pickle, adapter_batch, progress) -> _Settings:
+def _settings(probes, layer, device, dtype, force, cache_dir, allow_pickle, adapter_batch, progress,
+              models=None) -> _Settings:
     probes = tuple(DEFAULT_PROBES if probes is None else probes)
     if not probes or not all(isinstance(p, str) and p.strip() for p in probes):
         raise ComputationError("The probe set is empty or holds an empty prompt: give at least one non-empty probe.")
@@ -109,19 +113,20 @@ def _settings(probes, layer, device, dtype, force, cache_dir, allow_pickle, adap
         raise DeltaAtlasError(f"adapter_batch is {adapter_batch}: it must be at least 1.")
     dev = pick_device(device)
     return _Settings(probes, int(layer), dev, pick_dtype(dtype, dev), force, allow_pickle, int(adapter_batch),
-                     VectorCache(cache_dir if cache_dir is not None else default_cache_dir()), progress)
+                     VectorCache(cache_dir if cache_dir is not None else default_cache_dir()), progress, models)
 
 
 # ------------------------------------------------------------------------------------------------------ public API
 def embed_catalog(catalog: Catalog | str | Path, *, probes: Sequence[str] | None = None, layer: int = -1,
                   device: str | None = None, dtype: str | None = None, force: bool = False,
                   cache_dir: str | Path | None = None, allow_pickle: bool = False, adapter_batch: int = ADAPTER_BATCH,
-                  progress: ProgressFn | None = None) -> EmbedResult:
-    """Embed every model of ``catalog`` (a Catalog or a CSV path, validated before any model loads)."""
+                  progress: ProgressFn | None = None, models: SharedModels | None = None) -> EmbedResult:
+    """Embed every model of ``catalog`` (a Catalog or a CSV path, validated before any model loads). With
+    ``models``, each base is borrowed from that registry (loaded once per process) instead of loaded for this run."""
     start = time.perf_counter()
     if not isinstance(catalog, Catalog):
         catalog = read_catalog(catalog)
-    s = _settings(probes, layer, device, dtype, force, cache_dir, allow_pickle, adapter_batch, progress)
+    s = _settings(probes, layer, device, dtype, force, cache_dir, allow_pickle, adapter_batch, progress, models)
     out = _Outcome()
     for entries in catalog.by_base().values():
         jobs = [_Job(e.name, e.source, e.kind) for e in entries]
@@ -148,9 +153,9 @@ def _table(catalog: Catalog, vectors: dict[str, np.ndarray]) -> pd.DataFrame:
 def embed_adapters(base: str | Path, adapters: dict[str, Path], *, probes: Sequence[str] | None = None,
                    layer: int = -1, device: str | None = None, dtype: str | None = None,
                    cache_dir: str | Path | None = None, force: bool = False,
-                   progress: ProgressFn | None = None) -> dict[str, np.ndarray]:
+                   progress: ProgressFn | None = None, models: SharedModels | None = None) -> dict[str, np.ndarray]:
     """Delta Activations of adapter folders that are not in a catalog (same cache); raises on the first failure."""
-    s = _settings(probes, layer, device, dtype, force, cache_dir, False, ADAPTER_BATCH, progress)
+    s = _settings(probes, layer, device, dtype, force, cache_dir, False, ADAPTER_BATCH, progress, models)
     base_source = parse_source(str(base))
     jobs = [_Job(name, Source(text=str(path), local=Path(path).expanduser().resolve()), "lora")
             for name, path in adapters.items()]
@@ -181,6 +186,14 @@ def _embed_base_group(base_source: Source, jobs: list[_Job], s: _Settings, out: 
     if not pending:
         return
     run = _BaseRun(base_dir, base_key, s)
+    try:
+        _embed_pending(run, base_source, pending, out)
+    finally:
+        run.free_model()                 # a shared base goes back to its registry even when a step failed
+
+
+def _embed_pending(run: "_BaseRun", base_source: Source, pending: list[_Job], out: _Outcome) -> None:
+    s = run.s
     try:
         base_mean = run.base_states().mean(dim=0)                                     # [d]
     except Exception as exc:  # noqa: BLE001
@@ -231,11 +244,16 @@ class _BaseRun:
         self.states_key = s.key(model=base_key, role="base-states")
         self.model = None
         self.tokenizer = None
+        self._lent = ExitStack()   # holds the shared base's lend while this run uses it
 
     def load(self):
         if self.model is None:
             report(self.s.progress, 0, 1, "base", self.dir.name)
-            model, tokenizer = load_model(self.dir, self.s.device, self.s.dtype, self.s.allow_pickle)
+            if self.s.models is not None:
+                model, tokenizer = self._lent.enter_context(
+                    self.s.models.lend(self.dir, self.s.device, self.s.dtype, self.s.allow_pickle))
+            else:
+                model, tokenizer = load_model(self.dir, self.s.device, self.s.dtype, self.s.allow_pickle)
             if tokenizer is None:
                 raise ModelSourceError(f"Base {self.dir} has no tokenizer files: the probes cannot be tokenized.")
             self.model, self.tokenizer = model, tokenizer
@@ -260,8 +278,12 @@ class _BaseRun:
         self.s.cache.put(self.states_key, states.numpy(), {"base": str(self.dir), "role": "base-states"})
         return states
 
-    def free_model(self) -> None:
+    def free_model(self, broken: bool = False) -> None:
+        """Let the base go: back to the shared registry (dropped from it when ``broken``), or freed."""
+        if broken and self.s.models is not None:
+            self.s.models.discard(self.dir, self.s.device, self.s.dtype)
         self.model = None
+        self._lent.close()
         _free_memory()
 
 
@@ -321,7 +343,7 @@ def _run_peft(run: _BaseRun, adapters: dict[str, Path], mixed: bool):
         run.model = host.base
     else:
         log.warning("An adapter could not be removed cleanly from base %s; it will be reloaded.", run.dir)
-        run.free_model()
+        run.free_model(broken=True)
     return states, errors
 
 

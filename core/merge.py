@@ -265,8 +265,9 @@ def search_weights(loss_of, n: int, spec: MethodSpec, budget: int = SEARCH_BUDGE
 
 
 # -- merging ----------------------------------------------------------------------------------------------------
-def load_ingredients(plan: MergePlan, device=None):
-    """The base with every ingredient loaded as a named adapter (``ingredient_i``), and the tokenizer."""
+def load_ingredients(plan: MergePlan, device=None, models=None):
+    """The base with every ingredient loaded as a named adapter (``ingredient_i``), and the tokenizer. With
+    ``models`` (a ``SharedModels``), the base is a private copy of the one in memory instead of read from disk."""
     import torch
     from peft import PeftModel
 
@@ -274,7 +275,8 @@ def load_ingredients(plan: MergePlan, device=None):
     from .loading import load_model, resolve_source
 
     base_dir = resolve_source(plan.base)
-    model, tokenizer = load_model(base_dir, pick_device(device), torch.float32)
+    load = load_model if models is None else models.private_copy
+    model, tokenizer = load(base_dir, pick_device(device), torch.float32)
     if tokenizer is None:
         raise MergeError(f"Base {base_dir} has no tokenizer: the examples cannot be evaluated.")
     model = PeftModel.from_pretrained(model, str(plan.dirs[0]), adapter_name="ingredient_0")
@@ -318,8 +320,9 @@ def merge_adapters(catalog: str | Path | Catalog, names: list[str] | str, method
                    out_dir: str | Path | None = None, task_vector: np.ndarray | None = None,
                    progress: ProgressFn | None = None, *, density: float | None = None,
                    vectors: pd.DataFrame | None = None, budget: int = SEARCH_BUDGET, seed: int = 0,
-                   device=None, measure: bool = True, overwrite: bool = False) -> MergeReport:
-    """Merge, evaluate, write ``out_dir`` (adapter + recipe.yaml + report.json) and return the report."""
+                   device=None, measure: bool = True, overwrite: bool = False, models=None) -> MergeReport:
+    """Merge, evaluate, write ``out_dir`` (adapter + recipe.yaml + report.json) and return the report. ``models``
+    (a ``core.shared.SharedModels``) lends the base from memory instead of loading it for each step."""
     start = time.perf_counter()
     plan = plan_merge(catalog, names, method, weights, density)
     if examples is not None:
@@ -330,7 +333,7 @@ def merge_adapters(catalog: str | Path | Catalog, names: list[str] | str, method
         raise MergeError("--weights auto weighs adapters by their similarity to the task: give --examples FILE.")
     out, work = check_out_dir(out_dir, overwrite)
     try:
-        result = _run(plan, examples, work, task_vector, vectors, budget, seed, device, measure, progress)
+        result = _run(plan, examples, work, task_vector, vectors, budget, seed, device, measure, progress, models)
         result.out_dir = out
         result.seconds = time.perf_counter() - start
         write_outputs(result, plan, work, seed)
@@ -341,7 +344,7 @@ def merge_adapters(catalog: str | Path | Catalog, names: list[str] | str, method
     return result
 
 
-def _run(plan, examples, work, task_vector, vectors, budget, seed, device, measure, progress) -> MergeReport:
+def _run(plan, examples, work, task_vector, vectors, budget, seed, device, measure, progress, models) -> MergeReport:
     """The merge itself, in ``work``: vectors, weights, PEFT combination, evaluation, additivity preview."""
     from .task import embed_task, stored_vectors
 
@@ -350,15 +353,16 @@ def _run(plan, examples, work, task_vector, vectors, budget, seed, device, measu
     known = {} if table is None else {n: np.asarray(v, np.float32) for n, v in zip(table["name"], table["vector"])}
     if mode == "auto" and task_vector is None:
         task_vector, _ = embed_task(examples, plan.catalog, plan.base, settings=settings, adapter_dir=work / ".task",
-                                    device=device, progress=progress)
+                                    device=device, progress=progress, models=models)
         shutil.rmtree(work / ".task", ignore_errors=True)
-    ingredients = _ingredient_vectors(plan, known, settings, device, progress) if mode == "auto" or measure else None
+    ingredients = (_ingredient_vectors(plan, known, settings, device, progress, models)
+                   if mode == "auto" or measure else None)
     result = MergeReport(ingredients=plan.names, method=plan.method, weights=[], weights_mode=mode,
                          base=str(plan.base), density=plan.density)
     if task_vector is not None and ingredients is not None:
         sims = cosine_to(np.asarray(task_vector, np.float64), ingredients.astype(np.float64))
         result.similarities = {n: float(s) for n, s in zip(plan.names, sims)}
-    model, tokenizer = load_ingredients(plan, device)
+    model, tokenizer = load_ingredients(plan, device, models)
     if mode == "auto":
         result.weights = auto_weights(np.array([result.similarities[n] for n in plan.names]), plan.spec)
     elif mode == "search":
@@ -379,26 +383,29 @@ def _run(plan, examples, work, task_vector, vectors, budget, seed, device, measu
     model.save_pretrained(str(work), selected_adapters=[MERGED], safe_serialization=True)
     del model
     if measure:
-        _additivity(result, ingredients, plan, work, settings, device, progress)
+        _additivity(result, ingredients, plan, work, settings, device, progress, models)
     return result
 
 
-def _ingredient_vectors(plan, known, settings, device, progress) -> np.ndarray:
+def _ingredient_vectors(plan, known, settings, device, progress, models=None) -> np.ndarray:
     """[k, d] the ingredients' vectors: from the pool where known, embedded now otherwise."""
     from .task import embed_adapter_dirs
 
     todo = {n: d for n, d in zip(plan.names, plan.dirs) if n not in known}
     if todo:
-        known = {**known, **embed_adapter_dirs(plan.base, todo, settings, device=device, progress=progress)}
+        known = {**known, **embed_adapter_dirs(plan.base, todo, settings, device=device, progress=progress,
+                                               models=models)}
     return np.stack([np.asarray(known[n], np.float32) for n in plan.names])
 
 
-def _additivity(result: MergeReport, ingredients: np.ndarray, plan, work, settings, device, progress) -> None:
+def _additivity(result: MergeReport, ingredients: np.ndarray, plan, work, settings, device, progress,
+                models=None) -> None:
     """Predicted vector (weighted sum of the ingredients') beside the merged adapter's measured one."""
     from .task import embed_adapter_dirs
 
     result.predicted_vector = (np.asarray(result.weights)[:, None] * ingredients).sum(0).astype(np.float32)
-    measured = embed_adapter_dirs(plan.base, {"merged": work}, settings, device=device, progress=progress)["merged"]
+    measured = embed_adapter_dirs(plan.base, {"merged": work}, settings, device=device, progress=progress,
+                                  models=models)["merged"]
     result.measured_vector = np.asarray(measured, np.float32)
     result.predicted_vs_measured_cosine = float(cosine_to(result.predicted_vector.astype(np.float64),
                                                           result.measured_vector[None].astype(np.float64))[0])

@@ -132,15 +132,17 @@ def pool_base(catalog: Catalog, names: list[str]) -> Source:
 
 # -- embedding the task -----------------------------------------------------------------------------------------
 def finetune_task(examples: list[Example], base: Source, recipe: Recipe, out_dir: Path, device=None,
-                  progress: ProgressFn | None = None) -> list[float]:
-    """A brief, seeded LoRA finetune of the base on the examples (always LoRA, in float32); returns the losses."""
+                  progress: ProgressFn | None = None, models=None) -> list[float]:
+    """A brief, seeded LoRA finetune of the base on the examples (always LoRA, in float32); returns the losses.
+    With ``models`` (a ``core.shared.SharedModels``) it trains a private copy of the base already in memory."""
     from .device import pick_device
     from .loading import load_model, resolve_source
 
     import torch
 
     base_dir = resolve_source(base)
-    model, tokenizer = load_model(base_dir, pick_device(device), torch.float32)
+    load = load_model if models is None else models.private_copy
+    model, tokenizer = load(base_dir, pick_device(device), torch.float32)
     if tokenizer is None:
         raise DeltaAtlasError(f"Base {base_dir} has no tokenizer: the task examples cannot be encoded.")
 
@@ -153,7 +155,7 @@ def finetune_task(examples: list[Example], base: Source, recipe: Recipe, out_dir
 
 
 def embed_adapter_dirs(base: Source, adapters: dict[str, Path], settings: dict | None = None, device=None,
-                       progress: ProgressFn | None = None) -> dict[str, np.ndarray]:
+                       progress: ProgressFn | None = None, models=None) -> dict[str, np.ndarray]:
     """Delta Activations of adapter folders against ``base`` through the engine, with the layer and dtype the pool's
     vectors were made with (``settings``: the vector file's metadata), so that the vectors are comparable.
     The engine's progress is re-labelled ``embed``."""
@@ -170,19 +172,20 @@ def embed_adapter_dirs(base: Source, adapters: dict[str, Path], settings: dict |
             progress(Progress(p.done, p.total, "embed", p.item, p.loss))
 
     return embed_adapters(str(base), {k: Path(v) for k, v in adapters.items()}, layer=int(settings.get("layer", -1)),
-                          device=device, dtype=settings.get("dtype"), progress=relabel)
+                          device=device, dtype=settings.get("dtype"), progress=relabel, models=models)
 
 
 def embed_task(examples: list[Example], catalog: Catalog, base: Source, *, settings: dict | None = None,
                steps: int | None = None, adapter_dir: Path, device=None,
-               progress: ProgressFn | None = None) -> tuple[np.ndarray, list[float]]:
+               progress: ProgressFn | None = None, models=None) -> tuple[np.ndarray, list[float]]:
     """The task vector [d] and the finetuning losses; the task adapter is written to ``adapter_dir``."""
     check_count(len(examples), "The task")
     recipe = pool_recipe(catalog.path) if catalog.path else Recipe()
     steps = int(steps or TASK_STEPS)
     recipe = recipe.replace(steps=steps, warmup_steps=min(recipe.warmup_steps, max(steps // 5, 1)))
-    losses = finetune_task(examples, base, recipe, adapter_dir, device=device, progress=progress)
-    vector = embed_adapter_dirs(base, {TASK_NAME: adapter_dir}, settings, device=device, progress=progress)[TASK_NAME]
+    losses = finetune_task(examples, base, recipe, adapter_dir, device=device, progress=progress, models=models)
+    vector = embed_adapter_dirs(base, {TASK_NAME: adapter_dir}, settings, device=device, progress=progress,
+                                models=models)[TASK_NAME]
     return np.asarray(vector, dtype=np.float32), losses
 
 
@@ -232,9 +235,10 @@ def rank_groups(matches: pd.DataFrame, columns: tuple[str, ...] = GROUP_COLUMNS,
 def find_models(examples: list[Example], catalog: str | Path | Catalog = DEMO_CATALOG, *,
                 vectors: pd.DataFrame | None = None, top: int | None = None, steps: int | None = None,
                 keep_adapter: str | Path | None = None, projector=None, device=None,
-                progress: ProgressFn | None = None) -> TaskResult:
+                progress: ProgressFn | None = None, models=None) -> TaskResult:
     """Embed the task and rank the pool. ``vectors`` defaults to the file beside the catalog; ``projector`` is the
-    fitted map projector (its ``transform`` places the task); ``keep_adapter`` keeps the task adapter there."""
+    fitted map projector (its ``transform`` places the task); ``keep_adapter`` keeps the task adapter there;
+    ``models`` (a ``core.shared.SharedModels``) lends the base from memory instead of loading it."""
     start = time.perf_counter()
     check_count(len(examples), "The task")
     catalog = open_catalog(catalog)
@@ -248,7 +252,7 @@ def find_models(examples: list[Example], catalog: str | Path | Catalog = DEMO_CA
     work = work or Path(tempfile.mkdtemp(prefix=".task-"))
     try:
         vector, losses = embed_task(examples, catalog, base, settings=settings, steps=steps, adapter_dir=work,
-                                    device=device, progress=progress)
+                                    device=device, progress=progress, models=models)
         if keep is not None:
             publish(work, keep)
     finally:

@@ -7,16 +7,19 @@ kept in ``st.session_state`` so that the other pages can start from it.
 from __future__ import annotations
 
 import logging
+import re
 import threading
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from core.errors import DeltaAtlasError
-from core.jobs import JobLocks
+from core.jobs import Job, JobQueue, noun
 from core.progress import Progress
 from pages import _pools
 from pages._pools import Pool, find_catalogs, load_catalog, stamp, title_of, user_pool, vectors_path_for
@@ -73,8 +76,11 @@ def sidebar_footer() -> None:
     which the map does not need)."""
     with st.sidebar:
         st.caption(f"Computing on: **{device_label()}**")
-        for job in job_locks().busy():
-            st.caption(f"Busy: someone is {job.what} on {Path(job.key).name}.")
+        jobs = job_queue().active()
+        if jobs:
+            running = sum(job.state == "running" for job in jobs)
+            st.caption(f"Busy: {running} running, {len(jobs) - running} waiting "
+                       f"({', '.join(noun(job.kind) for job in jobs)}).")
 
 
 def choose_base(catalog_path: Path) -> str | None:
@@ -162,53 +168,128 @@ def link(page: str, label: str) -> None:
         st.caption(f"Open **{label}** from the app's menu.")
 
 
-# ---- heavy work: locks, progress, errors -----------------------------------------------------------------------
+# ---- heavy work: one shared model per base, a queue per base, progress ----------------------------------------
+
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+POLL_S = 0.5  # how often a page waiting for its job redraws its place and progress
+
 
 @st.cache_resource(show_spinner=False)
-def job_locks() -> JobLocks:
-    """One registry per server process, shared by every browser session."""
-    return JobLocks()
+def job_queue() -> JobQueue:
+    """One line of heavy jobs per base model, per server process, shared by every browser session."""
+    return JobQueue(is_alive=session_alive)
 
 
-def owner() -> str:
-    if "_owner" not in st.session_state:
-        st.session_state["_owner"] = uuid.uuid4().hex
-    return st.session_state["_owner"]
+@st.cache_resource(show_spinner=False)
+def shared_models():
+    """Each base loaded once per server process and lent to one job at a time (``core.shared``); never mutated:
+    a task search or a merge trains or wraps a private copy."""
+    from core.shared import SharedModels  # imports torch: not for the map
+
+    return SharedModels()
 
 
-@contextmanager
-def exclusive(key: str, what: str):
-    """Run heavy work on model ``key`` alone; a user who has to wait is told why."""
-    note = st.empty()
-    with job_locks().hold(str(key), owner(), what, on_wait=lambda message: note.info(message[0].upper() + message[1:])):
-        note.empty()
-        yield
+def session_id() -> str:
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else "no-session"
 
 
-class ProgressBar:
-    """A ``ProgressFn`` that draws a ``st.progress`` bar in plain words and keeps the losses it saw."""
+def session_alive(session: str) -> bool:
+    """Whether a browser session is still connected (always True outside a server, as in AppTest)."""
+    from streamlit.runtime import Runtime
 
-    def __init__(self, text: str):
-        self.bar = st.progress(0.0, text=text)
-        self.losses: list[float] = []
+    return not Runtime.exists() or Runtime.instance().is_active_session(session)
 
-    def __call__(self, p: Progress) -> None:
-        if p.loss is not None and p.stage == "finetune":
-            self.losses.append(p.loss)
-        words = STAGES.get(p.stage, p.stage.capitalize())
-        text = f"{words}: {'step' if p.stage == 'finetune' else ''} {p.done} of {p.total}".replace(":  ", ": ")
-        if p.item:
-            text += f" · {p.item}"
-        if p.loss is not None:
-            text += f" · loss {p.loss:.3f}"
-        self.bar.progress(p.fraction, text=text)
 
-    def done(self, text: str = "Done.") -> None:
-        self.bar.progress(1.0, text=text)
+def start_job(slot: str, key: str, kind: str, work, pool: Pool, **meta) -> None:
+    """Queue ``work(progress)`` on base ``key`` for ``pool``; its id goes in the session and the URL, so that a
+    reloaded tab finds the job again. ``meta`` is kept with the job for the page that shows its result."""
+    job = job_queue().submit(str(key), kind, session_id(), work, {**meta, "catalog": str(pool.catalog_path)})
+    st.session_state[slot] = job.id
+    st.query_params[slot] = job.id
 
-    def clear(self) -> None:
-        """Take the bar away (the work failed: its message says why, without a stale "Reading..." above it)."""
-        self.bar.empty()
+
+def job_in(slot: str) -> Job | None:
+    """The job this page started in this session, or the one named in the URL (a reloaded tab), now this
+    session's; None when there is none or the server no longer knows it."""
+    job_id = st.session_state.get(slot) or st.query_params.get(slot)
+    if not job_id or not JOB_ID.match(str(job_id)):
+        return None
+    job = job_queue().claim(job_id, session_id())
+    if job is None:
+        forget_job(slot)
+        return None
+    st.session_state[slot] = job.id
+    return job
+
+
+def forget_job(slot: str) -> None:
+    st.session_state.pop(slot, None)
+    if slot in st.query_params:
+        del st.query_params[slot]
+
+
+def follow(job: Job) -> Job:
+    """While the job waits or runs: its place in the line ("2 searches ahead of yours...") or its progress, and a
+    Cancel button. Returns when the job has ended (or the user clicks, which starts a new run of the page)."""
+    queue = job_queue()
+    note, bar, cancel = st.empty(), st.empty(), st.empty()
+    if cancel.button(f"Cancel this {noun(job.kind)}", key=f"cancel_{job.id}"):
+        queue.cancel(job.id)
+    while job.active:
+        if job.state == "queued":
+            note.info(queue.place(job.id).describe(), icon=":material/hourglass_top:")
+            bar.empty()
+        else:
+            note.empty()
+            p = job.progress
+            bar.progress(p.fraction if p else 0.0, text=progress_words(p) if p else "Starting...")
+        time.sleep(POLL_S)
+    cancel.empty(), note.empty(), bar.empty()
+    return job
+
+
+def progress_words(p: Progress) -> str:
+    """A progress report in plain words: "Teaching the base model your task: step 3 of 40 · loss 1.234"."""
+    words = STAGES.get(p.stage, p.stage.capitalize())
+    text = f"{words}: {'step' if p.stage == 'finetune' else ''} {p.done} of {p.total}".replace(":  ", ": ")
+    if p.item:
+        text += f" · {p.item}"
+    if p.loss is not None:
+        text += f" · loss {p.loss:.3f}"
+    return text
+
+
+def finished_job(slot: str, once: bool = False) -> Job | None:
+    """Follow the page's job (if any) to its end and return it when it is done; a failure or cancellation is
+    shown once and the job forgotten (None). With ``once``, a done job is forgotten too (its page shows what it
+    did once, as "added")."""
+    job = job_in(slot)
+    if job is None:
+        return None
+    follow(job)
+    if ended_badly(job) or once:
+        forget_job(slot)
+    return None if job.state != "done" else job
+
+
+def keep_result(job: Job | None, key: str, pool: Pool) -> None:
+    """Put a finished job's result (and its meta) in the shared state ``key``, once, when it is this pool's."""
+    if job is None or job.meta.get("catalog") != str(pool.catalog_path):
+        return
+    if (remembered(key, pool) or {}).get("token") != job.id:
+        remember(key, pool, **{**job.meta, "token": job.id, "result": job.result})
+
+
+def ended_badly(job: Job) -> bool:
+    """Say why a failed or cancelled job ended (once: the page forgets it then); True when it did."""
+    if job.state == "failed":
+        st.error(job.error)
+    elif job.state == "cancelled":
+        st.info(job.error)
+    else:
+        return False
+    return True
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from pages import _pools as pools  # noqa: E402
 from pages import _ui as ui  # noqa: E402
 
 FOLDER, ZIP, HUB = "A folder on this server", "Upload a zip", "Hugging Face Hub id"
+ADD_JOB = "add_job"  # the session's (and the URL's) job measuring a model being added
 KINDS = {"auto": "find out by itself", "lora": "LoRA adapter", "full": "full finetuned model"}
 
 
@@ -36,6 +37,7 @@ def main() -> None:
             data = pools.pool_data(pool)
             st.markdown(f"Models must be finetuned from this pool's base: `{data.base}`.")
             add_form(pool, data, users)
+            added(pool)
     your_models(users)
 
 
@@ -72,30 +74,37 @@ def add_form(pool: pools.Pool, data: pools.PoolData, users: userpool.UserPool) -
 
 
 def add(pool, data, users, how, where, name, kind, labels) -> None:
+    """Queue the measuring of the model on the pool's base; :func:`added` shows the outcome."""
     with ui.guard("adding the model"):
         if how == ZIP and not name:
             name = userpool.safe_name(Path(where.name).stem)
         pool_names = set(pools.catalog_of(pool).names)
         if name in pool_names:
             raise DeltaAtlasError(f"The pool already has a model called {name!r}: choose another name.")
-        with ui.exclusive(data.base, "embedding"):
-            bar = ui.ProgressBar("Reading the model...")
-            common = dict(base=data.base, name=name, kind=kind, labels=labels, progress=bar)
-            try:
-                if how == FOLDER:
-                    table = users.add_local(where.strip(), **common)
-                elif how == ZIP:
-                    table = users.add_zip(where.getvalue(), **common)
-                else:
-                    table = users.add_hub(where.strip(), **common)
-            except Exception:
-                bar.clear()
-                raise
-            added = str(table["name"].iloc[0])
-            bar.done(f"{added} measured.")
-        ui.remember(ui.SELECTION_KEY, pool, names=[added])
-        st.success(f"**{added}** was added to your models. It is on the map now (a diamond), selected.")
-        ui.link("pages/map.py", "Map")
+        models = ui.shared_models()
+        common = dict(base=data.base, name=name, kind=kind, labels=labels, models=models)
+        if how == FOLDER:
+            adder, what = users.add_local, where.strip()
+        elif how == ZIP:
+            adder, what = users.add_zip, where.getvalue()
+        else:
+            adder, what = users.add_hub, where.strip()
+
+        def add_one(progress):
+            return adder(what, progress=progress, **common)
+
+        ui.start_job(ADD_JOB, data.base, "embed", add_one, pool)
+
+
+def added(pool: pools.Pool) -> None:
+    """Once the model is measured: select it on the map and say so (once)."""
+    job = ui.finished_job(ADD_JOB, once=True)
+    if job is None:
+        return
+    added_name = str(job.result["name"].iloc[0])
+    ui.remember(ui.SELECTION_KEY, pool, names=[added_name])
+    st.success(f"**{added_name}** was added to your models. It is on the map now (a diamond), selected.")
+    ui.link("pages/map.py", "Map")
 
 
 def your_models(users: userpool.UserPool) -> None:

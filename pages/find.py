@@ -17,6 +17,7 @@ from pages import _ui as ui  # noqa: E402
 
 SHOWN_MATCHES = 15
 TO_MERGE = 3          # best matches offered to the Merge page
+FIND_JOB = "find_job"  # the session's (and the URL's) task-search job id
 
 
 def main() -> None:
@@ -38,6 +39,7 @@ def main() -> None:
                    "with 20 examples (fewer steps under Settings is faster, and a little less precise).")
         if st.button("Find matching models", type="primary", disabled=not examples, key="find_go"):
             search(pool, data, title, examples, int(steps))
+        ui.keep_result(ui.finished_job(FIND_JOB), ui.TASK_KEY, pool)
         show_result(pool, data)
 
 
@@ -48,17 +50,18 @@ def default_steps() -> int:
 
 
 def search(pool: pools.Pool, data: pools.PoolData, title: str, examples: list, steps: int) -> None:
+    """Queue the search on the pool's base; the page follows it (and finds it again after a reload)."""
     from core.task import find_models
 
-    with ui.guard("searching for models"):
-        catalog = pools.combined_catalog(pool, data)
-        projector = pools.projector(data)
-        with ui.exclusive(data.base, "finetuning"):
-            bar = ui.ProgressBar("Preparing the base model...")
-            result = find_models(examples, catalog, vectors=data.core_vectors, projector=projector, steps=steps,
-                                 progress=bar)
-            bar.done(f"Done in {result.seconds:.0f} s.")
-        ui.remember(ui.TASK_KEY, pool, title=title, examples=examples, result=result, base=data.base)
+    catalog = pools.combined_catalog(pool, data)
+    projector = pools.projector(data)
+    vectors, models = data.core_vectors, ui.shared_models()
+
+    def work(progress):
+        return find_models(examples, catalog, vectors=vectors, projector=projector, steps=steps, progress=progress,
+                           models=models)
+
+    ui.start_job(FIND_JOB, data.base, "search", work, pool, title=title, examples=examples, base=data.base)
 
 
 def show_result(pool: pools.Pool, data: pools.PoolData) -> None:
@@ -68,6 +71,7 @@ def show_result(pool: pools.Pool, data: pools.PoolData) -> None:
     result, title = task["result"], task["title"]
     st.divider()
     st.subheader(f"Models closest to “{title}”")
+    st.caption(f"Searched in {result.seconds:.0f} s, on {len(task['examples'])} examples.")
     groups = result.group_matches
     if getattr(result, "no_close_match", False):
         st.warning(result.match_note, icon="🔎")

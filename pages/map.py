@@ -22,6 +22,7 @@ COLOUR_GROUPS = "Groups found automatically"
 COLOUR_ORIGIN = "Where it came from"
 CHART_KEY = "map_chart"
 SEARCH_KEY = "map_search"
+EMBED_JOB = "embed_job"  # the session's (and the URL's) job measuring the pool
 
 
 def main() -> None:
@@ -294,6 +295,7 @@ def missing_vectors(pool: pools.Pool, data: pools.PoolData) -> None:
             f"`{embed_command(pool)}`.")
     if st.button("Compute the vectors now", type="primary", key="map_embed"):
         embed_pool(pool, data)
+    embedded(pool)
 
 
 def embed_command(pool: pools.Pool, lines: bool = False) -> str:
@@ -310,19 +312,29 @@ def embed_command(pool: pools.Pool, lines: bool = False) -> str:
 
 
 def embed_pool(pool: pools.Pool, data: pools.PoolData) -> None:
+    """Queue the measuring of every model of the pool (the vectors are written beside its catalog)."""
     from core.engine import embed_catalog
     from core.vectors import write_vectors
 
-    catalog = pools.catalog_of(pool)
-    with ui.exclusive(data.base, "embedding"):
-        bar = ui.ProgressBar("Starting...")
-        result = embed_catalog(catalog, progress=bar)
+    catalog, models = pools.catalog_of(pool), ui.shared_models()
+
+    def work(progress):
+        result = embed_catalog(catalog, progress=progress, models=models)
         if len(result.table):
             write_vectors(result.table, pool.vectors_path, metadata=getattr(result, "metadata", None))
-        bar.done(f"{len(result.table)} model(s) measured in {result.seconds:.0f} s.")
-    for failure in result.failures:
+        return result
+
+    ui.start_job(EMBED_JOB, data.base, "embed", work, pool)
+
+
+def embedded(pool: pools.Pool) -> None:
+    """Once the pool is measured: say what failed, and draw the map."""
+    job = ui.finished_job(EMBED_JOB, once=True)
+    if job is None:
+        return
+    for failure in job.result.failures:
         st.warning(f"{failure.name}: {failure.reason}")
-    if len(result.table):
+    if len(job.result.table):
         st.rerun()
 
 

@@ -19,7 +19,8 @@ from pages import _charts as charts  # noqa: E402
 from pages import _pools as pools  # noqa: E402
 from pages import _ui as ui  # noqa: E402
 
-MERGE_KEY = "merge_result"   # {"catalog", "report", "title"}: the last merge of this session
+MERGE_KEY = "merge_result"   # {"catalog", "result", "title"}: the last merge of this session
+MERGE_JOB = "merge_job"      # the session's (and the URL's) merge job id
 NAMES_KEY = "merge_names"
 WEIGHT_MODES = {  # label -> merge_adapters' weights argument
     "Automatic: by similarity to the task": "auto",
@@ -52,6 +53,7 @@ def main() -> None:
             same_task = task is not None and examples is task["examples"]
             run(pool, data, catalog, names, method, weights, budget, title, examples,
                 task["result"].vector if same_task else None)
+        ui.keep_result(ui.finished_job(MERGE_JOB), MERGE_KEY, pool)
         show_result(pool, data)
 
 
@@ -95,23 +97,24 @@ def choose_method(names: list[str]) -> tuple[str, str | list[float], int]:
 
 
 def run(pool, data, catalog, names, method, weights, budget, title, examples, task_vector) -> None:
+    """Queue the merge on the pool's base (into a temporary folder, offered for download afterwards)."""
     from core.merge import merge_adapters
 
-    with ui.guard("merging"):
-        out_dir = Path(tempfile.mkdtemp(prefix="delta-atlas-merge-")) / "merged-adapter"
-        with ui.exclusive(data.base, "merging"):
-            bar = ui.ProgressBar("Loading the adapters...")
-            report = merge_adapters(catalog, names, method, weights, examples, out_dir, task_vector=task_vector,
-                                    progress=bar, vectors=data.core_vectors, budget=budget)
-            bar.done(f"Merged in {report.seconds:.0f} s.")
-        ui.remember(MERGE_KEY, pool, report=report, title=title)
+    out_dir = Path(tempfile.mkdtemp(prefix="delta-atlas-merge-")) / "merged-adapter"
+    vectors, models = data.core_vectors, ui.shared_models()
+
+    def work(progress):
+        return merge_adapters(catalog, names, method, weights, examples, out_dir, task_vector=task_vector,
+                              progress=progress, vectors=vectors, budget=budget, models=models)
+
+    ui.start_job(MERGE_JOB, data.base, "merge", work, pool, title=title)
 
 
 def show_result(pool: pools.Pool, data: pools.PoolData) -> None:
     merged = ui.remembered(MERGE_KEY, pool)
     if not merged:
         return
-    report = merged["report"]
+    report = merged["result"]
     st.divider()
     st.subheader(f"The merge of {', '.join(report.ingredients)}")
     st.markdown(verdict(report.losses))

@@ -179,6 +179,37 @@ def test_a_sample_task_finds_models(server, page, shots):
     snap(page, shots, "find-result")
 
 
+def start_search(page, url: str, steps: int) -> None:
+    page.goto(f"{url}/find")
+    settle(page, "text=Find matching models")
+    page.get_by_text("Settings", exact=True).click()
+    box = page.locator("input[aria-label='Finetuning steps']")
+    box.fill(str(steps))
+    box.press("Enter")
+    settle(page)
+    page.get_by_role("button", name="Find matching models").click()
+
+
+def test_two_users_queue_and_a_reload_keeps_the_result(server, page, shots):
+    """Two browser sessions search at once on one base: the second is told its place in the line; reloading its
+    tab while it waits (the job's id is in the URL) still brings its result."""
+    other = page.context.browser.new_context(viewport=VIEWPORT).new_page()
+    try:
+        start_search(other, server["url"], steps=40)                 # the first user's longer search
+        other.get_by_text("Teaching the base model your task").first.wait_for(timeout=RENDER_TIMEOUT)
+        start_search(page, server["url"], steps=3)
+        page.get_by_text("1 search is ahead of yours").first.wait_for(timeout=RENDER_TIMEOUT)
+        snap(page, shots, "find-queued")
+        assert "find_job=" in page.url
+        page.reload()
+        settle(page, "text=Models closest to")
+        no_error(page)
+        settle(other, "text=Models closest to")
+        no_error(other)
+    finally:
+        other.context.close()
+
+
 def test_vectors_and_map_download(server, page, shots):
     page.goto(server["url"])
     settle(page, ".js-plotly-plot")

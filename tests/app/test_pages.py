@@ -168,16 +168,49 @@ def test_a_broken_catalog_is_a_message_not_a_traceback(app_env, tmp_path, monkey
 
 
 def test_a_busy_model_is_shown_in_the_sidebar(app_env):
+    import threading
+
     from pages import _ui
 
-    base = str(app_env["models"] / "base")
-    locks = _ui.job_locks()
-    assert locks.try_acquire(base, "someone-else", "finetuning")
+    gate = threading.Event()
+    job = _ui.job_queue().submit(str(app_env["models"] / "base"), "search", "someone-else",
+                                 lambda progress: gate.wait(10))
     try:
         at = app().run()
-        assert any("someone is finetuning on base" in c.value for c in at.sidebar.caption)
+        assert any("Busy: 1 running, 0 waiting (search)" in c.value for c in at.sidebar.caption)
     finally:
-        locks.release(base, "someone-else")
+        gate.set()
+        _ui.job_queue().wait(job.id, timeout=10)
+
+
+def test_a_search_waits_its_turn_and_survives_a_reload(app_env):
+    """A second user's search queues behind the first (and says so), and a new session opened with the job's id in
+    the URL (a reloaded tab) gets its result."""
+    import threading
+
+    from pages import _ui
+
+    gate = threading.Event()
+    at = app().run()
+    at.switch_page("pages/find.py").run()
+    at.number_input(key="find_steps").set_value(2).run()
+    base = _ui.job_queue().submit(str(app_env["models"] / "base"), "search", "someone-else",
+                                  lambda progress: gate.wait(20))
+    timer = threading.Timer(2.0, gate.set)      # the other search ends while ours waits behind it
+    timer.start()
+    at.button(key="find_go").click().run(timeout=60)
+    timer.join()
+    assert problems(at) == []
+    job_id = at.session_state["find_job"]
+    assert at.query_params["find_job"] == job_id
+    first = at.dataframe[-1].value
+    assert _ui.job_queue().get(job_id).started > _ui.job_queue().get(base.id).finished - 0.01
+    reloaded = app()
+    reloaded.query_params["find_job"] = job_id
+    reloaded.run()
+    reloaded.switch_page("pages/find.py").run()
+    assert problems(reloaded) == []
+    assert list(reloaded.dataframe[-1].value["name"]) == list(first["name"])
 
 
 def test_how_it_works_shows_the_evidence(synthetic_env):
