@@ -113,18 +113,20 @@ def check_finite(states: torch.Tensor | np.ndarray, what: str) -> None:
 # ----------------------------------------------------------------------------------------------- ground truth
 @torch.no_grad()
 def _reference_states(model, tokenizer, probes: Sequence[str], layer: int) -> torch.Tensor:
-    """One probe at a time, no padding, no batching: [P, d] float32."""
+    """One probe at a time, no padding, no batching: [P, d] float32 (on the CPU)."""
     rows = []
     for probe in probes:
         encoded = tokenizer(probe, truncation=True, max_length=MAX_PROBE_TOKENS, return_tensors="pt")
-        out = model(**encoded, output_hidden_states=True)
-        rows.append(out.hidden_states[layer][0, -1].float())
+        out = model(**encoded.to(model.device), output_hidden_states=True)
+        rows.append(out.hidden_states[layer][0, -1].float().cpu())
     return torch.stack(rows)
 
 
-def reference_delta(base_dir: Path, model_dir: Path, kind: str, probes: Sequence[str], layer: int = -1) -> np.ndarray:
-    """Delta Activations the plain way (the released reference code's loop): fresh loads, fp32 on the CPU, one
-    probe at a time. Slow, but obviously right: the tests hold the engine to it and the benchmark races it."""
+def reference_delta(base_dir: Path, model_dir: Path, kind: str, probes: Sequence[str], layer: int = -1,
+                    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> np.ndarray:
+    """Delta Activations the plain way (the released reference code's loop): fresh loads, fp32 on the CPU (unless
+    told otherwise: the benchmark races it on a GPU in bf16), one probe at a time. Slow, but obviously right: the
+    tests hold the engine to it and the benchmark races it."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -132,13 +134,13 @@ def reference_delta(base_dir: Path, model_dir: Path, kind: str, probes: Sequence
 
     quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
-    base_states = _reference_states(base, tokenizer, probes, layer)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).to(device).eval()
+    base_states = _reference_states(base, tokenizer, probes, layer)                 # [P, d]
     del base
-    model = AutoModelForCausalLM.from_pretrained(base_dir if kind == "lora" else model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base_dir if kind == "lora" else model_dir, dtype=dtype).to(device)
     if kind == "lora":
         model = PeftModel.from_pretrained(model, model_dir)
-    model_states = _reference_states(model.eval(), tokenizer, probes, layer)
+    model_states = _reference_states(model.eval(), tokenizer, probes, layer)        # [P, d]
     return (model_states - base_states).mean(dim=0).numpy()                         # [d]
 
 

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 ADAPTER_BATCH = 8  # adapters per forward pass (x the number of probes = rows in the batch)
 
-__all__ = ["Failure", "EmbedResult", "embed_catalog", "embed_adapters", "default_cache_dir"]
+__all__ = ["Failure", "EmbedResult", "embed_catalog", "embed_adapters", "vector_table", "default_cache_dir"]
 
 
 @dataclass
@@ -134,11 +134,11 @@ def embed_catalog(catalog: Catalog | str | Path, *, probes: Sequence[str] | None
     failures = [Failure(n, _reason(out.errors[n])) for n in catalog.names if n in out.errors]
     for failure in failures:
         log.debug("%s failed: %s", failure.name, failure.reason)
-    return EmbedResult(_table(catalog, out.vectors), failures, out.computed, out.cached,
+    return EmbedResult(vector_table(catalog, out.vectors), failures, out.computed, out.cached,
                        time.perf_counter() - start, {**s.metadata(), "bases": list(catalog.by_base())})
 
 
-def _table(catalog: Catalog, vectors: dict[str, np.ndarray]) -> pd.DataFrame:
+def vector_table(catalog: Catalog, vectors: dict[str, np.ndarray]) -> pd.DataFrame:
     """The vector table in catalog order. Bases of different widths give vectors of different lengths: they are
     kept as they are (one array per row), as such vectors can only be compared within their own base."""
     names = [n for n in catalog.names if n in vectors]

@@ -1,7 +1,8 @@
 """``python -m core embed``: the Delta Activations of every model in a catalog, written as a vector file.
 
 Exit status: 0 when every model was embedded, 1 when some failed (the others are still written), 2 when the
-catalog or an option is invalid (nothing is loaded then).
+catalog or an option is invalid (nothing is loaded then). With ``--ray``, the models are spread over Ray workers
+(:mod:`core.ray_embed`); the vector file and the summary are the same.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from .catalog import read_catalog
 from .engine import ADAPTER_BATCH, embed_catalog
+from .errors import DeltaAtlasError
 from .probes import load_probes
 from .progress import TextBar
 from .vectors import write_vectors
@@ -31,15 +33,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, default=None, help="vector cache (default: $DELTA_ATLAS_CACHE "
                         "or ~/.cache/delta-atlas)")
     parser.add_argument("--adapter-batch", type=int, default=ADAPTER_BATCH, help="adapters per forward pass "
-                        f"(default {ADAPTER_BATCH})")
+                        f"(default {ADAPTER_BATCH}; with --ray, also the models sent to a worker at a time)")
+    parser.add_argument("--ray", default=None, metavar="auto|local|ADDRESS", help="spread the models over Ray "
+                        "workers: local (a Ray instance on this machine), auto (the running cluster) or HOST:PORT; "
+                        "on several machines the model sources and --cache-dir must be on a shared filesystem")
+    parser.add_argument("--workers", type=int, default=None, help="with --ray: workers to start (default: one "
+                        "per GPU of the cluster, or one per CPU core when it has none)")
 
 
 def main(args: argparse.Namespace) -> int:
     catalog = read_catalog(args.catalog)            # a malformed catalog stops here, before any model loads
     probes = load_probes(args.probes)
-    result = embed_catalog(catalog, probes=probes, layer=args.layer, device=args.device, dtype=args.dtype,
-                           force=args.force, cache_dir=args.cache_dir, allow_pickle=args.allow_pickle,
-                           adapter_batch=args.adapter_batch, progress=TextBar(stream=sys.stderr))
+    options = dict(probes=probes, layer=args.layer, device=args.device, dtype=args.dtype, force=args.force,
+                   cache_dir=args.cache_dir, allow_pickle=args.allow_pickle, adapter_batch=args.adapter_batch,
+                   progress=TextBar(stream=sys.stderr))
+    if args.ray:
+        from .ray_embed import embed_catalog_ray
+
+        result = embed_catalog_ray(catalog, address=args.ray, workers=args.workers, batch=args.adapter_batch,
+                                   **options)
+    elif args.workers is not None:
+        raise DeltaAtlasError("--workers is for --ray: add --ray local (this machine) or --ray auto (a cluster).")
+    else:
+        result = embed_catalog(catalog, **options)
     if len(result.table):
         write_vectors(result.table, args.out, {**result.metadata, "catalog": str(args.catalog)})
     print(f"{len(result.table)} of {len(catalog)} models embedded in {result.seconds:.1f} s: "
