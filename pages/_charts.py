@@ -10,7 +10,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 
 PALETTE = [c for c in px.colors.qualitative.D3 if c != "#7F7F7F"] + px.colors.qualitative.Pastel  # no grey: it reads as "missing"
-WEBGL_FROM = 1500      # points above which the map draws with WebGL (fast for 10,000 models)
+WEBGL_FROM = 1500      # points above which the map draws with WebGL (at 50,000: 6x faster to draw than SVG)
 MAX_HOVER_LABELS = 8   # labels shown when hovering a point
 MAP_HEIGHT = 620
 
@@ -48,37 +48,60 @@ def colours_for(values: list[str]) -> dict[str, str]:
 
 
 def map_figure(frame: pd.DataFrame, embedding: np.ndarray, colour: list[str], colour_title: str,
-               hover: list[str], focus: list[str] | None = None, marks: list[Mark] | None = None,
-               focus_label: str = "selected") -> go.Figure:
+               hover: list[str] | None = None, focus: list[str] | None = None, marks: list[Mark] | None = None,
+               focus_label: str = "selected", hover_columns: list[str] | None = None) -> go.Figure:
     """The scatter of the models: one trace per colour group (the legend), the user's own models as diamonds,
-    ``focus`` models ringed, ``marks`` on top. ``customdata`` holds each model's name (read back on selection)."""
+    ``focus`` models ringed, ``marks`` on top. ``customdata[0]`` of every model's point is its name (read back on
+    selection).
+
+    ``hover`` gives one ready hover text per model (see ``hover_texts``); without it the hover shows the name and
+    the labels of ``hover_columns`` (default: every label of ``frame``), sent once per group where all the group's
+    models share a value, so that a map of 50,000 models stays a few megabytes. Above ``WEBGL_FROM`` points the map
+    draws with WebGL, in smaller, lighter points."""
     n = len(frame)
-    trace = go.Scattergl if n > WEBGL_FROM else go.Scatter
-    size = 10 if n <= 200 else 7 if n <= 2000 else 4
-    names = frame["name"].to_numpy()
+    big = n > WEBGL_FROM
+    trace = go.Scattergl if big else go.Scatter
+    style = point_style(n)
+    names = frame["name"].to_numpy(dtype=object)
     mine = (frame["origin"] == "yours").to_numpy() if "origin" in frame.columns else np.zeros(n, bool)
+    xy = np.asarray(embedding, dtype=np.float32 if big else np.float64)    # float32 halves what the browser gets
     colour = np.asarray(colour, dtype=object)
-    hover = np.asarray(hover, dtype=object)
+    if hover is None:
+        shown = [c for c in (hover_columns if hover_columns is not None else frame.columns)
+                 if c in frame.columns and c not in ("name", "origin")][:MAX_HOVER_LABELS]
+        labels = {c: frame[c].fillna("").astype(str).to_numpy(dtype=object) for c in shown}
+        texts = None
+    else:
+        labels, texts = {}, np.asarray(hover, dtype=object)
+
+    def hover_of(rows: np.ndarray) -> dict:
+        if texts is not None:
+            return dict(customdata=names[rows, None], hovertext=texts[rows],
+                        hovertemplate="%{hovertext}<extra></extra>")
+        customdata, template = hover_fields(names[rows], {c: v[rows] for c, v in labels.items()})
+        return dict(customdata=customdata, hovertemplate=template)
+
     sizes = pd.Series(colour).value_counts()           # the biggest groups get the strongest colours
     hues = colours_for(list(sizes.index))
+    reading = {group: rank for rank, group in enumerate(sorted(hues, key=_natural), start=1)}
     fig = go.Figure()
-    for group in sorted(hues, key=_natural):             # the legend in reading order
-        hue = hues[group]
+    for group in sizes.index:  # the biggest group drawn first, so that small groups stay visible on top of it
         rows = np.flatnonzero(colour == group)
+        symbol = np.where(mine[rows], "diamond", "circle") if mine[rows].any() else "circle"
         fig.add_trace(trace(
-            x=embedding[rows, 0], y=embedding[rows, 1], mode="markers", name=str(group),
-            customdata=names[rows, None], hovertext=hover[rows], hovertemplate="%{hovertext}<extra></extra>",
-            marker=dict(color=hue, size=size, opacity=0.85, symbol=np.where(mine[rows], "diamond", "circle"),
-                        line=dict(width=0.5, color="white")),
+            x=xy[rows, 0], y=xy[rows, 1], mode="markers", name=str(group), legendrank=reading[group], **hover_of(rows),
+            marker=dict(color=hues[group], size=style["size"], opacity=style["opacity"], symbol=symbol,
+                        line=dict(width=style["line"], color="white")),
         ))
     focus_rows = np.flatnonzero(np.isin(names, list(focus or [])))
     if len(focus_rows):
-        fig.add_trace(go.Scatter(
-            x=embedding[focus_rows, 0], y=embedding[focus_rows, 1], mode="markers", name=focus_label,
-            customdata=names[focus_rows, None], hovertext=hover[focus_rows],
-            hovertemplate="%{hovertext}<extra></extra>",
-            marker=dict(size=size + 10, color="rgba(0,0,0,0)",
-                        line=dict(width=2.5 if len(focus_rows) <= 5 else 1.2, color="#111111")),
+        ring = go.Scattergl if len(focus_rows) > WEBGL_FROM else go.Scatter
+        few = len(focus_rows) <= 50                      # many rings: thinner and see-through, so colours show
+        fig.add_trace(ring(
+            x=xy[focus_rows, 0], y=xy[focus_rows, 1], mode="markers", name=focus_label, **hover_of(focus_rows),
+            marker=dict(size=style["size"] + (10 if few else 4), color="rgba(0,0,0,0)",
+                        line=dict(width=2.5 if len(focus_rows) <= 5 else 1.2 if few else 0.7,
+                                  color="#111111" if few else "rgba(17,17,17,0.3)")),
         ))
     for mark in marks or []:
         fig.add_trace(go.Scatter(
@@ -89,10 +112,43 @@ def map_figure(frame: pd.DataFrame, embedding: np.ndarray, colour: list[str], co
     fig.update_layout(
         height=MAP_HEIGHT, margin=dict(l=10, r=10, t=30, b=10), legend_title_text=colour_title,
         legend=dict(itemsizing="constant", orientation="h", yanchor="top", y=-0.02, xanchor="left", x=0),
-        hoverlabel=dict(align="left"), plot_bgcolor="#fafafa",
+        hoverlabel=dict(align="left"), plot_bgcolor="#fafafa", hovermode="closest",
         xaxis=dict(visible=False), yaxis=dict(visible=False), clickmode="event+select",
     )
     return fig
+
+
+def point_style(n: int) -> dict:
+    """Marker size, opacity and white outline for a map of ``n`` points: big and outlined for a few dozen models,
+    small, see-through and bare for tens of thousands (so that dense groups show their density)."""
+    if n <= 200:
+        return {"size": 10, "opacity": 0.85, "line": 0.5}
+    if n <= WEBGL_FROM:
+        return {"size": 7, "opacity": 0.85, "line": 0.5}
+    if n <= 10_000:
+        return {"size": 5, "opacity": 0.7, "line": 0.0}
+    return {"size": 3, "opacity": 0.55, "line": 0.0}
+
+
+def hover_fields(names: np.ndarray, labels: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
+    """customdata [m, 1 + j] and a hovertemplate for m points: the name first (customdata[0]), then each label.
+    A label every point shares goes into the template once; a label that differs goes into customdata ('–' where
+    a point has none); a label no point has is left out."""
+    columns, parts = [names], ["<b>%{customdata[0]}</b>"]
+    for column, values in labels.items():
+        known = values != ""
+        if not known.any():
+            continue
+        first = str(values[0])
+        if known.all() and (values == values[0]).all() and "%{" not in first:
+            parts.append(f"{column}: {first}")
+        else:
+            parts.append(f"{column}: %{{customdata[{len(columns)}]}}")
+            columns.append(np.where(known, values, "–"))
+    customdata = np.empty((len(names), len(columns)), dtype=object)
+    for j, values in enumerate(columns):
+        customdata[:, j] = values
+    return customdata, "<br>".join(parts) + "<extra></extra>"
 
 
 def _natural(value: str):

@@ -1,16 +1,18 @@
 """The pools the app can show, loaded and cached: catalogs, vector tables, the map's projection, clusters and quality.
 
-Data sits behind ``st.cache_data`` (copied out to each caller); heavy objects (a pool's vector matrix, fitted
-projectors) behind ``st.cache_resource``, shared by every session and never mutated. Cache keys include file
+Data sits behind ``st.cache_data`` (copied out to each caller); heavy objects (catalogs, a pool's vector matrix,
+fitted projectors) behind ``st.cache_resource``, shared by every session and never mutated. Cache keys include file
 modification times, so a file written by another session (a model added, vectors recomputed) shows on the next
-rerun; the map's 2-D points are also kept on disk, keyed by the vectors' content.
+rerun; the map's 2-D points, clusters, quality, label silhouettes and lineage check are also kept on disk, keyed by
+the vectors' content, so that a restarted server draws a pool of 50,000 models in seconds.
 """
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import logging
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,8 +100,10 @@ def stamp(path: Path) -> int:
         return 0
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
+@st.cache_resource(show_spinner=False, max_entries=16)
 def load_catalog(path: str, mtime: int) -> Catalog:
+    """The catalog, shared by every session and never mutated (a copy per caller, as ``st.cache_data`` makes, takes
+    seconds for 50,000 models)."""
     return read_catalog(path)
 
 
@@ -211,6 +215,7 @@ MAP_SETTINGS_KEY = "map_settings"  # a copy of the Map page's choices that outli
 MAP_DEFAULTS = {"layout": "UMAP", "neighbours": "auto", "seed": 0}
 QUALITY_SAMPLE = 2000  # models the map-quality measure looks at, at most
 SPREAD_UP_TO, SPREAD_MIN_DIST = 500, 0.5  # UMAP's min_dist for pools up to this size (0.1 above)
+CLUSTERS_VERSION = "v2"  # in the clusters' disk-cache name: bump when core.projection.Clusterer changes its answer
 
 
 def map_settings() -> dict:
@@ -238,14 +243,43 @@ def _layout_args(data: PoolData, settings: dict) -> tuple[str, int | None, float
     return LAYOUTS[settings["layout"]], n_neighbors, min_dist, int(settings["seed"])
 
 
+def _disk_file(name: str) -> Path:
+    """Where a map result of a pool is kept across restarts (``$DELTA_ATLAS_CACHE/maps``)."""
+    from core.cache import default_cache_dir
+
+    return default_cache_dir() / "maps" / name
+
+
+def _keep_on_disk(path: Path, data: bytes) -> None:
+    from core.cache import atomic_write
+
+    try:
+        atomic_write(path, data)
+    except OSError as exc:  # a read-only disk only costs the next restart some seconds
+        log.warning("%s not cached on disk (%s)", path.name, exc)
+
+
+def _json_on_disk(name: str | None, compute):
+    """``compute()`` (a JSON-able value), read from ``maps/name`` when it is there, else computed and kept there;
+    always computed when ``name`` is None (a pool without vectors has no content digest)."""
+    path = _disk_file(name) if name else None
+    if path is not None and path.is_file():
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))["value"]
+        except (OSError, ValueError, KeyError):
+            pass
+    value = compute()
+    if path is not None:
+        _keep_on_disk(path, json.dumps({"value": value}).encode())
+    return value
+
+
 @st.cache_data(show_spinner=False, max_entries=32)
 def _map_embedding(digest: str, method: str, n_neighbors: int | None, min_dist: float, seed: int,
                    _data: PoolData) -> np.ndarray:
     """The 2-D points of the map. Kept on disk too (``$DELTA_ATLAS_CACHE/maps``), keyed by the vectors' content, so
     that a restarted server opens a known pool's map without computing it again (UMAP compiles for seconds)."""
-    from core.cache import default_cache_dir
-
-    path = default_cache_dir() / "maps" / f"{digest}-{method}-{n_neighbors or 'auto'}-{min_dist}-{seed}.npy"
+    path = _disk_file(f"{digest}-{method}-{n_neighbors or 'auto'}-{min_dist}-{seed}.npy")
     try:
         embedding = np.load(path)
         if embedding.shape == (len(_data.X), 2):
@@ -254,14 +288,9 @@ def _map_embedding(digest: str, method: str, n_neighbors: int | None, min_dist: 
         pass
     projector = _projector(_data.key, method, n_neighbors, min_dist, seed, _data.X)
     embedding = np.asarray(projector.embedding_, dtype=np.float64)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.tmp")
-        with open(tmp, "wb") as handle:
-            np.save(handle, embedding)
-        tmp.replace(path)
-    except OSError as exc:  # a read-only disk only costs the next restart some seconds
-        log.warning("map not cached on disk (%s)", exc)
+    buffer = io.BytesIO()
+    np.save(buffer, embedding)
+    _keep_on_disk(path, buffer.getvalue())
     return embedding
 
 
@@ -271,58 +300,87 @@ def map_embedding(data: PoolData, settings: dict | None = None) -> np.ndarray:
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _clusters(key: str, k: str | int, _X: np.ndarray) -> tuple[np.ndarray, int, float]:
+def _clusters(key: str, k: str | int, digest: str, _X: np.ndarray) -> tuple[np.ndarray, int, float]:
+    """Cluster labels, number of clusters and silhouette; kept on disk by the vectors' content (a pool of 50,000
+    models takes ~5-10 s to cluster)."""
     from core.projection import Clusterer
 
+    path = _disk_file(f"{digest}-clusters-{k}-{CLUSTERS_VERSION}.npz") if digest else None
+    if path is not None and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as kept:
+                if len(kept["labels"]) == len(_X):
+                    return kept["labels"].astype(int), int(kept["k"]), float(kept["silhouette"])
+        except (OSError, ValueError, KeyError):
+            pass
     fit = Clusterer(n_clusters=k, random_state=0).fit(_X)
-    return np.asarray(fit.labels_), int(fit.n_clusters_), float(fit.silhouette_)
+    labels, n, silhouette = np.asarray(fit.labels_), int(fit.n_clusters_), float(fit.silhouette_)
+    if path is not None:
+        buffer = io.BytesIO()
+        np.savez(buffer, labels=labels.astype(np.int32), k=n, silhouette=silhouette)
+        _keep_on_disk(path, buffer.getvalue())
+    return labels, n, silhouette
 
 
 def clusters(data: PoolData, k: str | int = "auto") -> tuple[list[str], int, float]:
     """Group names ('group 1', ...) per model, the number of groups and their silhouette."""
-    labels, n, silhouette = _clusters(data.key, k, data.X)
+    labels, n, silhouette = _clusters(data.key, k, data.digest, data.X)
     return [f"group {int(label) + 1}" for label in labels], n, silhouette
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _quality(key: str, layout: tuple, _X: np.ndarray, _embedding: np.ndarray) -> tuple[dict, str]:
+def _quality(key: str, layout: tuple, digest: str, _X: np.ndarray, _embedding: np.ndarray) -> tuple[dict, str]:
+    """The map's faithfulness, in numbers and words; kept on disk beside the map's points."""
     from core.projection import describe_quality, map_quality
 
-    note = ""
-    if len(_X) > QUALITY_SAMPLE:  # trustworthiness needs all pairwise distances: measure a random sample
-        rows = np.random.default_rng(0).choice(len(_X), QUALITY_SAMPLE, replace=False)
-        _X, _embedding = _X[rows], _embedding[rows]
-        note = f" (Measured on a random sample of {QUALITY_SAMPLE:,} models.)"
-    quality = map_quality(_X, _embedding, k=min(10, len(_X) - 1))
-    return quality, describe_quality(quality) + note
+    def measure() -> list:
+        X, embedding, note = _X, _embedding, ""
+        if len(X) > QUALITY_SAMPLE:  # trustworthiness needs all pairwise distances: measure a random sample
+            rows = np.random.default_rng(0).choice(len(X), QUALITY_SAMPLE, replace=False)
+            X, embedding = X[rows], embedding[rows]
+            note = f" (Measured on a random sample of {QUALITY_SAMPLE:,} models.)"
+        quality = map_quality(X, embedding, k=min(10, len(X) - 1))
+        return [quality, describe_quality(quality) + note]
+
+    quality, words = _json_on_disk(digest and f"{digest}-quality-{'-'.join(map(str, layout))}.json", measure)
+    return quality, words
 
 
 def quality(data: PoolData, embedding: np.ndarray, settings: dict) -> tuple[dict, str]:
     layout = (settings["layout"], settings["neighbours"], settings["seed"])
-    return _quality(data.key, layout, data.X, embedding)
+    return _quality(data.key, layout, data.digest, data.X, embedding)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _label_silhouette(key: str, column: str, _X: np.ndarray, _labels: tuple) -> float | None:
+def _label_silhouette(key: str, column: str, digest: str, _X: np.ndarray, _values: np.ndarray) -> float | None:
+    """The silhouette of one label column (on a sample of big pools); kept on disk by the vectors' content and the
+    labels."""
     from core.projection import label_silhouette
 
-    labels = np.asarray(_labels, dtype=object)
-    if len(_X) > QUALITY_SAMPLE:  # all pairwise distances again: a random sample says as much
-        rows = np.random.default_rng(0).choice(len(_X), QUALITY_SAMPLE, replace=False)
-        _X, labels = _X[rows], labels[rows]
-    value = float(label_silhouette(_X, list(labels)))
-    return None if np.isnan(value) else value
+    def measure() -> float | None:
+        rows = np.flatnonzero(_values != "")
+        groups = len(set(_values[rows].tolist()))
+        if groups < 2 or groups >= len(rows) or len(rows) < 3:
+            return None
+        if len(rows) > QUALITY_SAMPLE:  # all pairwise distances again: a random sample says as much
+            rows = rows[np.random.default_rng(0).choice(len(rows), QUALITY_SAMPLE, replace=False)]
+        value = float(label_silhouette(_X[rows], list(_values[rows])))
+        return None if np.isnan(value) else value
+
+    return _json_on_disk(digest and f"{digest}-silhouette-{_labels_digest(column, _values)}.json", measure)
+
+
+def _labels_digest(column: str, values, *more) -> str:
+    """A short hash of a label column's values (labels can change while the vectors stay the same)."""
+    text = "\n".join([column, *map(str, more), *map(str, values)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def label_silhouette(data: PoolData, column: str) -> float | None:
     """Silhouette of a label column on the full vectors, or None when it cannot say anything (one group only,
     or every model a group of its own)."""
-    values = data.frame[column].astype(str)
-    known = values != ""
-    groups = values[known].nunique()
-    if groups < 2 or groups >= known.sum() or known.sum() < 3:
-        return None
-    return _label_silhouette(data.key, column, data.X[known.to_numpy()], tuple(values[known]))
+    values = data.frame[column].astype(str).to_numpy(dtype=object)
+    return _label_silhouette(data.key, column, data.digest, data.X, values)
 
 
 # ---- lineage beside behaviour: declared datasets against the neighbours ----------------------------------------
@@ -332,10 +390,24 @@ LINEAGE_NEIGHBOURS = 5
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _lineage(key: str, column: str, k: int, _frame: pd.DataFrame, _X: np.ndarray) -> pd.DataFrame:
+def _lineage(key: str, column: str, k: int, digest: str, _frame: pd.DataFrame, _X: np.ndarray) -> pd.DataFrame:
+    """The lineage check; kept on disk by the vectors' content and the declared values (it finds every model's
+    nearest neighbours: ~15-40 s for 50,000 models on 2 cores)."""
     from core.projection import lineage_disagreements
 
-    return lineage_disagreements(_frame, _X, column, k=k)
+    labels = _labels_digest(column, _frame[column].astype(str).tolist(), k)
+    path = _disk_file(f"{digest}-lineage-{labels}.parquet") if digest else None
+    if path is not None and path.is_file():
+        try:
+            return pd.read_parquet(path)
+        except (OSError, ValueError):
+            pass
+    odd = lineage_disagreements(_frame, _X, column, k=k)
+    if path is not None:
+        buffer = io.BytesIO()
+        odd.to_parquet(buffer, index=False)
+        _keep_on_disk(path, buffer.getvalue())
+    return odd
 
 
 def lineage_check(data: PoolData) -> tuple[str, int, pd.DataFrame] | None:
@@ -350,4 +422,4 @@ def lineage_check(data: PoolData) -> tuple[str, int, pd.DataFrame] | None:
     if len(counts) < 2 or counts.sum() < 3:
         return None
     k = int(max(1, min(LINEAGE_NEIGHBOURS, np.median(counts) - 1)))
-    return column, k, _lineage(data.key, column, k, data.frame, data.X)
+    return column, k, _lineage(data.key, column, k, data.digest, data.frame, data.X)

@@ -30,7 +30,7 @@ def main() -> None:
     st.title("Map of the models")
     st.caption("Each point is a finetuned model. Models that sit close together changed the base model in the same "
                "way — usually because they learned similar things. Hover a point for its labels, click it (or draw "
-               "around several with the lasso at the top right of the map) to see its closest models.")
+               "around several with the lasso or the box at the top right of the map) to see its closest models.")
     with ui.guard("loading the pool"):
         data = pools.pool_data(pool)
         if len(data.frame) == 0:
@@ -53,11 +53,12 @@ def draw(pool: pools.Pool, data: pools.PoolData) -> None:
     selected = selection(pool, frame)
     chart_col, side_col = st.columns([3, 2], gap="medium")
     with chart_col:
-        fig = charts.map_figure(frame[shown], embedding[shown], list(np.asarray(colour)[shown]), colour_title,
-                                list(np.asarray(hover_texts(frame, labels))[shown]), focus=selected)
-        st.plotly_chart(fig, key=CHART_KEY, on_select=lambda: on_chart_select(pool), selection_mode=("points", "lasso"),
+        fig = charts.map_figure(frame[shown], embedding[shown], list(np.asarray(colour, dtype=object)[shown]),
+                                colour_title, focus=selected, hover_columns=labels)
+        st.plotly_chart(fig, key=CHART_KEY, on_select=lambda: on_chart_select(pool),
+                        selection_mode=("points", "box", "lasso"),
                         config={"displaylogo": False, "toImageButtonOptions": {"filename": "delta-atlas-map"}})
-        st.caption(f"{int(shown.sum())} of {len(frame)} models shown · {group_note}")
+        st.caption(f"{int(shown.sum()):,} of {len(frame):,} models shown · {group_note}")
         quality_notes(data, embedding, settings)
         lineage_notes(data)
     with side_col:
@@ -112,7 +113,7 @@ def colouring(data: pools.PoolData, settings: dict) -> tuple[list[str], str, str
     if colour == COLOUR_ORIGIN:
         return [{"yours": "added by you"}.get(o, "this pool") for o in data.frame["origin"]], "origin", ""
     values = data.frame[colour].astype(str).replace("", "(none)")
-    return list(values), colour, f"coloured by {colour}"
+    return values.tolist(), colour, f"coloured by {colour}"
 
 
 def filtered(frame: pd.DataFrame, settings: dict) -> np.ndarray:
@@ -120,10 +121,6 @@ def filtered(frame: pd.DataFrame, settings: dict) -> np.ndarray:
     if not column or not values:
         return np.ones(len(frame), dtype=bool)
     return frame[column].astype(str).isin(values).to_numpy()
-
-
-def hover_texts(frame: pd.DataFrame, labels: list[str]) -> list[str]:
-    return charts.hover_texts(frame, labels)
 
 
 # ---- selection: the chart, the search box, and the shared state they both write --------------------------------
@@ -147,7 +144,7 @@ def selection(pool: pools.Pool, frame: pd.DataFrame) -> list[str]:
 
 
 def details(pool: pools.Pool, data: pools.PoolData, selected: list[str], labels: list[str]) -> None:
-    names = list(data.frame["name"])
+    names = data.frame["name"].tolist()
     st.selectbox("Find a model by name", names, index=None, key=SEARCH_KEY, placeholder="Type a name...",
                  on_change=on_search, args=(pool,))
     if not selected:
@@ -192,13 +189,13 @@ def one_model(pool: pools.Pool, data: pools.PoolData, name: str, labels: list[st
 def many_models(pool: pools.Pool, data: pools.PoolData, selected: list[str], labels: list[str]) -> None:
     frame = data.frame
     chosen = frame[frame["name"].isin(selected)]
-    st.subheader(f"{len(chosen)} models selected")
+    st.subheader(f"{len(chosen):,} models selected")
     if labels:
         column = "domain" if "domain" in labels else labels[0]
         counts = chosen[column].astype(str).replace("", "(none)").value_counts()
         st.caption(f"By {column}: " + ", ".join(f"{v} × {k}" for k, v in counts.items()))
     st.dataframe(chosen[["name", *labels[:4]]], hide_index=True, width="stretch", height=260)
-    if st.button(f"Use these {len(chosen)} models on the Merge page", key="map_many_to_merge"):
+    if st.button(f"Use these {len(chosen):,} models on the Merge page", key="map_many_to_merge"):
         ui.remember(ui.CANDIDATES_KEY, pool, names=list(chosen["name"]), why="your selection on the map")
         st.success("Ready on the Merge page.")
         ui.link("pages/merge.py", "Merge")

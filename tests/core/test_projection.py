@@ -192,3 +192,80 @@ def test_lineage_disagreements_find_the_mislabelled_model():
         lineage_disagreements(labels, X, "datasets")
     with pytest.raises(DeltaAtlasError, match="one label row per model"):
         lineage_disagreements(labels[:4], X, "dataset")
+
+
+# ---- big pools: the paths that keep the map page fast at 50,000 models ------------------------------------------
+
+def test_neighbours_block_by_block_equal_the_full_matrix(monkeypatch):
+    """_knn works block by block (and in float32 for cosine); it must find what the full n x n matrix finds."""
+    import core.projection as projection
+
+    X = np.random.default_rng(0).normal(size=(230, 12))
+    full = 1 - cosine_similarities(X)
+    np.fill_diagonal(full, -1)                                            # self first, as _knn has it
+    expected = np.argsort(full, axis=1, kind="stable")[:, :6]
+    monkeypatch.setattr(projection, "ROW_BLOCK", 17)                      # many blocks, a short last one
+    indices, dists = projection._knn(X, 6)
+    assert (indices == expected).all()
+    assert np.allclose(dists[:, 1:], np.take_along_axis(full, expected, 1)[:, 1:], atol=1e-5)
+    euclid, _ = projection._knn(X, 4, "euclidean")
+    D = np.linalg.norm(X[:, None] - X[None], axis=2)
+    np.fill_diagonal(D, -1)
+    assert (euclid == np.argsort(D, axis=1, kind="stable")[:, :4]).all()
+
+
+def test_lineage_disagreements_are_the_same_in_one_block_or_many(monkeypatch):
+    import core.projection as projection
+    from core.projection import lineage_disagreements
+
+    X, y = blobs(n_clusters=4, per=60, dim=24, spread=0.05)
+    rng = np.random.default_rng(3)
+    declared = np.array([f"set{c}" for c in y], dtype=object)
+    wrong = rng.choice(len(X), 12, replace=False)
+    declared[wrong] = [f"set{(y[i] + 1) % 4}" for i in wrong]
+    declared[:5] = ""                                                     # unlabelled: neither checked nor voting
+    labels = pd.DataFrame({"name": [f"m{i}" for i in range(len(X))], "dataset": declared})
+    monkeypatch.setattr(projection, "ROW_BLOCK", 10_000)                  # the whole matrix at once
+    brute = lineage_disagreements(labels, X, "dataset", k=5)
+    monkeypatch.setattr(projection, "ROW_BLOCK", 7)
+    blocks = lineage_disagreements(labels, X, "dataset", k=5)
+    assert blocks.equals(brute)
+    assert set(brute["name"]) == {f"m{i}" for i in wrong if i >= 5}      # exactly the mislabelled models
+
+
+def test_clusterer_on_a_sample_labels_every_model():
+    """Above sample_size models, k is chosen on a sample; every model still gets a cluster, the right one."""
+    X, y = blobs(n_clusters=4, per=100, spread=0.1)
+    whole = Clusterer(k_range=(2, 6)).fit(X)
+    sampled = Clusterer(k_range=(2, 6), sample_size=120).fit(X)
+    assert whole.sample_ is None and len(sampled.sample_) == 120 and sampled.labels_.shape == (len(X),)
+    assert sampled.n_clusters_ == 4 and len({(a, b) for a, b in zip(sampled.labels_, y)}) == 4
+    assert sampled.silhouette_ == pytest.approx(whole.silhouette_, abs=0.05)
+    fixed = Clusterer(n_clusters=3, sample_size=120).fit(X)
+    assert fixed.n_clusters_ == 3 and np.bincount(fixed.labels_)[0] >= np.bincount(fixed.labels_)[-1]
+    agg = Clusterer(algorithm="agglomerative", k_range=(2, 6), sample_size=120).fit(X)
+    assert len({(a, b) for a, b in zip(agg.labels_, y)}) == 4
+    again = Clusterer(k_range=(2, 6), sample_size=120).fit(X)
+    assert (again.labels_ == sampled.labels_).all()                      # the sample is seeded
+
+
+def test_map_core_calls_scale_to_20000_models():
+    """Clusters, the lineage check and a model's closest models on 20,000 models: the scalable paths (sampled
+    silhouettes, neighbours block by block) in seconds, not the n x n matrices (3.2 GB at this size)."""
+    import time
+
+    from core.projection import lineage_disagreements
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(5, 32))
+    y = rng.integers(0, 5, size=20_000)
+    X = (centres[y] + 0.5 * rng.normal(size=(len(y), 32))).astype(np.float32)
+    start = time.perf_counter()
+    groups = Clusterer(k_range=(2, 6)).fit(X)
+    near = nearest_neighbours(X, 0, 8)
+    odd = lineage_disagreements(pd.DataFrame({"name": np.arange(len(y)).astype(str), "dataset": y.astype(str)}),
+                                X, "dataset", k=5)
+    assert time.perf_counter() - start < 120                              # ~10-20 s on 2 busy cores, 1 thread
+    assert groups.n_clusters_ == 5 and len(groups.sample_) == 4000 and groups.silhouette_ > 0.5
+    assert len(near) == 8 and all(y[i] == y[0] for i, _ in near)
+    assert len(odd) == 0                                                  # every model agrees with its neighbours
