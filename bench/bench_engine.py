@@ -8,7 +8,7 @@ its own:
   * engine: ``embed_catalog`` with a cold cache (and again with a warm one), in the race dtype (bf16 on a GPU, fp32
             on the CPU) and once more in the other one: the bf16 vectors are held to the fp32 ones (cosine >= 0.999);
   * naive:  the released reference code's way: per model, load the base and the model afresh and run one probe at
-            a time (``core.activations.reference_delta``, same device and dtype as the race), base activations
+            a time (``core.engine.activations.reference_delta``, same device and dtype as the race), base activations
             recomputed for every model; on big pools timed on a subset (``--naive-models``) and scaled per kind.
 Prints wall time, models per second, the speed ratio, peak memory (RSS high-water mark; CUDA peak allocation on a
 GPU), the agreement of engine and naive vectors and the bf16-vs-fp32 check; ``--json OUT`` writes the figures.
@@ -127,7 +127,7 @@ def write_random_adapter(folder: Path, shapes: dict[str, tuple[int, int]], base:
     from peft import LoraConfig
     from safetensors.torch import save_file
 
-    from core.train import LORA_TARGETS
+    from core.reuse.train import LORA_TARGETS
 
     tensors = {}
     for name, (d_in, d_out) in shapes.items():
@@ -144,11 +144,11 @@ def build_pool(root: Path, shape: dict, device, weights_dtype) -> Pool:
     memory at a time: the base, built on ``device``; each full model is that same model perturbed in place."""
     import torch
 
-    from core.catalog import write_catalog
-    from core.device import dtype_name
-    from core.loading import quiet_transformers
-    from core.tinylm import count_parameters, train_tokenizer
-    from core.train import LORA_TARGETS
+    from core.engine.device import dtype_name
+    from core.engine.loading import quiet_transformers
+    from core.pool.catalog import write_catalog
+    from core.reuse.train import LORA_TARGETS
+    from core.zoo.tinylm import count_parameters, train_tokenizer
 
     quiet_transformers()
     tokenizer = train_tokenizer(SENTENCES * 50, shape["vocab"])
@@ -183,7 +183,7 @@ def build_pool(root: Path, shape: dict, device, weights_dtype) -> Pool:
 
 def reuse_pool(root: Path, shape: dict, weights_dtype) -> Pool | None:
     """The pool kept in ``root`` by an earlier run with the same sizes, if there is one."""
-    from core.device import dtype_name
+    from core.engine.device import dtype_name
 
     try:
         saved = json.loads((root / "pool.json").read_text())
@@ -229,8 +229,8 @@ def _imports(args) -> float:
     from peft import PeftModel  # noqa: F401
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM  # noqa: F401
 
-    from core import activations, engine  # noqa: F401
-    from core.loading import quiet_transformers
+    from core.engine import activations, embed  # noqa: F401
+    from core.engine.loading import quiet_transformers
 
     quiet_transformers()
     if args.device.startswith("cuda"):
@@ -241,7 +241,7 @@ def _imports(args) -> float:
 
 def phase_engine(pool: Pool, args, queue, dtype: str, warm: bool) -> None:
     idle = _imports(args)
-    from core.engine import embed_catalog
+    from core.engine.embed import embed_catalog
 
     cache = pool.root / f"cache_{dtype}"           # one cold cache per dtype: neither run reuses the other's hashes
     start = time.perf_counter()
@@ -263,9 +263,9 @@ def phase_naive(pool: Pool, args, queue, dtype: str) -> None:
     idle = _imports(args)
     import torch
 
-    from core.activations import reference_delta
-    from core.device import DTYPES
-    from core.probes import DEFAULT_PROBES
+    from core.engine.activations import reference_delta
+    from core.engine.device import DTYPES
+    from core.engine.probes import DEFAULT_PROBES
 
     vectors, seconds = {}, {"lora": [], "full": []}
     for name, (folder, kind) in naive_subset(pool, args.naive_models).items():
@@ -373,7 +373,7 @@ def main() -> None:
 
     import torch
 
-    from core.device import DTYPES, dtype_name, pick_device, pick_dtype
+    from core.engine.device import DTYPES, dtype_name, pick_device, pick_dtype
 
     shape = resolve_preset(args)
     args.adapter_batch, args.naive_models = shape["adapter_batch"], shape["naive_models"]
@@ -479,8 +479,8 @@ def main() -> None:
 def _probe_lengths(pool: Pool) -> list[int]:
     from transformers import AutoTokenizer
 
-    from core.activations import tokenize
-    from core.probes import DEFAULT_PROBES
+    from core.engine.activations import tokenize
+    from core.engine.probes import DEFAULT_PROBES
 
     return [len(ids) for ids in tokenize(AutoTokenizer.from_pretrained(pool.base), DEFAULT_PROBES)]
 

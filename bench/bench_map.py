@@ -51,8 +51,8 @@ def synthetic_pool(folder: Path, n: int, dim: int, seed: int = 0) -> Path:
     import numpy as np
     import pandas as pd
 
-    from core.catalog import write_catalog
-    from core.vectors import make_table, write_vectors
+    from core.engine.vectors import make_table, write_vectors
+    from core.pool.catalog import write_catalog
 
     rng = np.random.default_rng(seed)
     n_sets = len(DOMAINS) * DATASETS_PER_DOMAIN
@@ -116,7 +116,7 @@ def child_core(catalog: str) -> dict:
     import numpy as np
     import plotly.io as pio
 
-    from core.vectors import matrix, read_vectors
+    from core.engine.vectors import matrix, read_vectors
 
     steps = {}
 
@@ -126,8 +126,15 @@ def child_core(catalog: str) -> dict:
         steps[name] = time.perf_counter() - start
         return out
 
-    from core.projection import (Clusterer, Projector, label_silhouette, lineage_disagreements, map_quality,
-                                 nearest_neighbours, warm_up)
+    from core.map.projection import (
+        Clusterer,
+        Projector,
+        label_silhouette,
+        lineage_disagreements,
+        map_quality,
+        nearest_neighbours,
+        warm_up,
+    )
 
     table = timed("read vectors", lambda: read_vectors(Path(catalog).with_name("vectors.parquet")))
     X = timed("stack matrix", lambda: matrix(table))

@@ -48,10 +48,10 @@ def build_pool(root: Path, args) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from core.catalog import write_catalog
-    from core.loading import quiet_transformers
-    from core.tinylm import BaseShape, count_parameters, init_base, save_model, train_tokenizer
-    from core.train import LORA_TARGETS
+    from core.engine.loading import quiet_transformers
+    from core.pool.catalog import write_catalog
+    from core.reuse.train import LORA_TARGETS
+    from core.zoo.tinylm import BaseShape, count_parameters, init_base, save_model, train_tokenizer
 
     quiet_transformers()
     tokenizer = train_tokenizer(SENTENCES * 50, args.vocab)
@@ -125,8 +125,8 @@ def phase_single(pool, args, queue) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from core.engine import embed_catalog
-    from core.loading import quiet_transformers
+    from core.engine.embed import embed_catalog
+    from core.engine.loading import quiet_transformers
 
     quiet_transformers()
     cache = Path(args.scratch) / f"cache-single-{args.threads}"
@@ -140,7 +140,7 @@ def phase_single(pool, args, queue) -> None:
 
 def time_ray(pool, args, workers: int) -> dict:
     """embed_catalog_ray on the running local instance, cold cache: (start-up, embedding, total) seconds."""
-    from core.ray_embed import embed_catalog_ray
+    from core.engine.ray_embed import embed_catalog_ray
 
     marks, poller = [], WorkerCpu()
     poller.start()

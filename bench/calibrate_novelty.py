@@ -1,4 +1,4 @@
-"""Choose the "no close match" quantile (core/novelty.py) from eval_find results, without searching again.
+"""Choose the "no close match" quantile (core/reuse/novelty.py) from eval_find results, without searching again.
 
 Each eval_find row keeps the task's similarity to every pool model, so the rule can be replayed for any quantile.
 Run it on the *calibration* results (held-out rows of the datasets plus the off-domain tasks made from pretrain/),
@@ -22,10 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from core.novelty import CloseMatchRule  # noqa: E402
-from core.task import DEMO_CATALOG, pool_vectors  # noqa: E402
-from core.catalog import read_catalog  # noqa: E402
-from core.vectors import matrix  # noqa: E402
+from core.engine.vectors import matrix  # noqa: E402
+from core.pool.catalog import read_catalog  # noqa: E402
+from core.reuse.novelty import CloseMatchRule  # noqa: E402
+from core.reuse.task import DEMO_CATALOG, pool_vectors  # noqa: E402
 
 QUANTILES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.86, 0.87, 0.88, 0.89, 0.9, 0.95)
 
@@ -88,7 +88,7 @@ def write_summary(path: Path, vectors: np.ndarray, calibration: list[dict], chec
     """eval_find's counts with the verdicts of the pool's rule (the runs may have used another quantile)."""
     from eval_find import summary
 
-    from core.novelty import load_rule
+    from core.reuse.novelty import load_rule
 
     rule = load_rule(settings if settings and settings.is_file() else None).fit(vectors)
     out = {}

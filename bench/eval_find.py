@@ -1,6 +1,6 @@
 """Measure task search on the demo zoo with held-out tasks.
 
-For every dataset of ../shared/datasets that ``core.demo_data`` knows, a few tasks of N examples are drawn from the
+For every dataset of ../shared/datasets that ``core.zoo.demo_data`` knows, a few tasks of N examples are drawn from the
 part the pool never trained on (``held_out``); each task is embedded (few-shot LoRA + Delta Activations) and the
 pool ranked. Printed per domain: how often the top-1 model is in the task's domain, how often the majority (3 of
 5) of the top 5 are, how often the best *domain group* (mean similarity of the domain's models) is right, and
@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore", category=FutureWarning)   # transformers' deprecation notes inside PEFT
 
-from core.catalog import read_catalog  # noqa: E402
-from core.task import DEMO_CATALOG, TASK_STEPS, find_models, pool_vectors  # noqa: E402
+from core.pool.catalog import read_catalog  # noqa: E402
+from core.reuse.task import DEMO_CATALOG, TASK_STEPS, find_models, pool_vectors  # noqa: E402
 
 
 def in_domain(label: str, domain: str) -> bool:
@@ -41,7 +41,7 @@ def in_domain(label: str, domain: str) -> bool:
 
 def held_out_tasks(data_dir: Path, per_dataset: int, n_examples: int, seed: int, only: list[str] | None = None):
     """(dataset, domain, examples) tuples: disjoint slices of each dataset's held-out part, in a seeded order."""
-    from core import demo_data
+    from core.zoo import demo_data
 
     tasks = []
     for key, info in demo_data.DATASETS.items():
@@ -62,7 +62,7 @@ OOD_DIR = ROOT / "bench" / "ood_tasks"
 
 def ood_tasks(folder: Path = OOD_DIR, only: list[str] | None = None):
     """(task name, domain, examples) for every ``<domain>-<slug>.jsonl`` file; ``off-*`` files are off-domain."""
-    from core.examples import load_examples
+    from core.reuse.examples import load_examples
 
     tasks = []
     for path in sorted(folder.glob("*.jsonl")):
@@ -74,7 +74,7 @@ def ood_tasks(folder: Path = OOD_DIR, only: list[str] | None = None):
 
 
 def off_domain_tasks(data_dir: Path, n_examples: int, seed: int):
-    from core import demo_data
+    from core.zoo import demo_data
 
     return [(f"off-{name}", "off", examples) for name, examples in
             demo_data.off_domain_tasks(data_dir, n_examples, seed).items()]

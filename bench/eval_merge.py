@@ -24,13 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore", category=FutureWarning)   # transformers' deprecation notes inside PEFT
 
-from core.catalog import read_catalog  # noqa: E402
-from core.task import DEMO_CATALOG, TASK_STEPS, find_models  # noqa: E402
+from core.pool.catalog import read_catalog  # noqa: E402
+from core.reuse.task import DEMO_CATALOG, TASK_STEPS, find_models  # noqa: E402
 
 
 def candidates(catalog) -> list[str]:
     """LoRA adapters of the pool's most common rank, in catalog order."""
-    from core.loading import detect_kind, read_json, resolve_source
+    from core.engine.loading import detect_kind, read_json, resolve_source
 
     ranks = {}
     for entry in catalog:
@@ -46,7 +46,7 @@ def candidates(catalog) -> list[str]:
 
 
 def tasks_for(data_dir: Path, per_dataset: int, n_fit: int, n_eval: int, seed: int, only: list[str]):
-    from core import demo_data
+    from core.zoo import demo_data
 
     tasks = []
     for key, info in demo_data.DATASETS.items():
@@ -66,8 +66,8 @@ def heldout_loss(catalog, adapter_dir: Path | None, examples) -> float:
     import torch
     from peft import PeftModel
 
-    from core.loading import load_model, resolve_source
-    from core.train import example_loss
+    from core.engine.loading import load_model, resolve_source
+    from core.reuse.train import example_loss
 
     model, tokenizer = load_model(resolve_source(catalog.entries[0].base), "cpu", torch.float32)
     if adapter_dir is not None:
@@ -76,7 +76,7 @@ def heldout_loss(catalog, adapter_dir: Path | None, examples) -> float:
 
 
 def merged_loss(catalog, names, vector, fit, held, args) -> float:
-    from core.merge import merge_adapters
+    from core.reuse.merge import merge_adapters
 
     with tempfile.TemporaryDirectory(prefix="eval-merge-") as tmp:
         out = Path(tmp) / "merged"

@@ -734,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, default=20, help="map sessions (open the map, click a point)")
     parser.add_argument("--searches", type=int, default=3, help="task searches on the Find page, at the same time")
     parser.add_argument("--steps", type=int, default=None, help="finetuning steps of each search (default: the "
-                        "page's default, core.task.TASK_STEPS)")
+                        "page's default, core.reuse.task.TASK_STEPS)")
     parser.add_argument("--warmup-steps", type=int, default=2, help="steps of the untimed warm-up search")
     parser.add_argument("--port", type=int, default=None, help="the measured server's port (default: a free one)")
     parser.add_argument("--max-seconds", type=float, default=900, help="hard limit for the whole run: the server "
@@ -753,7 +753,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps is None:
         sys.path.insert(0, str(ROOT))
-        from core.task import TASK_STEPS
+        from core.reuse.task import TASK_STEPS
 
         args.steps = TASK_STEPS
     if any("=" not in option for option in args.st):

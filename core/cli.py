@@ -10,18 +10,18 @@ import importlib
 import logging
 import sys
 
-from .errors import DeltaAtlasError
+from core.errors import DeltaAtlasError
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "embed": ("core.engine_cli", "compute the Delta Activations of every model in a catalog"),
-    "catalog": ("core.hub_catalog", "write a catalog of a base model's adapters and finetunes on the Hugging Face Hub"),
-    "prepare-base": ("core.bases", "make a built-in base model ready (one-time conversion into the cache)"),
-    "build-demo": ("core.demo_build", "train the built-in demo zoo from the datasets folder"),
-    "report": ("core.report", "measure a pool: clustering against baselines, additivity, robustness"),
-    "map": ("core.projection", "project a vector file to 2-D and cluster it"),
-    "find": ("core.task", "find the models that fit a task, from a few examples"),
-    "merge": ("core.merge", "merge adapters for a task and evaluate the result"),
+    "embed": ("core.engine.cli", "compute the Delta Activations of every model in a catalog"),
+    "catalog": ("core.pool.hub_catalog", "write a catalog of a base model's adapters and finetunes on the Hugging Face Hub"),
+    "prepare-base": ("core.zoo.bases", "make a built-in base model ready (one-time conversion into the cache)"),
+    "build-demo": ("core.zoo.demo_build", "train the built-in demo zoo from the datasets folder"),
+    "report": ("core.map.report", "measure a pool: clustering against baselines, additivity, robustness"),
+    "map": ("core.map.projection", "project a vector file to 2-D and cluster it"),
+    "find": ("core.reuse.task", "find the models that fit a task, from a few examples"),
+    "merge": ("core.reuse.merge", "merge adapters for a task and evaluate the result"),
 }
 
 

@@ -24,8 +24,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import DeltaAtlasError
-from .progress import Progress
+from core.errors import DeltaAtlasError
+from core.progress import Progress
 
 log = logging.getLogger(__name__)
 

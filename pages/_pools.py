@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.catalog import Catalog, read_catalog
+from core.engine.vectors import label_columns, matrix, read_vectors
 from core.errors import DeltaAtlasError
-from core.userpool import UserPool
-from core.vectors import label_columns, matrix, read_vectors
+from core.pool.catalog import Catalog, read_catalog
+from core.pool.userpool import UserPool
 
 log = logging.getLogger("delta_atlas.app")
 
@@ -58,7 +58,7 @@ def user_pool() -> UserPool:
 
 def vectors_path_for(catalog_path: Path) -> Path:
     """Where a catalog's vectors live: ``catalog.csv`` -> ``vectors.parquet``, ``pool.csv`` -> ``pool.vectors.parquet``
-    (same folder); an existing file named as ``core.task`` looks for them wins."""
+    (same folder); an existing file named as ``core.reuse.task`` looks for them wins."""
     folder, stem = catalog_path.parent, catalog_path.stem
     default = folder / ("vectors.parquet" if stem == "catalog" else f"{stem}.vectors.parquet")
     candidates = [default, folder / f"{stem}_vectors.parquet", folder / f"{stem}.parquet", folder / "vectors.parquet"]
@@ -136,7 +136,7 @@ class PoolData:
 
     @property
     def table(self) -> pd.DataFrame:
-        """A vector table (core.vectors format) of these models, for core calls that take one."""
+        """A vector table (core.engine.vectors format) of these models, for core calls that take one."""
         out = self.frame.drop(columns=["origin"]).copy()
         out.insert(1, "vector", list(self.X))
         return out
@@ -215,7 +215,7 @@ MAP_SETTINGS_KEY = "map_settings"  # a copy of the Map page's choices that outli
 MAP_DEFAULTS = {"layout": "UMAP", "neighbours": "auto", "seed": 0}
 QUALITY_SAMPLE = 2000  # models the map-quality measure looks at, at most
 SPREAD_UP_TO, SPREAD_MIN_DIST = 500, 0.5  # UMAP's min_dist for pools up to this size (0.1 above)
-CLUSTERS_VERSION = "v2"  # in the clusters' disk-cache name: bump when core.projection.Clusterer changes its answer
+CLUSTERS_VERSION = "v2"  # in the clusters' disk-cache name: bump when core.map.projection.Clusterer changes its answer
 
 
 def map_settings() -> dict:
@@ -224,7 +224,7 @@ def map_settings() -> dict:
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _projector(key: str, method: str, n_neighbors: int | None, min_dist: float, seed: int, _X: np.ndarray):
-    from core.projection import Projector
+    from core.map.projection import Projector
 
     return Projector(method=method, n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed).fit(_X)
 
@@ -245,13 +245,13 @@ def _layout_args(data: PoolData, settings: dict) -> tuple[str, int | None, float
 
 def _disk_file(name: str) -> Path:
     """Where a map result of a pool is kept across restarts (``$DELTA_ATLAS_CACHE/maps``)."""
-    from core.cache import default_cache_dir
+    from core.engine.cache import default_cache_dir
 
     return default_cache_dir() / "maps" / name
 
 
 def _keep_on_disk(path: Path, data: bytes) -> None:
-    from core.cache import atomic_write
+    from core.engine.cache import atomic_write
 
     try:
         atomic_write(path, data)
@@ -303,7 +303,7 @@ def map_embedding(data: PoolData, settings: dict | None = None) -> np.ndarray:
 def _clusters(key: str, k: str | int, digest: str, _X: np.ndarray) -> tuple[np.ndarray, int, float]:
     """Cluster labels, number of clusters and silhouette; kept on disk by the vectors' content (a pool of 50,000
     models takes ~5-10 s to cluster)."""
-    from core.projection import Clusterer
+    from core.map.projection import Clusterer
 
     path = _disk_file(f"{digest}-clusters-{k}-{CLUSTERS_VERSION}.npz") if digest else None
     if path is not None and path.is_file():
@@ -331,7 +331,7 @@ def clusters(data: PoolData, k: str | int = "auto") -> tuple[list[str], int, flo
 @st.cache_data(show_spinner=False, max_entries=32)
 def _quality(key: str, layout: tuple, digest: str, _X: np.ndarray, _embedding: np.ndarray) -> tuple[dict, str]:
     """The map's faithfulness, in numbers and words; kept on disk beside the map's points."""
-    from core.projection import describe_quality, map_quality
+    from core.map.projection import describe_quality, map_quality
 
     def measure() -> list:
         X, embedding, note = _X, _embedding, ""
@@ -355,7 +355,7 @@ def quality(data: PoolData, embedding: np.ndarray, settings: dict) -> tuple[dict
 def _label_silhouette(key: str, column: str, digest: str, _X: np.ndarray, _values: np.ndarray) -> float | None:
     """The silhouette of one label column (on a sample of big pools); kept on disk by the vectors' content and the
     labels."""
-    from core.projection import label_silhouette
+    from core.map.projection import label_silhouette
 
     def measure() -> float | None:
         rows = np.flatnonzero(_values != "")
@@ -393,7 +393,7 @@ LINEAGE_NEIGHBOURS = 5
 def _lineage(key: str, column: str, k: int, digest: str, _frame: pd.DataFrame, _X: np.ndarray) -> pd.DataFrame:
     """The lineage check; kept on disk by the vectors' content and the declared values (it finds every model's
     nearest neighbours: ~15-40 s for 50,000 models on 2 cores)."""
-    from core.projection import lineage_disagreements
+    from core.map.projection import lineage_disagreements
 
     labels = _labels_digest(column, _frame[column].astype(str).tolist(), k)
     path = _disk_file(f"{digest}-lineage-{labels}.parquet") if digest else None

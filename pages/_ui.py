@@ -121,7 +121,7 @@ def warm_up_in_background() -> threading.Thread:
     that needs a fresh projection does not wait for them (the map itself may come from the disk cache)."""
     def work() -> None:
         try:
-            from core.projection import warm_up
+            from core.map.projection import warm_up
 
             log.info("UMAP ready after %.1f s of compiling", warm_up())
         except Exception:  # noqa: BLE001 - only a head start: the first real map compiles it anyway
@@ -134,7 +134,7 @@ def warm_up_in_background() -> threading.Thread:
 
 @st.cache_resource(show_spinner=False)
 def device_label() -> str:
-    from core.device import pick_device  # imports torch: once per process
+    from core.engine.device import pick_device  # imports torch: once per process
 
     device = pick_device(None)
     return {"cpu": "CPU", "cuda": "NVIDIA GPU (CUDA)", "mps": "Apple GPU (MPS)"}.get(device.type, str(device))
@@ -182,9 +182,9 @@ def job_queue() -> JobQueue:
 
 @st.cache_resource(show_spinner=False)
 def shared_models():
-    """Each base loaded once per server process and lent to one job at a time (``core.shared``); never mutated:
+    """Each base loaded once per server process and lent to one job at a time (``core.engine.shared``); never mutated:
     a task search or a merge trains or wraps a private copy."""
-    from core.shared import SharedModels  # imports torch: not for the map
+    from core.engine.shared import SharedModels  # imports torch: not for the map
 
     return SharedModels()
 
@@ -328,7 +328,7 @@ FORMAT_HELP = """One example per line in a **.jsonl** file, e.g.
 
 @st.cache_data(show_spinner=False)
 def _sample_examples(path: str, mtime: int) -> list:
-    from core.examples import load_examples
+    from core.reuse.examples import load_examples
 
     return load_examples(path)
 
@@ -336,7 +336,10 @@ def _sample_examples(path: str, mtime: int) -> list:
 def examples_picker(prefix: str, last_task: dict | None = None) -> tuple[str, list]:
     """Pick examples from the last task search, a sample task or an upload: (title, examples). Problems with an
     upload are shown under it; the examples are then empty."""
-    from core.examples import parse_examples, sample_tasks  # imports torch (through core.train): not for the map
+    from core.reuse.examples import (  # imports torch (through core.reuse.train): not for the map
+        parse_examples,
+        sample_tasks,
+    )
 
     sources = [*([LAST_TASK] if last_task else []), SAMPLE, UPLOAD]
     source = st.radio("Examples", sources, horizontal=True, key=f"{prefix}_source")

@@ -11,8 +11,8 @@ if ROOT not in sys.path:  # the page runs on its own too (AppTest.from_file, str
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from core import userpool  # noqa: E402
 from core.errors import DeltaAtlasError  # noqa: E402
+from core.pool import userpool  # noqa: E402
 from pages import _pools as pools  # noqa: E402
 from pages import _ui as ui  # noqa: E402
 

@@ -44,14 +44,14 @@ def main() -> None:
 
 
 def default_steps() -> int:
-    from core.task import TASK_STEPS
+    from core.reuse.task import TASK_STEPS
 
     return TASK_STEPS
 
 
 def search(pool: pools.Pool, data: pools.PoolData, title: str, examples: list, steps: int) -> None:
     """Queue the search on the pool's base; the page follows it (and finds it again after a reload)."""
-    from core.task import find_models
+    from core.reuse.task import find_models
 
     catalog = pools.combined_catalog(pool, data)
     projector = pools.projector(data)

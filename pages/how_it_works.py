@@ -33,7 +33,7 @@ def load_report(path: str, mtime: int) -> dict:
 @st.cache_data(show_spinner=False)
 def quick_report(catalog: str, vectors: str, mtimes: tuple) -> dict:
     """The report of a pool without the baselines (those need every model's weights): seconds, not minutes."""
-    from core.report import build_report
+    from core.map.report import build_report
 
     return build_report(catalog, vectors, baselines=False)
 
@@ -194,7 +194,7 @@ def robustness(report: dict) -> None:
 
 def base_description(base: str) -> str:
     """A built-in base's own line, or the figures of a base pretrained here (its pretraining.json)."""
-    from core.bases import BUILTINS, is_builtin
+    from core.zoo.bases import BUILTINS, is_builtin
 
     name = base.split(":", 1)[-1]
     if is_builtin(base) and name in BUILTINS:

@@ -160,7 +160,7 @@ def details(pool: pools.Pool, data: pools.PoolData, selected: list[str], labels:
 
 
 def one_model(pool: pools.Pool, data: pools.PoolData, name: str, labels: list[str]) -> None:
-    from core.projection import nearest_neighbours
+    from core.map.projection import nearest_neighbours
 
     frame = data.frame
     index = int(np.flatnonzero(frame["name"].to_numpy() == name)[0])
@@ -270,7 +270,7 @@ def png_export_available() -> bool:
 
 
 def vector_bytes(data: pools.PoolData, suffix: str) -> bytes:
-    from core.vectors import write_vectors
+    from core.engine.vectors import write_vectors
 
     with tempfile.TemporaryDirectory() as tmp:
         path = write_vectors(data.table, Path(tmp) / f"vectors{suffix}")
@@ -310,8 +310,8 @@ def embed_command(pool: pools.Pool, lines: bool = False) -> str:
 
 def embed_pool(pool: pools.Pool, data: pools.PoolData) -> None:
     """Queue the measuring of every model of the pool (the vectors are written beside its catalog)."""
-    from core.engine import embed_catalog
-    from core.vectors import write_vectors
+    from core.engine.embed import embed_catalog
+    from core.engine.vectors import write_vectors
 
     catalog, models = pools.catalog_of(pool), ui.shared_models()
 

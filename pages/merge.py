@@ -79,7 +79,7 @@ def choose_adapters(pool: pools.Pool, adapters: list[str]) -> list[str]:
 
 
 def choose_method(names: list[str]) -> tuple[str, str | list[float], int]:
-    from core.merge import METHODS, SEARCH_BUDGET
+    from core.reuse.merge import METHODS, SEARCH_BUDGET
 
     left, right = st.columns(2)
     method = left.selectbox("Method", list(METHODS), index=list(METHODS).index("ties"), key="merge_method",
@@ -98,7 +98,7 @@ def choose_method(names: list[str]) -> tuple[str, str | list[float], int]:
 
 def run(pool, data, catalog, names, method, weights, budget, title, examples, task_vector) -> None:
     """Queue the merge on the pool's base (into a temporary folder, offered for download afterwards)."""
-    from core.merge import merge_adapters
+    from core.reuse.merge import merge_adapters
 
     out_dir = Path(tempfile.mkdtemp(prefix="delta-atlas-merge-")) / "merged-adapter"
     vectors, models = data.core_vectors, ui.shared_models()

@@ -28,7 +28,7 @@ TINY_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, nu
 
 
 def make_base(out_dir: Path, seed: int = 0, vocab_size: int = 320, **shape) -> Path:
-    from core.tinylm import BaseShape, init_base, save_model, train_tokenizer
+    from core.zoo.tinylm import BaseShape, init_base, save_model, train_tokenizer
 
     tokenizer = train_tokenizer(SENTENCES * 20, vocab_size)
     model = init_base(tokenizer, BaseShape(**{**TINY_SHAPE, **shape}), seed=seed)

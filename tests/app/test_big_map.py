@@ -78,8 +78,8 @@ def test_hover_fields():
 
 
 def write_pool(folder, n: int = N):
-    from core.catalog import write_catalog
-    from core.vectors import make_table, write_vectors
+    from core.engine.vectors import make_table, write_vectors
+    from core.pool.catalog import write_catalog
 
     frame, vectors, _ = big_frame(n)
     rows = [{"name": r["name"], "source": f"./models/{r['name']}", "kind": "lora", "base": "./base",
@@ -122,7 +122,7 @@ def test_slow_map_results_are_kept_on_disk(big_env, monkeypatch):
     cleared) without being computed again."""
     import streamlit as st
 
-    import core.projection as projection
+    import core.map.projection as projection
     from pages import _pools as pools
 
     pool = pools.Pool(big_env / "pool" / "catalog.csv", big_env / "pool" / "vectors.parquet", "big")

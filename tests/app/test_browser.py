@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from core.pool.catalog import read_catalog
 from tests.app.conftest import ROOT
-from core.catalog import read_catalog
 
 DEMO = ROOT / "data" / "demo" / "catalog.csv"
 

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from bench.bench_engine import PRESETS, random_base
-from core.activations import reference_delta
-from core.probes import DEFAULT_PROBES
-from core.tinylm import count_parameters, train_tokenizer
+from core.engine.activations import reference_delta
+from core.engine.probes import DEFAULT_PROBES
+from core.zoo.tinylm import count_parameters, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 PRESET = "llama-8b-shape-tiny"

@@ -5,12 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.activations import AdapterHost, _reference_states, last_token_states, reference_delta
+from core.engine.activations import AdapterHost, _reference_states, last_token_states, reference_delta
+from core.engine.loading import load_model
+from core.engine.probes import DEFAULT_PROBES
 from core.errors import ComputationError
-from core.loading import load_model
-from core.probes import DEFAULT_PROBES
-
-
 
 LONG = "Below is an instruction. " * 12 + "Write a long response that appropriately completes the request."
 

@@ -28,15 +28,16 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from core import examples, userpool
-from core.catalog import Source, hub_id_problem, parse_source, read_catalog, write_catalog
+from core.engine.probes import MAX_PROBES, load_probes
+from core.engine.vectors import make_table, read_vectors, write_vectors
 from core.errors import DeltaAtlasError
-from core.examples import MAX_EXAMPLES, load_examples, parse_examples
-from core.merge import plan_merge, replay_recipe
-from core.probes import MAX_PROBES, load_probes
+from core.pool import userpool
+from core.pool.catalog import Source, hub_id_problem, parse_source, read_catalog, write_catalog
+from core.pool.userpool import UserPool, check_local_path
+from core.reuse import examples
+from core.reuse.examples import MAX_EXAMPLES, load_examples, parse_examples
+from core.reuse.merge import plan_merge, replay_recipe
 from core.textio import FORMULA_START, NUMBER
-from core.userpool import UserPool, check_local_path
-from core.vectors import make_table, read_vectors, write_vectors
 from tests.core.test_userpool import GOOD, fake_embed, model_folder, zip_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -542,7 +543,7 @@ def test_formula_cells_are_neutralised_in_every_csv_written(tmp_path, formula):
 def test_projection_points_csv_is_neutralised(tmp_path):
     from argparse import Namespace
 
-    from core.projection import main
+    from core.map.projection import main
 
     names = ["=1+1", "@x", "plain", "-y", "+z", "q"]
     table = make_table(names, [[float(i), float(i % 2), 1.0] for i in range(len(names))])

@@ -9,11 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import core.baselines as baselines
-from tests.conftest import write_catalog
-from core.baselines import Tensors, compute_baselines, lora_delta, read_lora
+import core.map.baselines as baselines
 from core.errors import DeltaAtlasError
-
+from core.map.baselines import Tensors, compute_baselines, lora_delta, read_lora
+from tests.conftest import write_catalog
 
 
 def merged_delta(base_dir, adapter_dir, module: str) -> torch.Tensor:
@@ -110,7 +109,7 @@ def test_refuses_pools_it_cannot_compare(tiny_pool, tmp_path):
 def test_embed_answers_means_the_answer_tokens_only(tiny_pool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from core.baselines import embed_answers
+    from core.map.baselines import embed_answers
 
     base = AutoModelForCausalLM.from_pretrained(tiny_pool["base"]).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_pool["base"])

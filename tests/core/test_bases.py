@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from core import bases
-from core.catalog import parse_source
 from core.errors import ModelSourceError
+from core.pool.catalog import parse_source
+from core.zoo import bases
 
 FAKE = "builtin:fake-base"
 
@@ -90,13 +90,13 @@ def test_a_conversion_cut_off_mid_write_leaves_no_finished_folder_and_is_redone(
     assert not folder.exists() and not list(folder.parent.glob(".tmp-*"))
     assert bases.ensure_base(FAKE) == folder
     assert (folder / bases.DONE_FILE).is_file() and (folder / "config.json").is_file()
-    from core.cache import sha256_file
+    from core.engine.cache import sha256_file
 
     assert json.loads((folder / bases.DONE_FILE).read_text())["sha256"] == sha256_file(convertible / "model.gguf")
 
 
 def test_the_engine_resolves_a_builtin_base(convertible):
-    from core.loading import resolve_source
+    from core.engine.loading import resolve_source
 
     assert resolve_source(parse_source(FAKE)) == bases.base_folder(FAKE)
 

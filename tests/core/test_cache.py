@@ -9,8 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-import core.cache as cache_module
-from core.cache import FileHasher, VectorCache, content_key, default_cache_dir, entry_key
+import core.engine.cache as cache_module
+from core.engine.cache import FileHasher, VectorCache, content_key, default_cache_dir, entry_key
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_corrupt_entry_is_detected_logged_and_removed(cache, caplog, damage):
     else:
         entry = json.loads(text)
         path.write_text(json.dumps({**entry, "key": entry_key(model="n")}))
-    with caplog.at_level(logging.WARNING, logger="core.cache"):
+    with caplog.at_level(logging.WARNING, logger="core.engine.cache"):
         assert cache.get(key) is None
     assert "corrupt" in caplog.text and not path.exists()
 

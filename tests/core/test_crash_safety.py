@@ -24,9 +24,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from core.cache import VectorCache
-from core.userpool import UserPool, sweep_stale
-from core.vectors import make_table, read_vectors
+from core.engine.cache import VectorCache
+from core.engine.vectors import make_table, read_vectors
+from core.pool.userpool import UserPool, sweep_stale
 from tests.core.test_userpool import model_folder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -103,7 +103,7 @@ def absolute_catalog(tiny_pool, folder: Path) -> Path:
 
 # -- kill, rerun, compare ----------------------------------------------------------------------------------------
 def test_killed_embed_resumes_from_its_cache_to_the_same_vectors(tiny_pool, tmp_path):
-    from core.engine import embed_catalog
+    from core.engine.embed import embed_catalog
 
     catalog, out = absolute_catalog(tiny_pool, tmp_path / "pool"), tmp_path / "out.parquet"
     args = ["embed", "--catalog", str(catalog), "--out", str(out), "--adapter-batch", "1", "--device", "cpu",
@@ -119,7 +119,7 @@ def test_killed_embed_resumes_from_its_cache_to_the_same_vectors(tiny_pool, tmp_
 
 
 def test_killed_build_demo_keeps_its_finished_models_and_ends_as_an_uninterrupted_build(tmp_path):
-    from core.demo_build import ZooPlan, build_demo
+    from core.zoo.demo_build import ZooPlan, build_demo
     from tests.core.test_demo_build import write_micro_corpus
 
     data, zoo = write_micro_corpus(tmp_path / "datasets"), tmp_path / "zoo"
@@ -144,7 +144,7 @@ def test_killed_build_demo_keeps_its_finished_models_and_ends_as_an_uninterrupte
 
 
 def test_killed_merge_publishes_nothing_and_its_rerun_gives_the_same_merge(tiny_pool, tmp_path):
-    from core.merge import merge_adapters
+    from core.reuse.merge import merge_adapters
     from tests.core.test_merge import EXAMPLES
 
     catalog, out = absolute_catalog(tiny_pool, tmp_path / "pool"), tmp_path / "merged"
@@ -174,7 +174,7 @@ def test_killed_merge_publishes_nothing_and_its_rerun_gives_the_same_merge(tiny_
 
 # -- the user folder: two processes at once, stale leftovers, uploads -------------------------------------------
 def name_embed(catalog, progress=None, **kwargs):
-    """Stands in for core.engine.embed_catalog: each model's vector is made from its name."""
+    """Stands in for core.engine.embed.embed_catalog: each model's vector is made from its name."""
     vectors = [np.full(4, zlib.crc32(n.encode()) % 1000, dtype=np.float32) for n in catalog.names]
     return SimpleNamespace(table=make_table(catalog.names, np.stack(vectors), catalog.labels_frame()), failures=[])
 
@@ -236,7 +236,7 @@ def test_opening_a_pool_sweeps_what_killed_additions_left_once_it_is_stale(tmp_p
 
 def test_an_upload_gets_its_folder_name_only_with_its_catalog_row(tmp_path, monkeypatch):
     """So a kill while it is embedded leaves no model folder without a row (which would also block its name)."""
-    import core.userpool
+    import core.pool.userpool
     from tests.core.test_userpool import GOOD, zip_bytes
 
     seen = []
@@ -252,14 +252,14 @@ def test_an_upload_gets_its_folder_name_only_with_its_catalog_row(tmp_path, monk
     assert sorted(p.name for p in (pool.models_dir / "zipped").iterdir()) == [
         "README.md", "adapter_config.json", "adapter_model.safetensors"]
 
-    write_catalog = core.userpool.write_catalog
+    write_catalog = core.pool.userpool.write_catalog
 
     def full_disk(rows, path):                 # the catalog cannot be written: in the locked step, after the rename
         if Path(path) == pool.catalog_path:
             raise OSError(28, "No space left on device")
         return write_catalog(rows, path)
 
-    monkeypatch.setattr(core.userpool, "write_catalog", full_disk)
+    monkeypatch.setattr(core.pool.userpool, "write_catalog", full_disk)
     with pytest.raises(OSError, match="No space"):
         pool.add_zip(zip_bytes(GOOD), base=tmp_path, name="second")
     assert [p.name for p in pool.models_dir.iterdir()] == ["zipped"] and len(seen) == 2
@@ -268,25 +268,25 @@ def test_an_upload_gets_its_folder_name_only_with_its_catalog_row(tmp_path, monk
 
 # -- temporary folders of task search and merging, on failure ------------------------------------------------------
 def test_failed_merge_and_task_search_remove_their_temporary_folders(tiny_pool, tmp_path, monkeypatch):
-    import core.merge
-    import core.task
+    import core.reuse.merge
+    import core.reuse.task
     from tests.core.test_merge import EXAMPLES
 
     def fail(*args, **kwargs):
         raise RuntimeError("out of memory")
 
     catalog = absolute_catalog(tiny_pool, tmp_path / "pool")
-    monkeypatch.setattr(core.merge, "load_ingredients", fail)
+    monkeypatch.setattr(core.reuse.merge, "load_ingredients", fail)
     merge_dir = tmp_path / "merges"
     with pytest.raises(RuntimeError, match="out of memory"):
-        core.merge.merge_adapters(catalog, ["lora_0", "lora_1"], "linear", [1, 1], EXAMPLES, merge_dir / "m",
+        core.reuse.merge.merge_adapters(catalog, ["lora_0", "lora_1"], "linear", [1, 1], EXAMPLES, merge_dir / "m",
                                   measure=False)
     assert list(merge_dir.iterdir()) == []
-    monkeypatch.setattr(core.task, "embed_task", fail)
+    monkeypatch.setattr(core.reuse.task, "embed_task", fail)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "system-tmp"))
     (tmp_path / "system-tmp").mkdir()
     vectors = make_table(["lora_0", "lora_1"], np.ones((2, 4)))
     for keep in (None, tmp_path / "kept" / "task-adapter"):
         with pytest.raises(RuntimeError, match="out of memory"):
-            core.task.find_models(EXAMPLES, catalog, vectors=vectors, keep_adapter=keep)
+            core.reuse.task.find_models(EXAMPLES, catalog, vectors=vectors, keep_adapter=keep)
     assert list((tmp_path / "system-tmp").iterdir()) == [] and list((tmp_path / "kept").iterdir()) == []

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from core import demo_data
-from core.catalog import read_catalog
-from core.demo_build import ZooPlan, build_demo, plan_models
 from core.errors import DeltaAtlasError
+from core.pool.catalog import read_catalog
+from core.zoo import demo_data
+from core.zoo.demo_build import ZooPlan, build_demo, plan_models
 
 WORDS = "the a river city music garden morning people history market winter letter story light road".split()
 
@@ -87,7 +87,7 @@ def test_build_writes_an_embeddable_catalog(micro_zoo):
     assert {e.kind for e in catalog} == {"lora", "full"}
     figures = json.loads((micro_zoo["zoo"] / "base/pretraining.json").read_text())
     assert figures["validation_perplexity"] > 1
-    from core.vectors import matrix, read_vectors
+    from core.engine.vectors import matrix, read_vectors
 
     table = read_vectors(micro_zoo["zoo"] / "vectors.parquet")
     assert list(table["name"]) == catalog.names and matrix(table).shape[0] == len(catalog)
@@ -110,7 +110,7 @@ def test_build_is_deterministic(micro_zoo, tmp_path):
     shutil.copytree(micro_zoo["zoo"] / "base", zoo / "base")  # reuse the base, retrain one adapter
     plan = ZooPlan.micro()
     spec = next(s for s in plan_models(plan, micro_zoo["data"]) if s.name == "math-gsm8k-first")
-    from core.demo_build import train_model
+    from core.zoo.demo_build import train_model
 
     train_model(spec, zoo / "base", micro_zoo["data"], zoo / "models" / spec.name, plan, None)
     first = load_file(micro_zoo["zoo"] / "models" / spec.name / "adapter_model.safetensors")
@@ -132,8 +132,8 @@ def test_only_retrains_the_named_models_and_refuses_unknown_names(micro_zoo):
 def test_a_fresh_clone_without_the_full_models_keeps_their_shipped_vectors(micro_zoo, tmp_path):
     import shutil
 
-    from core.demo_build import embed_zoo
-    from core.vectors import read_vectors
+    from core.engine.vectors import read_vectors
+    from core.zoo.demo_build import embed_zoo
 
     zoo = tmp_path / "clone"
     shutil.copytree(micro_zoo["zoo"], zoo, ignore=shutil.ignore_patterns("full"))   # what git ships

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.demo_data import _restyle, off_domain_tasks
+from core.zoo.demo_data import _restyle, off_domain_tasks
 
 ARC_LIKE = ("Please choose the correct answer to the question: Where does rain come from?\n\nAnswer1: clouds "
             "Answer2: rocks Answer3: trees\n\nAnswer format: answer1/answer2/answer3")

@@ -10,16 +10,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import core.engine as engine
-from tests.conftest import make_base, make_lora, write_catalog
-from core.activations import reference_delta
+import core.engine.embed as engine
+from core.engine.activations import reference_delta
+from core.engine.embed import embed_adapters, embed_catalog
+from core.engine.probes import DEFAULT_PROBES
+from core.engine.vectors import matrix
 from core.errors import CatalogError, IncompatibleModelError
-from core.engine import embed_adapters, embed_catalog
-from core.probes import DEFAULT_PROBES
-from core.tinylm import train_tokenizer
-from core.vectors import matrix
-
-
+from core.zoo.tinylm import train_tokenizer
+from tests.conftest import make_base, make_lora, write_catalog
 
 
 def cosine(a, b) -> float:

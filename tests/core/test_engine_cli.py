@@ -8,11 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import write_catalog
 from core.cli import main
-from core.probes import probes_digest
-from core.vectors import read_metadata, read_vectors
-
+from core.engine.probes import probes_digest
+from core.engine.vectors import read_metadata, read_vectors
+from tests.conftest import write_catalog
 
 
 @pytest.fixture(scope="module")

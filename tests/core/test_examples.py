@@ -6,9 +6,16 @@ import json
 import pytest
 
 from core.errors import ExamplesError
-from core.examples import (MAX_EXAMPLE_CHARS, MAX_EXAMPLES, MAX_FILE_BYTES, load_examples, parse_examples,
-                           sample_domain, sample_tasks)
-from core.train import Example
+from core.reuse.examples import (
+    MAX_EXAMPLE_CHARS,
+    MAX_EXAMPLES,
+    MAX_FILE_BYTES,
+    load_examples,
+    parse_examples,
+    sample_domain,
+    sample_tasks,
+)
+from core.reuse.train import Example
 
 
 def jsonl(rows: list[dict]) -> bytes:

@@ -15,9 +15,10 @@ from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
 from huggingface_hub.hf_api import ModelInfo
 
-from core import cli, hub_catalog
-from core.catalog import read_catalog
+from core import cli
 from core.errors import DeltaAtlasError, HubError
+from core.pool import hub_catalog
+from core.pool.catalog import read_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "hub" / "llama-3.1-8b.json"

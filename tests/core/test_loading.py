@@ -9,14 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import make_base, make_lora
-from core.catalog import parse_source
+from core.engine.loading import check_adapter_fits, check_full_fits, check_kind, detect_kind, load_model, resolve_source
 from core.errors import IncompatibleModelError, ModelSourceError
-from core.loading import (check_adapter_fits, check_full_fits, check_kind, detect_kind, load_model,
-                          resolve_source)
-from core.tinylm import train_tokenizer
-
-
+from core.pool.catalog import parse_source
+from core.zoo.tinylm import train_tokenizer
+from tests.conftest import make_base, make_lora
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,18 @@ import torch
 import yaml
 
 from core.errors import MergeError
-from core.merge import (METHODS, auto_weights, check_out_dir, merge_adapters, parse_weights, plan_merge, read_recipe,
-                        replay_recipe, search_weights)
-from core.train import Example, example_loss
+from core.reuse.merge import (
+    METHODS,
+    auto_weights,
+    check_out_dir,
+    merge_adapters,
+    parse_weights,
+    plan_merge,
+    read_recipe,
+    replay_recipe,
+    search_weights,
+)
+from core.reuse.train import Example, example_loss
 
 EXAMPLES = [Example("Add two and three.", "Five."), Example("Add one and one.", "Two."),
             Example("Name a bird.", "A robin."), Example("Name a colour.", "Blue.")]
@@ -99,9 +108,9 @@ def test_out_dir_checks(tmp_path):
 
 
 def test_merge_refuses_before_any_work(pool, tmp_path, monkeypatch):
-    import core.merge
+    import core.reuse.merge
 
-    monkeypatch.setattr(core.merge, "load_ingredients", lambda *a, **k: pytest.fail("no model should load"))
+    monkeypatch.setattr(core.reuse.merge, "load_ingredients", lambda *a, **k: pytest.fail("no model should load"))
     with pytest.raises(MergeError, match="weights search tunes the weights on the task's examples"):
         merge_adapters(pool, "lora_0,lora_1", "ties", "search", None, tmp_path / "out")
     with pytest.raises(MergeError, match="weights auto weighs adapters"):
@@ -156,7 +165,7 @@ def test_merge_writes_a_loadable_adapter_recipe_and_report(pool, tiny_pool, tmp_
     model, tokenizer = load_merged(tiny_pool, out)
     assert example_loss(model, tokenizer, EXAMPLES) == pytest.approx(result.losses["merged"], rel=1e-4)
     # additivity preview: predicted = weighted sum of the ingredients' vectors, measured = the merged adapter's
-    from core.task import embed_adapter_dirs
+    from core.reuse.task import embed_adapter_dirs
 
     vectors = embed_adapter_dirs(str(tiny_pool["base"]), {"a": tiny_pool["loras"]["lora_0"],
                                                           "b": tiny_pool["loras"]["lora_1"], "m": out})
@@ -188,7 +197,7 @@ def test_search_and_auto_weights_on_tiny_adapters(pool, tiny_pool, tmp_path):
     assert found.weights == best["weights"]
     assert found.losses["merged"] == pytest.approx(best["loss"], rel=1e-4)   # the reported merge is the best found
     # auto: a task that looks exactly like lora_1 puts all the weight on lora_1
-    from core.task import embed_adapter_dirs
+    from core.reuse.task import embed_adapter_dirs
 
     task = embed_adapter_dirs(str(tiny_pool["base"]), {"t": tiny_pool["loras"]["lora_1"]})["t"]
     auto = merge_adapters(pool, ["lora_0", "lora_1"], "ties", "auto", EXAMPLES, tmp_path / "a", task_vector=task,
@@ -220,12 +229,12 @@ def test_bad_recipes(tmp_path):
 
 
 def test_failure_leaves_nothing_half_written(pool, tmp_path, monkeypatch):
-    import core.merge
+    import core.reuse.merge
 
     def fail(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(core.merge, "write_outputs", fail)
+    monkeypatch.setattr(core.reuse.merge, "write_outputs", fail)
     with pytest.raises(RuntimeError, match="disk full"):
         merge_adapters(pool, ["lora_0", "lora_1"], "linear", [1, 1], EXAMPLES, tmp_path / "out", measure=False)
     assert [p.name for p in tmp_path.iterdir() if p.name != "cache"] == []

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from core.errors import DeltaAtlasError
-from core.novelty import CloseMatchRule
-from core.projection import cosine_similarities
+from core.map.projection import cosine_similarities
+from core.reuse.novelty import CloseMatchRule
 
 
 def clustered_pool(seed: int = 0, clusters: int = 4, per: int = 5, d: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -52,7 +52,7 @@ def test_an_unfitted_rule_says_so():
 
 
 def test_a_pool_may_ship_its_own_settings(tmp_path):
-    from core.novelty import load_rule
+    from core.reuse.novelty import load_rule
 
     assert load_rule(None) == CloseMatchRule() and load_rule(tmp_path / "none.json") == CloseMatchRule()
     (tmp_path / "novelty.json").write_text('{"quantile": 0.7, "top": 2}')

@@ -9,8 +9,15 @@ import pandas as pd
 import pytest
 
 from core.errors import DeltaAtlasError
-from core.projection import (Clusterer, Projector, cosine_similarities, describe_quality, label_silhouette,
-                             map_quality, nearest_neighbours)
+from core.map.projection import (
+    Clusterer,
+    Projector,
+    cosine_similarities,
+    describe_quality,
+    label_silhouette,
+    map_quality,
+    nearest_neighbours,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -133,7 +140,7 @@ def test_map_quality_good_and_random_maps():
 
 def test_map_command(tmp_path, capsys):
     from core.cli import main
-    from core.vectors import make_table, write_vectors
+    from core.engine.vectors import make_table, write_vectors
 
     X, y = blobs(n_clusters=3, per=5)
     labels = pd.DataFrame({"name": [f"m{i}" for i in range(len(X))], "domain": [f"d{k}" for k in y],
@@ -172,8 +179,8 @@ def test_label_silhouette_leaves_out_labels_held_by_one_model():
 
 
 def test_lineage_disagreements_find_the_mislabelled_model():
-    from core.projection import lineage_disagreements
-    from core.vectors import make_table
+    from core.engine.vectors import make_table
+    from core.map.projection import lineage_disagreements
 
     X, y = blobs(n_clusters=3, per=5, dim=16)
     declared = [["gsm8k", "pubmedqa", "opc"][c] for c in y]
@@ -198,7 +205,7 @@ def test_lineage_disagreements_find_the_mislabelled_model():
 
 def test_neighbours_block_by_block_equal_the_full_matrix(monkeypatch):
     """_knn works block by block (and in float32 for cosine); it must find what the full n x n matrix finds."""
-    import core.projection as projection
+    import core.map.projection as projection
 
     X = np.random.default_rng(0).normal(size=(230, 12))
     full = 1 - cosine_similarities(X)
@@ -215,8 +222,8 @@ def test_neighbours_block_by_block_equal_the_full_matrix(monkeypatch):
 
 
 def test_lineage_disagreements_are_the_same_in_one_block_or_many(monkeypatch):
-    import core.projection as projection
-    from core.projection import lineage_disagreements
+    import core.map.projection as projection
+    from core.map.projection import lineage_disagreements
 
     X, y = blobs(n_clusters=4, per=60, dim=24, spread=0.05)
     rng = np.random.default_rng(3)
@@ -254,7 +261,7 @@ def test_map_core_calls_scale_to_20000_models():
     silhouettes, neighbours block by block) in seconds, not the n x n matrices (3.2 GB at this size)."""
     import time
 
-    from core.projection import lineage_disagreements
+    from core.map.projection import lineage_disagreements
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(5, 32))

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import write_catalog
 from core.cli import main
+from core.engine.vectors import make_table, write_vectors
 from core.errors import DeltaAtlasError
-from core.report import build_report, format_report, loo_accuracy, silhouette
-from core.vectors import make_table, write_vectors
+from core.map.report import build_report, format_report, loo_accuracy, silhouette
+from tests.conftest import write_catalog
 
 DOMAINS = {"legal": "legalbench", "math": "gsm8k", "medical": "pubmedqa", "commonsense": "hellaswag", "coding": "mbpp"}
 

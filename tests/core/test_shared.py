@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from core.engine import embed_catalog
-from core.shared import SharedModels, leftover
-from core.train import Example
+from core.engine.embed import embed_catalog
+from core.engine.shared import SharedModels, leftover
+from core.reuse.train import Example
 
 EXAMPLES = [Example("Add two and three.", "Five."), Example("Add one and one.", "Two."),
             Example("Add four and four.", "Eight."), Example("Add two and two.", "Four.")]
@@ -98,8 +98,8 @@ def test_engine_with_a_shared_base_matches_its_own_load(tiny_pool, tmp_path):
 
 
 def test_task_search_and_merge_with_a_shared_base(tiny_pool, tmp_path):
-    from core.merge import merge_adapters
-    from core.task import find_models
+    from core.reuse.merge import merge_adapters
+    from core.reuse.task import find_models
 
     models = SharedModels()
     kwargs = dict(steps=2)

@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-import core.engine as engine
-from tests.conftest import make_base, make_lora
-from core.activations import AdapterHost, last_token_states, reference_delta, repeated_probe_states
+import core.engine.embed as engine
+from core.engine.activations import AdapterHost, last_token_states, reference_delta, repeated_probe_states
+from core.engine.loading import load_model
+from core.engine.probes import DEFAULT_PROBES
+from core.engine.stacked_lora import NotStackableError, read_lora, run_stacked, stacked_lora, unstackable_reason
 from core.errors import IncompatibleModelError
-from core.loading import load_model
-from core.probes import DEFAULT_PROBES
-from core.stacked_lora import NotStackableError, read_lora, run_stacked, stacked_lora, unstackable_reason
-
+from tests.conftest import make_base, make_lora
 
 
 def edit_config(src: Path, dst: Path, **changes) -> Path:

@@ -9,12 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.catalog import read_catalog
+from core.engine.vectors import make_table, matrix
 from core.errors import DeltaAtlasError, ExamplesError
-from core.task import (TaskResult, cosine_to, find_models, pool_base, pool_recipe, rank, rank_groups,
-                       vectors_file)
-from core.train import Example, Recipe
-from core.vectors import make_table, matrix
+from core.pool.catalog import read_catalog
+from core.reuse.task import TaskResult, cosine_to, find_models, pool_base, pool_recipe, rank, rank_groups, vectors_file
+from core.reuse.train import Example, Recipe
 
 EXAMPLES = [Example("Add two and three.", "Five."), Example("Add one and one.", "Two."),
             Example("Add four and four.", "Eight."), Example("Add two and two.", "Four.")]
@@ -126,7 +125,7 @@ def test_find_models_end_to_end(pool, tmp_path):
     assert [e.done for e in finetune] == list(range(1, STEPS + 1)) and all(e.loss is not None for e in finetune)
     assert len(result.losses) == STEPS
     # every pool model ranked by its cosine to the task vector, best first, with its labels
-    from core.engine import embed_catalog
+    from core.engine.embed import embed_catalog
 
     table = embed_catalog(pool).table
     expected = dict(zip(table["name"], cosine_to(result.vector.astype(np.float64), matrix(table).astype(np.float64))))
@@ -145,12 +144,12 @@ def test_find_models_end_to_end(pool, tmp_path):
 
 
 def test_find_models_checks_before_work(pool, tmp_path, monkeypatch):
-    import core.task
+    import core.reuse.task
 
     def boom(*args, **kwargs):
         raise AssertionError("no finetuning should start")
 
-    monkeypatch.setattr(core.task, "finetune_task", boom)
+    monkeypatch.setattr(core.reuse.task, "finetune_task", boom)
     with pytest.raises(ExamplesError, match="holds 1 example"):
         find_models(EXAMPLES[:1], pool)
     occupied = tmp_path / "occupied"
@@ -181,9 +180,9 @@ def test_cli_find_json(pool, tmp_path, capsys):
 
 
 def test_missing_demo_zoo_says_how_to_build_it(tmp_path, monkeypatch):
-    import core.task
+    import core.reuse.task
 
-    monkeypatch.setattr(core.task, "DEMO_CATALOG", (tmp_path / "demo" / "catalog.csv").resolve())
+    monkeypatch.setattr(core.reuse.task, "DEMO_CATALOG", (tmp_path / "demo" / "catalog.csv").resolve())
     with pytest.raises(DeltaAtlasError, match="demo zoo is not built yet.*build-demo"):
         find_models(EXAMPLES, tmp_path / "demo" / "catalog.csv")
     with pytest.raises(DeltaAtlasError, match="Catalog file .* does not exist"):
@@ -191,8 +190,7 @@ def test_missing_demo_zoo_says_how_to_build_it(tmp_path, monkeypatch):
 
 
 def test_closeness_verdict_is_calibrated_on_the_pool():
-    from core.task import judge_closeness
-
+    from core.reuse.task import judge_closeness
     from tests.core.test_novelty import clustered_pool
 
     vectors, centres = clustered_pool()

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.errors import DeltaAtlasError
-from core.train import (Example, Recipe, TopLayers, _autocast, batch_indices, collate, encode, finetune, wrap_lora)
+from core.reuse.train import Example, Recipe, TopLayers, _autocast, batch_indices, collate, encode, finetune, wrap_lora
 
 EXAMPLES = [Example("Add two and three.", "Five."), Example("Name a bird.", "A robin, which sings in the morning."),
             Example("Is the sky green?", "No."), Example("Write a function.", "def f(x): return x")]

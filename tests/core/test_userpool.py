@@ -8,14 +8,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from core import userpool
+from core.engine.vectors import make_table
 from core.errors import DeltaAtlasError, ModelSourceError, PathNotAllowedError
-from core.userpool import UserPool, allowed_roots, check_local_path, extract_zip
-from core.vectors import make_table
+from core.pool import userpool
+from core.pool.userpool import UserPool, allowed_roots, check_local_path, extract_zip
 
 
 def fake_embed(fail: bool = False):
-    """Stands in for core.engine.embed_catalog: one random vector per entry, or one failure."""
+    """Stands in for core.engine.embed.embed_catalog: one random vector per entry, or one failure."""
     calls = []
 
     def embed(catalog, progress=None, **kwargs):

@@ -6,7 +6,7 @@ id as ``source``, ``kind`` ``lora`` for an adapter (any adapter type PEFT loads)
 when the finetune's repository says it holds a PEFT adapter, so the loader decides from the files), and what the Hub
 knows of it as labels: lineage, datasets, license, author, downloads, likes, pipeline_tag, last_modified, tags.
 Nothing is downloaded; only the listing is asked for. Cells a spreadsheet would run as formulas (a tag starting with
-``=``...) are neutralised by :func:`core.catalog.write_catalog`.
+``=``...) are neutralised by :func:`core.pool.catalog.write_catalog`.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import argparse
 import re
 from pathlib import Path
 
-from .catalog import HUB_ID, write_catalog
-from .errors import HubError
+from core.errors import HubError
+from core.pool.catalog import HUB_ID, write_catalog
 
 LINEAGES = {"adapter": "lora", "finetune": "full"}  # the Hub's base_model relation -> the catalog's kind
 KIND_CHOICES = ("adapter", "finetune", "both")

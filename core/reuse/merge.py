@@ -24,13 +24,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .catalog import Catalog, ModelEntry, Source, parse_source
-from .errors import DeltaAtlasError, MergeError
-from .examples import check_count, load_examples
-from .progress import ProgressFn, TextBar, report
-from .task import DEMO_CATALOG, cosine_to, open_catalog, prepare_out_dir, publish
-from .train import Example, example_loss
-from .userpool import sweep_stale
+from core.errors import DeltaAtlasError, MergeError
+from core.pool.catalog import Catalog, ModelEntry, Source, parse_source
+from core.pool.userpool import sweep_stale
+from core.progress import ProgressFn, TextBar, report
+from core.reuse.examples import check_count, load_examples
+from core.reuse.task import DEMO_CATALOG, cosine_to, open_catalog, prepare_out_dir, publish
+from core.reuse.train import Example, example_loss
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def _check_names(names: list[str] | str) -> list[str]:
 
 def _check_adapter(entry: ModelEntry) -> tuple[Path | None, dict, str | None]:
     """(folder, adapter_config, problem) for one ingredient: a readable LoRA adapter with safetensors weights."""
-    from .loading import read_json, resolve_source
+    from core.engine.loading import read_json, resolve_source
 
     if entry.kind == "full":
         return None, {}, f"{entry.name} is a full model, not an adapter (only LoRA adapters can be merged)"
@@ -271,8 +271,8 @@ def load_ingredients(plan: MergePlan, device=None, models=None):
     import torch
     from peft import PeftModel
 
-    from .device import pick_device
-    from .loading import load_model, resolve_source
+    from core.engine.device import pick_device
+    from core.engine.loading import load_model, resolve_source
 
     base_dir = resolve_source(plan.base)
     load = load_model if models is None else models.private_copy
@@ -322,7 +322,7 @@ def merge_adapters(catalog: str | Path | Catalog, names: list[str] | str, method
                    vectors: pd.DataFrame | None = None, budget: int = SEARCH_BUDGET, seed: int = 0,
                    device=None, measure: bool = True, overwrite: bool = False, models=None) -> MergeReport:
     """Merge, evaluate, write ``out_dir`` (adapter + recipe.yaml + report.json) and return the report. ``models``
-    (a ``core.shared.SharedModels``) lends the base from memory instead of loading it for each step."""
+    (a ``core.engine.shared.SharedModels``) lends the base from memory instead of loading it for each step."""
     start = time.perf_counter()
     plan = plan_merge(catalog, names, method, weights, density)
     if examples is not None:
@@ -346,7 +346,7 @@ def merge_adapters(catalog: str | Path | Catalog, names: list[str] | str, method
 
 def _run(plan, examples, work, task_vector, vectors, budget, seed, device, measure, progress, models) -> MergeReport:
     """The merge itself, in ``work``: vectors, weights, PEFT combination, evaluation, additivity preview."""
-    from .task import embed_task, stored_vectors
+    from core.reuse.task import embed_task, stored_vectors
 
     mode = plan.weights if isinstance(plan.weights, str) else "given"
     table, settings = stored_vectors(plan.catalog) if vectors is None else (vectors, {})
@@ -389,7 +389,7 @@ def _run(plan, examples, work, task_vector, vectors, budget, seed, device, measu
 
 def _ingredient_vectors(plan, known, settings, device, progress, models=None) -> np.ndarray:
     """[k, d] the ingredients' vectors: from the pool where known, embedded now otherwise."""
-    from .task import embed_adapter_dirs
+    from core.reuse.task import embed_adapter_dirs
 
     todo = {n: d for n, d in zip(plan.names, plan.dirs) if n not in known}
     if todo:
@@ -401,7 +401,7 @@ def _ingredient_vectors(plan, known, settings, device, progress, models=None) ->
 def _additivity(result: MergeReport, ingredients: np.ndarray, plan, work, settings, device, progress,
                 models=None) -> None:
     """Predicted vector (weighted sum of the ingredients') beside the merged adapter's measured one."""
-    from .task import embed_adapter_dirs
+    from core.reuse.task import embed_adapter_dirs
 
     result.predicted_vector = (np.asarray(result.weights)[:, None] * ingredients).sum(0).astype(np.float32)
     measured = embed_adapter_dirs(plan.base, {"merged": work}, settings, device=device, progress=progress,

@@ -5,8 +5,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from .errors import DeltaAtlasError
-from .textio import read_text
+from core.errors import DeltaAtlasError
+from core.textio import read_text
 
 PROBE_TASK = "Please provide a response."
 PROBE_INPUT = "Input."

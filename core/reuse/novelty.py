@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DeltaAtlasError
+from core.errors import DeltaAtlasError
 
 QUANTILE = 0.85           # chosen on the calibration tasks: the most off-domain flags with <= 1 in-domain flag
 TOP = 3
@@ -35,7 +35,7 @@ class CloseMatchRule:
 
     def fit(self, vectors: np.ndarray) -> "CloseMatchRule":
         """Learn the pool's background similarity from its vectors [n, d]."""
-        from .projection import cosine_similarities
+        from core.map.projection import cosine_similarities
 
         vectors = np.asarray(vectors, dtype=np.float64)
         if vectors.ndim != 2 or len(vectors) < 3:

@@ -37,10 +37,10 @@ from typing import Callable, Iterator
 
 import pandas as pd
 
-from .catalog import REQUIRED_COLUMNS, Catalog, check_hub_id, read_catalog, read_rows, write_catalog
-from .errors import DeltaAtlasError, ModelSourceError, PathNotAllowedError
-from .progress import ProgressFn
-from .vectors import read_vectors, write_vectors
+from core.engine.vectors import read_vectors, write_vectors
+from core.errors import DeltaAtlasError, ModelSourceError, PathNotAllowedError
+from core.pool.catalog import REQUIRED_COLUMNS, Catalog, check_hub_id, read_catalog, read_rows, write_catalog
+from core.progress import ProgressFn
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ USER_DIR_ENV = "DELTA_ATLAS_USER_DIR"
 ALLOWED_ROOTS_ENV = "DELTA_ATLAS_ALLOWED_ROOTS"
 BUDGET_ENV = "DELTA_ATLAS_USER_BUDGET_MB"
 DEFAULT_BUDGET_MB = 4096             # the user folder on disk: every unpacked upload, catalog and vectors together
-DEFAULT_USER_DIR = Path(__file__).resolve().parents[1] / "data" / "user"
+DEFAULT_USER_DIR = Path(__file__).resolve().parents[2] / "data" / "user"
 
 # Upload limits, in one place.
 MAX_ZIP_BYTES = 512 * 2**20          # the uploaded file itself; .streamlit/config.toml's server.maxUploadSize agrees
@@ -64,7 +64,7 @@ LOCK_FILE = ".lock"             # ...and across processes: an flock on this file
 STALE_AFTER_S = 3600            # a temporary file or folder this old was left by a killed process
 TEMPORARY = (".pending-*", ".*.tmp", "models/.upload-*")  # what an addition writes before it is done
 
-EmbedFn = Callable[..., object]  # core.engine.embed_catalog's signature: (catalog, *, progress=None, ...) -> EmbedResult
+EmbedFn = Callable[..., object]  # core.engine.embed.embed_catalog's signature: (catalog, *, progress=None, ...) -> EmbedResult
 
 
 def user_dir() -> Path:
@@ -172,7 +172,7 @@ def safe_name(text: str) -> str:
 
 
 class UserPool:
-    """The user catalog in ``root`` (default :func:`user_dir`). ``embed`` defaults to ``core.engine.embed_catalog``."""
+    """The user catalog in ``root`` (default :func:`user_dir`). ``embed`` defaults to ``core.engine.embed.embed_catalog``."""
 
     def __init__(self, root: str | Path | None = None, roots: list[Path] | None = None, embed: EmbedFn | None = None,
                  budget: int | None = None):
@@ -331,7 +331,7 @@ class UserPool:
 
     def _embed_fn(self) -> EmbedFn:
         if self.embed is None:
-            from .engine import embed_catalog  # imported late: torch and transformers are heavy
+            from core.engine.embed import embed_catalog  # imported late: torch and transformers are heavy
             self.embed = embed_catalog
         return self.embed
 

@@ -19,9 +19,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .catalog import BUILTIN_PREFIX as PREFIX
-from .errors import ModelSourceError
-from .progress import ProgressFn, report
+from core.errors import ModelSourceError
+from core.pool.catalog import BUILTIN_PREFIX as PREFIX
+from core.progress import ProgressFn, report
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +72,14 @@ def package_file(base: BuiltinBase) -> Path:
 
 
 def bases_root() -> Path:
-    from .cache import default_cache_dir
+    from core.engine.cache import default_cache_dir
 
     return default_cache_dir() / "bases"
 
 
 def gguf_digest(base: BuiltinBase, root: Path) -> str:
     """SHA-256 of the packaged file, hashed once: a memo in ``root`` keeps it while the file's size and mtime hold."""
-    from .cache import atomic_write, sha256_file
+    from core.engine.cache import atomic_write, sha256_file
 
     gguf = package_file(base)
     stat = gguf.stat()
@@ -118,7 +118,7 @@ def convert(base: BuiltinBase, folder: Path, progress: ProgressFn | None = None)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .loading import quiet_transformers
+    from core.engine.loading import quiet_transformers
 
     gguf = package_file(base)
     if importlib.util.find_spec("gguf") is None:
@@ -161,7 +161,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from .progress import TextBar
+    from core.progress import TextBar
 
     name = args.name if is_builtin(args.name) else PREFIX + args.name
     folder = ensure_base(name, args.cache_dir, progress=TextBar())

@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .catalog import read_catalog
-from .errors import DeltaAtlasError
-from .progress import ProgressFn, TextBar
+from core.errors import DeltaAtlasError
+from core.pool.catalog import read_catalog
+from core.progress import ProgressFn, TextBar
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "data" / "demo" / "catalog.csv"
+DEFAULT_CATALOG = Path(__file__).resolve().parents[2] / "data" / "demo" / "catalog.csv"
 EMBEDDINGS = {  # key -> name in the paper's table (SPEC §2), in the table's order
     "weights": "flattened adapter weights", "mask": "salient mask", "outputs": "output embedding",
     "delta_activations": "Delta Activations"}
@@ -67,7 +67,7 @@ def loo_accuracy(S: np.ndarray, labels: list[str]) -> float | None:
 
 def additivity(X: np.ndarray, names: list[str], mixtures: dict[str, tuple[str, str]]) -> list[dict]:
     """For each mixture: cosine of its vector with v(A) + v(B), with A and B, and with every other model."""
-    from .projection import cosine_similarities
+    from core.map.projection import cosine_similarities
 
     index = {n: i for i, n in enumerate(names)}
     S = cosine_similarities(X)
@@ -104,8 +104,8 @@ def robustness(S: np.ndarray, frame: pd.DataFrame, label: str) -> list[dict]:
 def build_report(catalog_path, vectors_path=None, *, baselines: bool = True, label: str = "domain",
                  progress: ProgressFn | None = None, device: str | None = None) -> dict:
     """Every measure of the module docstring, as plain JSON (None where a measure is undefined)."""
-    from .projection import cosine_similarities
-    from .vectors import matrix, read_vectors
+    from core.engine.vectors import matrix, read_vectors
+    from core.map.projection import cosine_similarities
 
     catalog = read_catalog(catalog_path)
     vectors_path = Path(vectors_path) if vectors_path else _default_vectors(catalog.path)
@@ -147,7 +147,7 @@ def build_report(catalog_path, vectors_path=None, *, baselines: bool = True, lab
 
 
 def _default_vectors(catalog_path: Path) -> Path:
-    from .task import vectors_file
+    from core.reuse.task import vectors_file
 
     found = vectors_file(catalog_path)
     return found if found is not None else catalog_path.parent / "vectors.parquet"
@@ -155,7 +155,7 @@ def _default_vectors(catalog_path: Path) -> Path:
 
 def _baselines(catalog, frame: pd.DataFrame, rows: list[int], notes: list[str], progress, device) -> dict:
     """The baselines' similarity matrices over ``rows`` of ``frame``; a baseline that cannot run becomes a note."""
-    from .baselines import compute_baselines
+    from core.map.baselines import compute_baselines
 
     names = frame["name"][rows].tolist()
     if len(names) < 2:

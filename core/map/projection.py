@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import DeltaAtlasError
-from .textio import spreadsheet_safe
+from core.errors import DeltaAtlasError
+from core.textio import spreadsheet_safe
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +309,6 @@ class Clusterer:
             return np.zeros(len(X), dtype=int)
         if self.algorithm == "kmeans":
             from sklearn.cluster import KMeans
-
             from sklearn.exceptions import ConvergenceWarning
 
             restarts = KMEANS_RESTARTS[0] if len(X) <= 1000 else KMEANS_RESTARTS[1]
@@ -371,7 +370,7 @@ def lineage_disagreements(table_or_labels: pd.DataFrame, vectors: np.ndarray | N
     """Models whose declared label (``column``, e.g. the dataset a model card names) is not what most of their ``k``
     nearest neighbours declare, by cosine similarity of the full vectors: lineage checked against behaviour.
 
-    ``table_or_labels`` is a vector table (core.vectors format; ``vectors`` may then be None) or a frame with
+    ``table_or_labels`` is a vector table (core.engine.vectors format; ``vectors`` may then be None) or a frame with
     ``name`` and ``column``, one row per row of ``vectors``. A cell may hold several values separated by ``;``: a
     neighbour votes for each of its values, and a model agrees when the most voted value (any of them, on a tie) is
     one of its own. Models with an empty cell are neither checked nor counted as neighbours.
@@ -385,7 +384,7 @@ def lineage_disagreements(table_or_labels: pd.DataFrame, vectors: np.ndarray | N
         known = ", ".join(c for c in frame.columns if c not in ("name", "vector")) or "(none)"
         raise DeltaAtlasError(f"{column!r} is not a label of these models: choose one of {known}.")
     if vectors is None:
-        from .vectors import matrix
+        from core.engine.vectors import matrix
 
         vectors = matrix(frame)
     X = _check_matrix(vectors)
@@ -450,9 +449,9 @@ def describe_quality(q: dict) -> str:
 # ---------------------------------------------------------------------------------------------- the map of a table
 def project_table(table: pd.DataFrame, method: str = "umap", n_clusters: int | str = "auto",
                   random_state: int = 0) -> tuple[pd.DataFrame, dict]:
-    """Map and cluster a vector table (core.vectors format): a frame (name, x, y, cluster, labels...) and a summary
+    """Map and cluster a vector table (core.engine.vectors format): a frame (name, x, y, cluster, labels...) and a summary
     (clusters with their most common labels, silhouette of each label column, map quality)."""
-    from .vectors import label_columns, matrix
+    from core.engine.vectors import label_columns, matrix
 
     X = matrix(table)
     projector = Projector(method=method, random_state=random_state).fit(X)
@@ -508,7 +507,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .vectors import read_vectors
+    from core.engine.vectors import read_vectors
 
     table = read_vectors(args.vectors)
     if args.color_by and args.color_by not in table.columns:

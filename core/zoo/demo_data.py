@@ -1,7 +1,7 @@
 """Reading the real datasets of ../shared/datasets (SPEC §3) as instruction/response examples for the demo zoo.
 
 The builder only reads these files; none of their text goes into the repository. Each dataset is turned into
-:class:`core.train.Example` pairs in a fixed, seeded order; the last part of that order is held out (never trained
+:class:`core.reuse.train.Example` pairs in a fixed, seeded order; the last part of that order is held out (never trained
 on) so that task search and merging can be evaluated on data the pool has not seen.
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
-from .errors import DeltaAtlasError
-from .train import Example
+from core.errors import DeltaAtlasError
+from core.reuse.train import Example
 
 MAX_INSTRUCTION_CHARS = 600   # keeps prompt + response inside the 256-token training window
 MAX_RESPONSE_CHARS = 400

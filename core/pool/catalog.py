@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import CatalogError, ModelSourceError
-from .textio import read_text, spreadsheet_safe, unescape, unescape_frame
+from core.errors import CatalogError, ModelSourceError
+from core.textio import read_text, spreadsheet_safe, unescape, unescape_frame
 
 REQUIRED_COLUMNS = ("name", "source", "kind", "base")
 KINDS = ("lora", "full", "auto")
@@ -60,7 +60,7 @@ def check_hub_id(text: str) -> str:
 @dataclass(frozen=True)
 class Source:
     """Where a model lives: a local folder, a hub id with an optional revision, or a built-in base
-    (``builtin:<name>``, see :mod:`core.bases`)."""
+    (``builtin:<name>``, see :mod:`core.zoo.bases`)."""
 
     text: str                      # as written in the catalog
     local: Path | None = None      # resolved folder when local
@@ -194,7 +194,7 @@ def read_catalog(path: str | Path) -> Catalog:
     if dupes:
         raise CatalogError(f"Catalog {path}, line 1: column {dupes[0]!r} appears twice; keep one.")
     labels = [h for h in header if h not in REQUIRED_COLUMNS]
-    entries, seen = [], {}
+    entries, seen, bases = [], {}, {}
     for lineno, row in zip(lines[1:], rows[1:]):
         if not any(cell.strip() for cell in row):
             continue
@@ -214,7 +214,10 @@ def read_catalog(path: str | Path) -> Catalog:
                                f"use one of {', '.join(KINDS)}.")
         seen[name] = lineno
         try:
-            source, base = parse_source(record["source"], path.parent), parse_source(record["base"], path.parent)
+            source = parse_source(record["source"], path.parent)
+            if record["base"] not in bases:           # a pool has a handful of bases: resolve each once
+                bases[record["base"]] = parse_source(record["base"], path.parent)
+            base = bases[record["base"]]
         except ModelSourceError as exc:
             raise CatalogError(f"Catalog {path}, line {lineno}: {exc}") from None
         entries.append(ModelEntry(name=name, kind=kind, line=lineno, source=source, base=base,

@@ -26,9 +26,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .catalog import Catalog, ModelEntry, read_catalog
-from .errors import ComputationError, DeltaAtlasError, IncompatibleModelError, ModelSourceError
-from .progress import ProgressFn, report
+from core.errors import ComputationError, DeltaAtlasError, IncompatibleModelError, ModelSourceError
+from core.pool.catalog import Catalog, ModelEntry, read_catalog
+from core.progress import ProgressFn, report
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ def _gram_to_cosine(gram: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def greedy_answers(model, tokenizer, probes: Sequence[str], max_new_tokens: int = MAX_NEW_TOKENS) -> list[list[int]]:
     """Each probe's greedy continuation (token ids, cut at the first EOS), all probes in one left-padded batch."""
-    from .probes import MAX_PROBE_TOKENS
+    from core.engine.probes import MAX_PROBE_TOKENS
 
     tokenizer.padding_side = "left"
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -256,7 +256,7 @@ def greedy_answers(model, tokenizer, probes: Sequence[str], max_new_tokens: int 
 def embed_answers(base, tokenizer, answers: list[list[int]]) -> np.ndarray:
     """Mean over probes of the base's mean final hidden state over each answer's tokens: [d]. Empty answers are
     left out; a model whose every answer is empty gets the zero vector."""
-    from .activations import right_pad
+    from core.engine.activations import right_pad
 
     prefix = tokenizer("", add_special_tokens=True)["input_ids"]                 # BOS where the tokenizer adds one
     kept = [a for a in answers if a]
@@ -279,9 +279,9 @@ def output_embeddings(entries: list[ModelEntry], paths: dict[str, Path], base_di
     """The output-embedding baseline of every entry: [n, d] float32."""
     from peft import PeftModel
 
-    from .activations import strip_adapter_layers
-    from .device import pick_device, pick_dtype
-    from .loading import check_adapter_fits, check_full_fits, load_model
+    from core.engine.activations import strip_adapter_layers
+    from core.engine.device import pick_device, pick_dtype
+    from core.engine.loading import check_adapter_fits, check_full_fits, load_model
 
     device = pick_device(device)
     dtype = pick_dtype(dtype, device)
@@ -318,8 +318,8 @@ def compute_baselines(catalog: Catalog | str | Path, names: list[str] | None = N
                       probes: Sequence[str] | None = None, device=None, dtype=None,
                       max_new_tokens: int = MAX_NEW_TOKENS, progress: ProgressFn | None = None) -> dict[str, Similarity]:
     """The paper's baselines for the models ``names`` of a catalog (all by default), which must share one base."""
-    from .loading import check_kind, resolve_source
-    from .probes import DEFAULT_PROBES
+    from core.engine.loading import check_kind, resolve_source
+    from core.engine.probes import DEFAULT_PROBES
 
     catalog = catalog if isinstance(catalog, Catalog) else read_catalog(catalog)
     entries = [catalog.get(n) for n in names] if names is not None else list(catalog)
@@ -338,7 +338,7 @@ def compute_baselines(catalog: Catalog | str | Path, names: list[str] | None = N
         result.update({k: v for k, v in weight_similarities(deltas, base, names, top_fraction, progress).items()
                        if k in which})
     if "outputs" in which:
-        from .projection import cosine_similarities
+        from core.map.projection import cosine_similarities
 
         vectors = output_embeddings(entries, paths, base_dir, probes or DEFAULT_PROBES, device, dtype,
                                     max_new_tokens, progress)

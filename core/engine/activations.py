@@ -19,8 +19,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .errors import ComputationError
-from .probes import MAX_PROBE_TOKENS
+from core.engine.probes import MAX_PROBE_TOKENS
+from core.errors import ComputationError
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def reference_delta(base_dir: Path, model_dir: Path, kind: str, probes: Sequence
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .loading import quiet_transformers
+    from core.engine.loading import quiet_transformers
 
     quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
@@ -193,7 +193,7 @@ class AdapterHost:
     def _add(self, internal: str, path: Path) -> None:
         from peft import PeftModel
 
-        from .loading import check_adapter_fits
+        from core.engine.loading import check_adapter_fits
 
         check_adapter_fits(path, self.base_dir, self.base)
         if self.peft is None:

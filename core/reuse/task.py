@@ -19,16 +19,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .catalog import Catalog, Source, read_catalog
-from .errors import DeltaAtlasError
-from .examples import check_count, load_examples
-from .progress import Progress, ProgressFn, TextBar, report
-from .train import Example, Recipe, finetune, load_recipe
-from .vectors import label_columns, matrix, read_metadata, read_vectors
+from core.engine.vectors import label_columns, matrix, read_metadata, read_vectors
+from core.errors import DeltaAtlasError
+from core.pool.catalog import Catalog, Source, read_catalog
+from core.progress import Progress, ProgressFn, TextBar, report
+from core.reuse.examples import check_count, load_examples
+from core.reuse.train import Example, Recipe, finetune, load_recipe
 
 log = logging.getLogger(__name__)
 
-DEMO_CATALOG = Path(__file__).resolve().parent.parent / "data" / "demo" / "catalog.csv"
+DEMO_CATALOG = Path(__file__).resolve().parents[2] / "data" / "demo" / "catalog.csv"
 TASK_STEPS = 40                          # few-shot steps: 40 and 80 were equally accurate on the demo zoo
 GROUP_COLUMNS = ("domain", "dataset")   # label columns whose groups are ranked too
 GROUP_TOP = 3                           # a group's score: mean similarity of its 3 closest models (see below)
@@ -46,7 +46,7 @@ class TaskResult:
     losses: list[float] = field(default_factory=list)  # finetuning loss of every step
     seconds: float = 0.0
     position: np.ndarray | None = None  # [2] on the map, when a fitted projector was given
-    no_close_match: bool = False        # no model fits the task well (core.novelty)
+    no_close_match: bool = False        # no model fits the task well (core.reuse.novelty)
     match_strength: float = float("nan")
     match_note: str = ""                # the plain-words verdict
 
@@ -112,7 +112,7 @@ def pool_vectors(catalog: Catalog, progress: ProgressFn | None = None) -> tuple[
     table, settings = stored_vectors(catalog)
     if table is not None:
         return table, settings
-    from .engine import embed_catalog
+    from core.engine.embed import embed_catalog
 
     log.info("No vector file beside %s: embedding the pool (cached for next time).", catalog.path)
     result = embed_catalog(catalog, progress=progress)
@@ -134,11 +134,11 @@ def pool_base(catalog: Catalog, names: list[str]) -> Source:
 def finetune_task(examples: list[Example], base: Source, recipe: Recipe, out_dir: Path, device=None,
                   progress: ProgressFn | None = None, models=None) -> list[float]:
     """A brief, seeded LoRA finetune of the base on the examples (always LoRA, in float32); returns the losses.
-    With ``models`` (a ``core.shared.SharedModels``) it trains a private copy of the base already in memory."""
-    from .device import pick_device
-    from .loading import load_model, resolve_source
-
+    With ``models`` (a ``core.engine.shared.SharedModels``) it trains a private copy of the base already in memory."""
     import torch
+
+    from core.engine.device import pick_device
+    from core.engine.loading import load_model, resolve_source
 
     base_dir = resolve_source(base)
     load = load_model if models is None else models.private_copy
@@ -159,8 +159,8 @@ def embed_adapter_dirs(base: Source, adapters: dict[str, Path], settings: dict |
     """Delta Activations of adapter folders against ``base`` through the engine, with the layer and dtype the pool's
     vectors were made with (``settings``: the vector file's metadata), so that the vectors are comparable.
     The engine's progress is re-labelled ``embed``."""
-    from .engine import embed_adapters
-    from .probes import DEFAULT_PROBES, probes_digest
+    from core.engine.embed import embed_adapters
+    from core.engine.probes import DEFAULT_PROBES, probes_digest
 
     settings = settings or {}
     if settings.get("probes_digest") not in (None, probes_digest(DEFAULT_PROBES)):
@@ -193,7 +193,7 @@ def embed_task(examples: list[Example], catalog: Catalog, base: Source, *, setti
 def cosine_to(vector: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     """Cosine similarity of one vector [d] to each row of ``vectors`` [n, d] -> [n], as the map computes it
     (0 for an all-zero vector)."""
-    from .projection import cosine_similarities
+    from core.map.projection import cosine_similarities
 
     return cosine_similarities(np.asarray(vector)[None, :], vectors)[0]
 
@@ -238,7 +238,7 @@ def find_models(examples: list[Example], catalog: str | Path | Catalog = DEMO_CA
                 progress: ProgressFn | None = None, models=None) -> TaskResult:
     """Embed the task and rank the pool. ``vectors`` defaults to the file beside the catalog; ``projector`` is the
     fitted map projector (its ``transform`` places the task); ``keep_adapter`` keeps the task adapter there;
-    ``models`` (a ``core.shared.SharedModels``) lends the base from memory instead of loading it."""
+    ``models`` (a ``core.engine.shared.SharedModels``) lends the base from memory instead of loading it."""
     start = time.perf_counter()
     check_count(len(examples), "The task")
     catalog = open_catalog(catalog)
@@ -268,10 +268,10 @@ def find_models(examples: list[Example], catalog: str | Path | Catalog = DEMO_CA
 
 def judge_closeness(result: TaskResult, vectors: pd.DataFrame, similarities: np.ndarray,
                     catalog_path: Path | None = None) -> None:
-    """Fill in the "no close match" verdict, from a rule fitted on the pool's own vectors (core.novelty), with the
+    """Fill in the "no close match" verdict, from a rule fitted on the pool's own vectors (core.reuse.novelty), with the
     settings chosen for this pool when a ``novelty.json`` lies beside its catalog. A pool of fewer than 3 models
     has no background to calibrate on: no verdict then."""
-    from .novelty import load_rule
+    from core.reuse.novelty import load_rule
 
     if len(vectors) < 3:
         result.match_note = "Too few models in this pool to judge how close the best match is."

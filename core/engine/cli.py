@@ -2,7 +2,7 @@
 
 Exit status: 0 when every model was embedded, 1 when some failed (the others are still written), 2 when the
 catalog or an option is invalid (nothing is loaded then). With ``--ray``, the models are spread over Ray workers
-(:mod:`core.ray_embed`); the vector file and the summary are the same.
+(:mod:`core.engine.ray_embed`); the vector file and the summary are the same.
 """
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from .catalog import read_catalog
-from .engine import ADAPTER_BATCH, embed_catalog
-from .errors import DeltaAtlasError
-from .probes import load_probes
-from .progress import TextBar
-from .vectors import write_vectors
+from core.engine.embed import ADAPTER_BATCH, embed_catalog
+from core.engine.probes import load_probes
+from core.engine.vectors import write_vectors
+from core.errors import DeltaAtlasError
+from core.pool.catalog import read_catalog
+from core.progress import TextBar
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +48,7 @@ def main(args: argparse.Namespace) -> int:
                    cache_dir=args.cache_dir, allow_pickle=args.allow_pickle, adapter_batch=args.adapter_batch,
                    progress=TextBar(stream=sys.stderr))
     if args.ray:
-        from .ray_embed import embed_catalog_ray
+        from core.engine.ray_embed import embed_catalog_ray
 
         result = embed_catalog_ray(catalog, address=args.ray, workers=args.workers, batch=args.adapter_batch,
                                    **options)

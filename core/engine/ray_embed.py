@@ -1,4 +1,4 @@
-"""Scale-out on Ray: :func:`core.engine.embed_catalog` spread over workers, one per GPU (or one per CPU core).
+"""Scale-out on Ray: :func:`core.engine.embed.embed_catalog` spread over workers, one per GPU (or one per CPU core).
 
     python -m core embed --catalog pool.csv --out vectors.parquet --ray local --workers 2   # this machine
     python -m core embed --catalog pool.csv --out vectors.parquet --ray auto               # a running cluster
@@ -29,12 +29,12 @@ from typing import Sequence
 
 import numpy as np
 
-from .cache import default_cache_dir
-from .catalog import Catalog, ModelEntry, read_catalog
-from .engine import ADAPTER_BATCH, EmbedResult, Failure, embed_catalog, vector_table
-from .errors import DeltaAtlasError
-from .progress import ProgressFn, report
-from .shared import SharedModels
+from core.engine.cache import default_cache_dir
+from core.engine.embed import ADAPTER_BATCH, EmbedResult, Failure, embed_catalog, vector_table
+from core.engine.shared import SharedModels
+from core.errors import DeltaAtlasError
+from core.pool.catalog import Catalog, ModelEntry, read_catalog
+from core.progress import ProgressFn, report
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class EmbedWorker:
     def __init__(self, settings: dict, threads: int):
         import torch
 
-        from .loading import quiet_transformers
+        from core.engine.loading import quiet_transformers
 
         torch.set_num_threads(threads)            # one thread per CPU actor: the actors share the cores, not fight
         quiet_transformers()
@@ -105,7 +105,7 @@ def embed_catalog_ray(catalog: Catalog | str | Path, *, address: str = "auto", w
                       layer: int = -1, device: str | None = None, dtype: str | None = None, force: bool = False,
                       cache_dir: str | Path | None = None, allow_pickle: bool = False,
                       adapter_batch: int = ADAPTER_BATCH, progress: ProgressFn | None = None) -> EmbedResult:
-    """Embed every model of ``catalog`` on Ray workers; the same result as :func:`core.engine.embed_catalog`.
+    """Embed every model of ``catalog`` on Ray workers; the same result as :func:`core.engine.embed.embed_catalog`.
 
     ``address``: "local" starts a Ray instance on this machine (``workers`` CPUs) and stops it at the end; "auto"
     or "HOST:PORT" connects to a running cluster. When Ray is already initialised in this process, that connection
@@ -215,7 +215,7 @@ def _connected(address: str, workers: int | None):
         yield ray
         return
     options = dict(log_to_driver=False, logging_level=logging.WARNING,
-                   runtime_env={"py_modules": [str(Path(__file__).resolve().parent)], "excludes": ["__pycache__"]})
+                   runtime_env={"py_modules": [str(Path(__file__).resolve().parents[1])], "excludes": ["__pycache__"]})
     if address == "local":
         ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, **options)
     else:

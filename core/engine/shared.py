@@ -26,7 +26,7 @@ from typing import Iterator
 
 import torch
 
-from .loading import load_model
+from core.engine.loading import load_model
 
 log = logging.getLogger(__name__)
 

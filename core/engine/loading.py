@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .catalog import Source
-from .errors import IncompatibleModelError, ModelSourceError
+from core.errors import IncompatibleModelError, ModelSourceError
+from core.pool.catalog import Source
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def resolve_source(source: Source, allow_pickle: bool = False) -> Path:
     file fails here, with its name, instead of deep inside a loader.
     """
     if source.builtin is not None:
-        from .bases import ensure_base
+        from core.zoo.bases import ensure_base
 
         path = ensure_base(source.text)
     elif source.is_local:

@@ -12,8 +12,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import DeltaAtlasError
-from .textio import spreadsheet_safe, unescape_frame
+from core.errors import DeltaAtlasError
+from core.textio import spreadsheet_safe, unescape_frame
 
 META_KEY = b"delta_atlas"
 

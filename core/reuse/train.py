@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from .errors import DeltaAtlasError
+from core.errors import DeltaAtlasError
 
 log = logging.getLogger(__name__)
 

@@ -25,19 +25,29 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import ENGINE_VERSION
-from .activations import AdapterHost, check_finite, last_token_states
-from .cache import VectorCache, content_key, default_cache_dir, entry_key
-from .catalog import Catalog, Source, parse_source, read_catalog
-from .device import dtype_name, pick_device, pick_dtype
-from .errors import ComputationError, DeltaAtlasError, ModelSourceError
-from .loading import (ADAPTER_CONFIG, TOKENIZER_FILES, check_full_fits, check_kind, detect_kind, load_model,
-                      load_tokenizer, read_json, resolve_source, weight_files)
-from .probes import DEFAULT_PROBES, probes_digest
-from .progress import ProgressFn, report
-from .shared import SharedModels
-from .stacked_lora import run_stacked, unstackable_reason
-from .vectors import make_table
+from core import ENGINE_VERSION
+from core.engine.activations import AdapterHost, check_finite, last_token_states
+from core.engine.cache import VectorCache, content_key, default_cache_dir, entry_key
+from core.engine.device import dtype_name, pick_device, pick_dtype
+from core.engine.loading import (
+    ADAPTER_CONFIG,
+    TOKENIZER_FILES,
+    check_full_fits,
+    check_kind,
+    detect_kind,
+    load_model,
+    load_tokenizer,
+    read_json,
+    resolve_source,
+    weight_files,
+)
+from core.engine.probes import DEFAULT_PROBES, probes_digest
+from core.engine.shared import SharedModels
+from core.engine.stacked_lora import run_stacked, unstackable_reason
+from core.engine.vectors import make_table
+from core.errors import ComputationError, DeltaAtlasError, ModelSourceError
+from core.pool.catalog import Catalog, Source, parse_source, read_catalog
+from core.progress import ProgressFn, report
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The map: projections, clusters, neighbours, and the evidence that the clusters mean something."""

@@ -1,0 +1,1 @@
+"""Reusing models: finetuning, task search from a few examples, merging adapters."""
