@@ -245,7 +245,8 @@ def follow(job: Job) -> Job:
             p = job.progress
             bar.progress(p.fraction if p else 0.0, text=progress_words(p) if p else "Starting...")
         time.sleep(POLL_S)
-    cancel.empty(), note.empty(), bar.empty()
+    for slot in (note, bar, cancel):
+        slot.empty()
     return job
 
 

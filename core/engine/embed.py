@@ -203,6 +203,7 @@ def _embed_base_group(base_source: Source, jobs: list[_Job], s: _Settings, out: 
 
 
 def _embed_pending(run: "_BaseRun", base_source: Source, pending: list[_Job], out: _Outcome) -> None:
+    """Base states once, then the adapters on the base, then each full model alone."""
     s = run.s
     try:
         base_mean = run.base_states().mean(dim=0)                                     # [d]
@@ -289,12 +290,15 @@ class _BaseRun:
         return states
 
     def free_model(self, broken: bool = False) -> None:
-        """Let the base go: back to the shared registry (dropped from it when ``broken``), or freed."""
+        """Let the base go: back to the shared registry (dropped from it when ``broken``), or freed. Memory is only
+        collected when a model was really let go (a shared one stays loaded; a second call has nothing to free)."""
+        own = self.model is not None and self.s.models is None
         if broken and self.s.models is not None:
             self.s.models.discard(self.dir, self.s.device, self.s.dtype)
         self.model = None
         self._lent.close()
-        _free_memory()
+        if own or broken:
+            _free_memory()
 
 
 def _free_memory() -> None:

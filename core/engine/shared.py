@@ -37,7 +37,6 @@ MAX_MODELS = 2  # bases kept loaded at once; the least recently used beyond that
 class _Loaded:
     model: torch.nn.Module
     tokenizer: object
-    lock: threading.Lock
 
 
 class SharedModels:
@@ -103,7 +102,7 @@ class SharedModels:
                 return loaded
         model, tokenizer = load_model(Path(path), device, dtype, allow_pickle)   # slow: outside the registry lock
         model.requires_grad_(False)
-        loaded = _Loaded(model, tokenizer, threading.Lock())
+        loaded = _Loaded(model, tokenizer)
         with self._guard:
             self.loads += 1
             self._loaded[key] = loaded
@@ -111,6 +110,14 @@ class SharedModels:
                 dropped, _ = self._loaded.popitem(last=False)
                 log.info("Dropped base %s from memory (more than %d loaded).", dropped[0], self.max_models)
         return loaded
+
+
+def private_model(path: Path | str, device, dtype: torch.dtype, models: SharedModels | None = None):
+    """(model, tokenizer) that the caller may change (train, wrap in PEFT): a copy of the base held by ``models``,
+    or a fresh load from disk when there is no registry."""
+    if models is None:
+        return load_model(Path(path), device, dtype)
+    return models.private_copy(path, device, dtype)
 
 
 def leftover(model: torch.nn.Module) -> str:

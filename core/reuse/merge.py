@@ -272,11 +272,11 @@ def load_ingredients(plan: MergePlan, device=None, models=None):
     from peft import PeftModel
 
     from core.engine.device import pick_device
-    from core.engine.loading import load_model, resolve_source
+    from core.engine.loading import resolve_source
+    from core.engine.shared import private_model
 
     base_dir = resolve_source(plan.base)
-    load = load_model if models is None else models.private_copy
-    model, tokenizer = load(base_dir, pick_device(device), torch.float32)
+    model, tokenizer = private_model(base_dir, pick_device(device), torch.float32, models)
     if tokenizer is None:
         raise MergeError(f"Base {base_dir} has no tokenizer: the examples cannot be evaluated.")
     model = PeftModel.from_pretrained(model, str(plan.dirs[0]), adapter_name="ingredient_0")

@@ -138,11 +138,11 @@ def finetune_task(examples: list[Example], base: Source, recipe: Recipe, out_dir
     import torch
 
     from core.engine.device import pick_device
-    from core.engine.loading import load_model, resolve_source
+    from core.engine.loading import resolve_source
+    from core.engine.shared import private_model
 
     base_dir = resolve_source(base)
-    load = load_model if models is None else models.private_copy
-    model, tokenizer = load(base_dir, pick_device(device), torch.float32)
+    model, tokenizer = private_model(base_dir, pick_device(device), torch.float32, models)
     if tokenizer is None:
         raise DeltaAtlasError(f"Base {base_dir} has no tokenizer: the task examples cannot be encoded.")
 
