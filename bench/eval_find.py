@@ -11,6 +11,8 @@ the seconds per task. A mixture model (domain ``math+coding``) counts as right f
     .venv/bin/python bench/eval_find.py --threads 2           # the issue's timing condition: 2 CPU cores
     .venv/bin/python bench/eval_find.py --ood                 # the hand-written tasks of bench/ood_tasks/
     .venv/bin/python bench/eval_find.py --off-domain          # off-domain tasks made from pretrain/ (calibration)
+    .venv/bin/python bench/eval_find.py --compare domain-lens --replay bench/out/eval_find.json
+                                          # re-rank the task vectors of an earlier run by another comparison
 
 Held-out rows of the training datasets are the easy case; ``--ood`` is the real test (tasks written by hand for
 this project, never used to choose a default). Off-domain tasks (domain ``off``) count as right when the search
@@ -32,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore", category=FutureWarning)   # transformers' deprecation notes inside PEFT
 
 from core.pool.catalog import read_catalog  # noqa: E402
-from core.reuse.task import DEMO_CATALOG, TASK_STEPS, find_models, pool_vectors  # noqa: E402
+from core.reuse.task import (COMPARISONS, DEMO_CATALOG, TASK_STEPS, TaskResult, find_models,  # noqa: E402
+                             judge_closeness, pool_vectors, rank, rank_groups, similarities)
 
 
 def in_domain(label: str, domain: str) -> bool:
@@ -80,28 +83,51 @@ def off_domain_tasks(data_dir: Path, n_examples: int, seed: int):
             demo_data.off_domain_tasks(data_dir, n_examples, seed).items()]
 
 
-def evaluate(tasks, catalog, steps: int, device=None) -> list[dict]:
+def evaluate(tasks, catalog, steps: int, device=None, compare: str = "delta") -> list[dict]:
     rows = []
     for i, (dataset, domain, examples) in enumerate(tasks, start=1):
         start = time.perf_counter()
-        result = find_models(examples, catalog, steps=steps, device=device)   # vectors: the file beside the catalog
-        seconds = time.perf_counter() - start
-        top = result.matches.head(5)
-        domains = result.group_matches[result.group_matches["group_by"] == "domain"]   # mixtures count in both
-        row = {"dataset": dataset, "domain": domain, "steps": steps, "seconds": seconds,
-               "examples": len(examples), "no_close_match": result.no_close_match, "strength": result.match_strength,
-               "top1": top["name"].iloc[0], "top1_domain": top["domain"].iloc[0],
-               "top1_right": in_domain(top["domain"].iloc[0], domain),
-               "top5_majority": sum(in_domain(d, domain) for d in top["domain"]) >= 3,
-               "group_top1": domains["group"].iloc[0] if len(domains) else "",
-               "group_right": bool(len(domains)) and in_domain(domains["group"].iloc[0], domain),
-               "final_loss": result.to_json()["final_loss"],
-               "matches": result.matches[["name", "similarity", "domain"]].to_dict(orient="records")}
-        rows.append(row)
+        result = find_models(examples, catalog, steps=steps, device=device,   # vectors: the file beside the catalog
+                             compare=compare)
+        rows.append(row_of(dataset, domain, len(examples), steps, time.perf_counter() - start, result))
+        row = rows[-1]
         print(f"[{i}/{len(tasks)}] {dataset:<24} top-1 {row['top1']:<32} {'ok ' if row['top1_right'] else 'NO '}"
-              f"group {row['group_top1']:<12} {'NO MATCH ' if result.no_close_match else ''}{seconds:5.1f} s",
+              f"group {row['group_top1']:<12} {'NO MATCH ' if result.no_close_match else ''}{row['seconds']:5.1f} s",
               file=sys.stderr)
     return rows
+
+
+def replay(rows: list[dict], catalog, compare: str) -> list[dict]:
+    """The rows of an earlier run, re-ranked by ``compare`` from their saved task vectors (no finetuning)."""
+    import numpy as np
+
+    pool, _ = pool_vectors(catalog)
+    out = []
+    for row in rows:
+        vector = np.asarray(row["vector"], dtype=np.float32)
+        matches = rank(vector, pool, compare=compare)
+        result = TaskResult(vector=vector, matches=matches, group_matches=rank_groups(matches), compare=compare)
+        judge_closeness(result, pool, similarities(vector, pool), catalog.path)
+        out.append(row_of(row["dataset"], row["domain"], row["examples"], row["steps"], row["seconds"], result,
+                          row.get("final_loss")))
+    return out
+
+
+def row_of(dataset, domain, n_examples, steps, seconds, result, final_loss=None) -> dict:
+    """One task's figures: top-1, top-5 majority and best domain group right or not, and its saved vector."""
+    top = result.matches.head(5)
+    domains = result.group_matches[result.group_matches["group_by"] == "domain"]   # mixtures count in both
+    row = {"dataset": dataset, "domain": domain, "steps": steps, "seconds": seconds, "compare": result.compare,
+           "examples": n_examples, "no_close_match": result.no_close_match, "strength": result.match_strength,
+           "top1": top["name"].iloc[0], "top1_domain": top["domain"].iloc[0],
+           "top1_right": in_domain(top["domain"].iloc[0], domain),
+           "top5_majority": sum(in_domain(d, domain) for d in top["domain"]) >= 3,
+           "group_top1": domains["group"].iloc[0] if len(domains) else "",
+           "group_right": bool(len(domains)) and in_domain(domains["group"].iloc[0], domain),
+           "final_loss": final_loss if final_loss is not None else result.to_json()["final_loss"],
+           "matches": result.matches[["name", "similarity", "domain"]].to_dict(orient="records"),
+           "vector": [round(float(x), 6) for x in result.vector]}   # to replay other rankings offline
+    return row
 
 
 def table(rows: list[dict]) -> str:
@@ -132,7 +158,7 @@ def summary(rows: list[dict]) -> dict:
     if inside:
         out["in"] = {"tasks": len(inside), "top1": share(inside, "top1_right"),
                      "top5_majority": share(inside, "top5_majority"), "group": share(inside, "group_right"),
-                     "in_flagged": share(inside, "no_close_match"),
+                     "in_flagged": share(inside, "no_close_match"), "steps": int(inside[0]["steps"]),
                      "median_seconds": sorted(r["seconds"] for r in inside)[len(inside) // 2]}
     if off:
         out["off"] = {"tasks": len(off), "flagged": share(off, "no_close_match")}
@@ -150,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (the goal is set on 2)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compare", default="delta", choices=list(COMPARISONS), help="how tasks meet models")
+    parser.add_argument("--replay", default=None, metavar="FILE",
+                        help="re-rank the saved task vectors of an earlier run (its --out) instead of finetuning")
     parser.add_argument("--ood", action="store_true", help="the hand-written tasks of bench/ood_tasks/")
     parser.add_argument("--off-domain", action="store_true", help="add off-domain tasks made from pretrain/")
     parser.add_argument("--no-held-out", action="store_true", help="leave out the held-out rows of the datasets")
@@ -162,6 +191,12 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     catalog = read_catalog(args.catalog)
+    if args.replay:
+        earlier = json.loads(Path(args.replay).read_text())
+        results = {steps: replay(rows, catalog, args.compare) for steps, rows in earlier.items()}
+        for steps, rows in results.items():
+            print(f"\n### steps = {steps}, compare = {args.compare} (replayed from {args.replay})\n\n{table(rows)}")
+        return finish(args, results)
     pool, _ = pool_vectors(catalog)
     only = [s for s in args.only.split(",") if s]
     if args.ood:
@@ -175,16 +210,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(tasks)} tasks; pool of {len(pool)} models", file=sys.stderr)
     results = {}
     for steps in [int(s) for s in args.steps.split(",")]:
-        rows = evaluate(tasks, catalog, steps, args.device)
+        rows = evaluate(tasks, catalog, steps, args.device, args.compare)
         results[steps] = rows
         print(f"\n### steps = {steps}\n\n{table(rows)}")
+    return finish(args, results)
+
+
+def finish(args, results: dict) -> int:
+    """Write the rows (``--out``) and, with ``--summary``, the counts the How it works page shows."""
     if args.summary:
         path = Path(args.summary)
         known = json.loads(path.read_text()) if path.is_file() else {}
-        counts = summary(results[int(args.steps.split(",")[0])])
+        counts = summary(next(iter(results.values())))
+        suffix = "" if args.compare == "delta" else f"_{args.compare}"
         if "in" in counts:
-            known["ood" if args.ood else "held_out"] = counts["in"]
-        if "off" in counts:
+            kind = "ood" if args.ood or "ood" in str(args.replay or "") else "held_out"
+            known[kind + suffix] = counts["in"]
+        if "off" in counts and not suffix:   # the "no close match" verdict reads raw similarities either way
             known["off"] = counts["off"]
         path.write_text(json.dumps(known, indent=1))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

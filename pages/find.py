@@ -18,6 +18,7 @@ from pages import _ui as ui  # noqa: E402
 SHOWN_MATCHES = 15
 TO_MERGE = 3          # best matches offered to the Merge page
 FIND_JOB = "find_job"  # the session's (and the URL's) task-search job id
+COMPARE_WORDS = {"delta": "The paper's method (default)", "domain-lens": "The domain lens"}  # core COMPARISONS
 
 
 def main() -> None:
@@ -33,23 +34,56 @@ def main() -> None:
             return
         title, examples = ui.examples_picker("find")
         with st.expander("Settings"):
-            steps = st.number_input("Finetuning steps", 1, 1000, value=default_steps(), key="find_steps",
+            steps = st.number_input("Finetuning steps", 1, 1000, value=default_steps(pool), key="find_steps",
                                     help="More steps describe the task more precisely but take longer.")
+            compare = st.radio("Compare your task with the models by", list(COMPARE_WORDS), key="find_compare",
+                               format_func=COMPARE_WORDS.get,
+                               help="The paper's method compares the raw changes. The domain lens looks only at "
+                                    "the directions in which the pool's domains differ, so that models which merely "
+                                    "answer in the same form (a letter, a label) weigh less. It needs the models' "
+                                    "domain labels.")
+            for line in measured_lines(pool):
+                st.caption(line)
         st.caption("This runs a short finetune of the base model: on a laptop CPU, under a minute for the demo zoo "
                    "with 20 examples (fewer steps under Settings is faster, and a little less precise).")
         if st.button("Find matching models", type="primary", disabled=not examples, key="find_go"):
-            search(pool, data, title, examples, int(steps))
+            search(pool, data, title, examples, int(steps), compare)
         ui.keep_result(ui.finished_job(FIND_JOB), ui.TASK_KEY, pool)
         show_result(pool, data)
 
 
-def default_steps() -> int:
-    from core.reuse.task import TASK_STEPS
+def default_steps(pool: pools.Pool) -> int:
+    """The pool's own step count (its search.json), else the engine's default; a broken file falls back too (the
+    search itself then says what to fix)."""
+    from core.errors import DeltaAtlasError
+    from core.reuse.task import TASK_STEPS, task_steps
 
-    return TASK_STEPS
+    try:
+        return task_steps(pool.catalog_path)
+    except DeltaAtlasError:
+        return TASK_STEPS
 
 
-def search(pool: pools.Pool, data: pools.PoolData, title: str, examples: list, steps: int) -> None:
+def measured_lines(pool: pools.Pool) -> list[str]:
+    """Both comparisons' measured accuracy on this pool's hand-written tasks (bench/eval_find.py --summary)."""
+    import json
+
+    path = pool.catalog_path.parent / "search_quality.json"
+    try:
+        quality = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return []
+    lines = []
+    for key, name in (("ood", "delta"), ("ood_domain-lens", "domain-lens")):
+        q = quality.get(key)
+        if isinstance(q, dict) and "top1" in q:
+            lines.append(f"{COMPARE_WORDS[name]}: the best match had the right domain for {q['top1']} tasks written "
+                         "by hand for this project.")
+    return lines
+
+
+def search(pool: pools.Pool, data: pools.PoolData, title: str, examples: list, steps: int,
+           compare: str = "delta") -> None:
     """Queue the search on the pool's base; the page follows it (and finds it again after a reload)."""
     from core.reuse.task import find_models
 
@@ -59,7 +93,7 @@ def search(pool: pools.Pool, data: pools.PoolData, title: str, examples: list, s
 
     def work(progress):
         return find_models(examples, catalog, vectors=vectors, projector=projector, steps=steps, progress=progress,
-                           models=models)
+                           models=models, compare=compare)
 
     ui.start_job(FIND_JOB, data.base, "search", work, pool, title=title, examples=examples, base=data.base)
 
@@ -71,7 +105,8 @@ def show_result(pool: pools.Pool, data: pools.PoolData) -> None:
     result, title = task["result"], task["title"]
     st.divider()
     st.subheader(f"Models closest to “{title}”")
-    st.caption(f"Searched in {result.seconds:.0f} s, on {len(task['examples'])} examples.")
+    lens = " Compared through the domain lens." if getattr(result, "compare", "delta") == "domain-lens" else ""
+    st.caption(f"Searched in {result.seconds:.0f} s, on {len(task['examples'])} examples.{lens}")
     groups = result.group_matches
     if getattr(result, "no_close_match", False):
         st.warning(result.match_note, icon="🔎")

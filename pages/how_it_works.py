@@ -242,6 +242,12 @@ def demo_zoo(pool: pools.Pool) -> None:
                              f"**{q['top1']}**, most of the top 5 for {q['top5_majority']}, the best domain group for "
                              f"{q['group']}; *no close match* was said wrongly for {q['in_flagged']}, "
                              f"in a median {q['median_seconds']:.0f} s per task.")
+            lens = quality.get(f"{key}_domain-lens")
+            if lens:
+                steps = f" (task finetuned for {lens['steps']} steps)" if lens.get("steps") else ""
+                lines.append(f"  - Compared through the *domain lens* (a setting of the Find page){steps}: right "
+                             f"domain for **{lens['top1']}**, most of the top 5 for {lens['top5_majority']}, the best "
+                             f"domain group for {lens['group']}.")
         if quality.get("off"):
             q = quality["off"]
             lines.append(f"- On **{q['tasks']} tasks outside the five domains** (poems, recipes, sports...): "

@@ -33,8 +33,14 @@ TASK_STEPS = 40                          # few-shot steps: 40 and 80 were equall
 GROUP_COLUMNS = ("domain", "dataset")   # label columns whose groups are ranked too
 GROUP_TOP = 3                           # a group's score: mean similarity of its 3 closest models (see below)
 RECIPE_FILE = "recipe.json"             # the pool's finetuning recipe, beside the catalog
+SEARCH_FILE = "search.json"             # the pool's task-search settings (its few-shot steps), beside the catalog
 VECTOR_FILES = ("vectors.parquet", "{stem}.vectors.parquet", "{stem}_vectors.parquet", "{stem}.parquet")
 TASK_NAME = "task"
+COMPARISONS = {   # how a task is compared with the pool's models, by name (--compare, the Find page's setting)
+    "delta": "the paper's method: cosine similarity of the raw Delta Activations",
+    "domain-lens": "cosine within the directions that tell the pool's domains apart (core.map.lens; needs domain "
+                   "labels)",
+}
 
 
 @dataclass
@@ -46,6 +52,7 @@ class TaskResult:
     losses: list[float] = field(default_factory=list)  # finetuning loss of every step
     seconds: float = 0.0
     position: np.ndarray | None = None  # [2] on the map, when a fitted projector was given
+    compare: str = "delta"              # the comparison that ranked the matches (COMPARISONS)
     no_close_match: bool = False        # no model fits the task well (core.reuse.novelty)
     match_strength: float = float("nan")
     match_note: str = ""                # the plain-words verdict
@@ -54,7 +61,7 @@ class TaskResult:
         """Plain JSON: the CLI's ``--json`` output and what the app stores."""
         return {"matches": _records(self.matches), "groups": _records(self.group_matches),
                 "no_close_match": self.no_close_match, "match_strength": round(self.match_strength, 4),
-                "match_note": self.match_note,
+                "match_note": self.match_note, "compare": self.compare,
                 "seconds": round(self.seconds, 3), "steps": len(self.losses),
                 "final_loss": float(np.mean(self.losses[-10:])) if self.losses else None,
                 "adapter_dir": str(self.adapter_dir) if self.adapter_dir else None,
@@ -87,6 +94,22 @@ def pool_recipe(catalog_path: Path) -> Recipe:
             raise DeltaAtlasError(f"Recipe file {path} cannot be read ({exc}): fix or delete it.") from None
     log.warning("No %s beside %s: the task is finetuned with the default recipe.", RECIPE_FILE, catalog_path)
     return Recipe()
+
+
+def task_steps(catalog_path: Path | None) -> int:
+    """The pool's own few-shot step count (``search.json`` beside its catalog: {"steps": N}), else TASK_STEPS.
+    Why per pool: a task adapter should be trained about as many epochs as the pool's adapters were, which
+    differs between zoos (bench/README.md)."""
+    path = Path(catalog_path).parent / SEARCH_FILE if catalog_path else None
+    if path is None or not path.is_file():
+        return TASK_STEPS
+    try:
+        steps = json.loads(path.read_text()).get("steps", TASK_STEPS)
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ValueError(f"steps must be a positive whole number, got {steps!r}")
+    except (ValueError, AttributeError, OSError) as exc:
+        raise DeltaAtlasError(f"Search settings {path} cannot be read ({exc}): fix or delete it.") from None
+    return steps
 
 
 def vectors_file(catalog_path: Path) -> Path | None:
@@ -181,7 +204,7 @@ def embed_task(examples: list[Example], catalog: Catalog, base: Source, *, setti
     """The task vector [d] and the finetuning losses; the task adapter is written to ``adapter_dir``."""
     check_count(len(examples), "The task")
     recipe = pool_recipe(catalog.path) if catalog.path else Recipe()
-    steps = int(steps or TASK_STEPS)
+    steps = int(steps or task_steps(catalog.path))
     recipe = recipe.replace(steps=steps, warmup_steps=min(recipe.warmup_steps, max(steps // 5, 1)))
     losses = finetune_task(examples, base, recipe, adapter_dir, device=device, progress=progress, models=models)
     vector = embed_adapter_dirs(base, {TASK_NAME: adapter_dir}, settings, device=device, progress=progress,
@@ -198,14 +221,32 @@ def cosine_to(vector: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     return cosine_similarities(np.asarray(vector)[None, :], vectors)[0]
 
 
-def rank(vector: np.ndarray, table: pd.DataFrame, top: int | None = None) -> pd.DataFrame:
-    """Pool models by cosine similarity to ``vector``: name, similarity, every label column; best first."""
-    vectors = matrix(table)
+def similarities(vector: np.ndarray, table: pd.DataFrame, compare: str = "delta") -> np.ndarray:
+    """Similarity [n] of ``vector`` [d] to each model of ``table``, by the named comparison (COMPARISONS)."""
+    if compare not in COMPARISONS:
+        raise DeltaAtlasError(f"Unknown comparison {compare!r}: choose one of {', '.join(COMPARISONS)}.")
+    vectors = matrix(table).astype(np.float64)
     if vectors.shape[1] != len(vector):
         raise DeltaAtlasError(f"The task vector has {len(vector)} dimensions but the pool's have {vectors.shape[1]}: "
                               "the vector file was made with another base; recompute it with `python -m core embed`.")
+    vector = np.asarray(vector, dtype=np.float64)
+    if compare == "delta":
+        return cosine_to(vector, vectors)
+    from core.map.lens import DomainLens
+
+    if "domain" not in table.columns:
+        raise DeltaAtlasError("The domain lens needs a 'domain' label for the pool's models and this pool has none: "
+                              "add a domain column to its catalog, or compare by 'delta'.")
+    lens = DomainLens().fit(vectors, table["domain"].fillna(""))
+    return cosine_to(lens.transform(vector)[0], lens.transform(vectors))
+
+
+def rank(vector: np.ndarray, table: pd.DataFrame, top: int | None = None, compare: str = "delta") -> pd.DataFrame:
+    """Pool models by similarity to ``vector`` (``compare``: a name of COMPARISONS): name, similarity, every label
+    column; best first."""
+    sims = similarities(vector, table, compare)
     frame = table[["name", *label_columns(table)]].copy()
-    frame.insert(1, "similarity", cosine_to(vector.astype(np.float64), vectors.astype(np.float64)))
+    frame.insert(1, "similarity", sims)
     frame = frame.sort_values("similarity", ascending=False, kind="stable").reset_index(drop=True)
     return frame if top is None else frame.head(top)
 
@@ -234,13 +275,15 @@ def rank_groups(matches: pd.DataFrame, columns: tuple[str, ...] = GROUP_COLUMNS,
 # -- the whole search -------------------------------------------------------------------------------------------
 def find_models(examples: list[Example], catalog: str | Path | Catalog = DEMO_CATALOG, *,
                 vectors: pd.DataFrame | None = None, top: int | None = None, steps: int | None = None,
-                keep_adapter: str | Path | None = None, projector=None, device=None,
+                keep_adapter: str | Path | None = None, projector=None, device=None, compare: str = "delta",
                 progress: ProgressFn | None = None, models=None) -> TaskResult:
-    """Embed the task and rank the pool. ``vectors`` defaults to the file beside the catalog; ``projector`` is the
+    """Embed the task and rank the pool by ``compare`` (a name of COMPARISONS; the default is the paper's). ``vectors`` defaults to the file beside the catalog; ``projector`` is the
     fitted map projector (its ``transform`` places the task); ``keep_adapter`` keeps the task adapter there;
     ``models`` (a ``core.engine.shared.SharedModels``) lends the base from memory instead of loading it."""
     start = time.perf_counter()
     check_count(len(examples), "The task")
+    if compare not in COMPARISONS:
+        raise DeltaAtlasError(f"Unknown comparison {compare!r}: choose one of {', '.join(COMPARISONS)}.")
     catalog = open_catalog(catalog)
     keep, work = prepare_out_dir(keep_adapter, what="the task adapter") if keep_adapter else (None, None)
     settings = {}
@@ -257,12 +300,16 @@ def find_models(examples: list[Example], catalog: str | Path | Catalog = DEMO_CA
             publish(work, keep)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    matches = rank(vector, vectors)
+    matches = rank(vector, vectors, compare=compare)
     position = None if projector is None else np.asarray(projector.transform(vector[None, :]))[0]
     result = TaskResult(vector=vector, matches=matches if top is None else matches.head(top),
                         group_matches=rank_groups(matches), adapter_dir=keep, losses=losses,
-                        seconds=time.perf_counter() - start, position=position)
-    judge_closeness(result, vectors, matches["similarity"].to_numpy(), catalog.path)
+                        seconds=time.perf_counter() - start, position=position, compare=compare)
+    # the "no close match" rule is calibrated on raw similarities, whichever comparison ranked the models
+    judge_closeness(result, vectors, cosine_to(vector.astype(np.float64), matrix(vectors).astype(np.float64)),
+                    catalog.path)
+    if compare != "delta" and result.match_note:
+        result.match_note += " (This judgement reads the paper's similarities, not the lens's shown in the table.)"
     return result
 
 
@@ -320,7 +367,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--examples", required=True, help="task examples: JSON Lines, JSON list, CSV or text")
     parser.add_argument("--catalog", default=str(DEMO_CATALOG), help="pool catalog CSV (default: the demo zoo)")
     parser.add_argument("--top", type=int, default=None, help="show the K best models (default: all)")
-    parser.add_argument("--steps", type=int, default=None, help=f"finetuning steps (default {TASK_STEPS})")
+    parser.add_argument("--steps", type=int, default=None, help=f"finetuning steps (default: the pool's {SEARCH_FILE}, else {TASK_STEPS})")
+    parser.add_argument("--compare", default="delta", choices=list(COMPARISONS),
+                        help="how the task is compared with the models: " + "; ".join(
+                            f"{name}: {what}" for name, what in COMPARISONS.items()) + " (default delta)")
     parser.add_argument("--keep-adapter", default=None, metavar="DIR", help="keep the task adapter in DIR")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
@@ -333,7 +383,7 @@ def main(args) -> int:
         raise DeltaAtlasError(f"--steps {args.steps}: give a positive number of steps.")
     examples = load_examples(args.examples)
     result = find_models(examples, args.catalog, top=args.top, steps=args.steps, keep_adapter=args.keep_adapter,
-                         device=args.device, progress=None if args.json else TextBar())
+                         device=args.device, compare=args.compare, progress=None if args.json else TextBar())
     if args.json:
         print(json.dumps(result.to_json()))
         return 0

@@ -104,6 +104,16 @@ def test_sample_task_ranks_models_and_prefills_the_merge(app_env):
     assert at.radio(key="merge_source").value == "The examples of my last task search"
 
 
+def test_domain_lens_setting_says_plainly_when_the_pool_cannot_use_it(app_env):
+    at = app("pages/find.py").run()
+    assert at.radio(key="find_compare").value == "delta"           # the paper's method stays the default
+    at.number_input(key="find_steps").set_value(2).run()
+    at.radio(key="find_compare").set_value("domain-lens").run()
+    at.button(key="find_go").click().run()
+    assert len(at.exception) == 0
+    assert any("at least 3 domains" in str(e.value) for e in at.error)  # the app pool has fewer: what to do instead
+
+
 def test_bad_examples_get_a_clear_message(app_env):
     at = app("pages/find.py").run()
     at.radio(key="find_source").set_value("Upload my own examples").run()

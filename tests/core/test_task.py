@@ -143,6 +143,43 @@ def test_find_models_end_to_end(pool, tmp_path):
     assert len(again.matches) == 2 and again.adapter_dir is None
 
 
+def test_find_models_through_the_domain_lens(pool):
+    from core.engine.embed import embed_catalog
+    from core.reuse.task import similarities
+
+    table = embed_catalog(pool).table
+    extra = matrix(table)[:2] + 0.01                       # two more models, so three domains have two models each
+    names = [*table["name"], "copy_0", "copy_1"]
+    labels = pd.DataFrame({"name": names, "domain": ["a", "b", "c", "a", "b", "c"]})
+    six = make_table(names, np.vstack([matrix(table), extra]).astype(np.float32), labels)
+    result = find_models(EXAMPLES, pool, vectors=six, steps=STEPS, compare="domain-lens")
+    assert result.compare == "domain-lens" and result.to_json()["compare"] == "domain-lens"
+    expected = dict(zip(names, similarities(result.vector, six, "domain-lens")))
+    assert dict(zip(result.matches["name"], result.matches["similarity"])) == pytest.approx(expected)
+    raw = find_models(EXAMPLES, pool, vectors=six, steps=STEPS)
+    assert np.allclose(raw.vector, result.vector, atol=1e-5)     # the task vector is the same; only the ranking differs
+    assert raw.match_strength == pytest.approx(result.match_strength)   # "no close match" reads raw cosine either way
+
+
+def test_pool_search_settings_set_the_steps(tmp_path, pool):
+    from core.reuse.task import SEARCH_FILE, TASK_STEPS, task_steps
+
+    catalog = tmp_path / "catalog.csv"
+    assert task_steps(catalog) == TASK_STEPS and task_steps(None) == TASK_STEPS
+    (tmp_path / SEARCH_FILE).write_text('{"steps": 7}')
+    assert task_steps(catalog) == 7
+    for bad in ('{"steps": 0}', '{"steps": "ten"}', "[1]", "not json"):
+        (tmp_path / SEARCH_FILE).write_text(bad)
+        with pytest.raises(DeltaAtlasError, match="search.json cannot be read"):
+            task_steps(catalog)
+    own = pool.parent / SEARCH_FILE                     # the pool's own file is what a search without --steps uses
+    own.write_text('{"steps": 2}')
+    try:
+        assert len(find_models(EXAMPLES, pool).losses) == 2
+    finally:
+        own.unlink()
+
+
 def test_find_models_checks_before_work(pool, tmp_path, monkeypatch):
     import core.reuse.task
 
@@ -152,6 +189,8 @@ def test_find_models_checks_before_work(pool, tmp_path, monkeypatch):
     monkeypatch.setattr(core.reuse.task, "finetune_task", boom)
     with pytest.raises(ExamplesError, match="holds 1 example"):
         find_models(EXAMPLES[:1], pool)
+    with pytest.raises(DeltaAtlasError, match="Unknown comparison 'closest'"):
+        find_models(EXAMPLES, pool, compare="closest")
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "x").write_text("x")
@@ -177,6 +216,10 @@ def test_cli_find_json(pool, tmp_path, capsys):
     assert data["matches"][0]["similarity"] >= data["matches"][1]["similarity"]
     assert main(["find", "--examples", str(tmp_path / "missing.jsonl"), "--catalog", str(pool)]) == 2
     assert "does not exist" in capsys.readouterr().err
+    # the tiny pool has two domains: the lens cannot be fitted, and says so
+    assert main(["find", "--examples", str(examples), "--catalog", str(pool), "--steps", "2",
+                 "--compare", "domain-lens"]) == 2
+    assert "at least 3 domains" in capsys.readouterr().err
 
 
 def test_missing_demo_zoo_says_how_to_build_it(tmp_path, monkeypatch):
