@@ -245,7 +245,7 @@ def demo_zoo(pool: pools.Pool) -> None:
             lens = quality.get(f"{key}_domain-lens")
             if lens:
                 steps = f" (task finetuned for {lens['steps']} steps)" if lens.get("steps") else ""
-                lines.append(f"  - Compared through the *domain lens* (a setting of the Find page){steps}: right "
+                lines.append(f"  - Compared through the *domain lens*, a setting of the Find page{steps}: right "
                              f"domain for **{lens['top1']}**, most of the top 5 for {lens['top5_majority']}, the best "
                              f"domain group for {lens['group']}.")
         if quality.get("off"):
