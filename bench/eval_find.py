@@ -13,6 +13,7 @@ the seconds per task. A mixture model (domain ``math+coding``) counts as right f
     .venv/bin/python bench/eval_find.py --off-domain          # off-domain tasks made from pretrain/ (calibration)
     .venv/bin/python bench/eval_find.py --compare domain-lens --replay bench/out/eval_find.json
                                           # re-rank the task vectors of an earlier run by another comparison
+                                          # (with --ood when that run was --ood: it names the --summary entry)
 
 Held-out rows of the training datasets are the easy case; ``--ood`` is the real test (tasks written by hand for
 this project, never used to choose a default). Off-domain tasks (domain ``off``) count as right when the search
@@ -34,8 +35,7 @@ sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore", category=FutureWarning)   # transformers' deprecation notes inside PEFT
 
 from core.pool.catalog import read_catalog  # noqa: E402
-from core.reuse.task import (COMPARISONS, DEMO_CATALOG, TASK_STEPS, TaskResult, find_models,  # noqa: E402
-                             judge_closeness, pool_vectors, rank, rank_groups, similarities)
+from core.reuse.task import COMPARISONS, DEMO_CATALOG, TASK_STEPS, find_models, match_task, pool_vectors  # noqa: E402
 
 
 def in_domain(label: str, domain: str) -> bool:
@@ -105,9 +105,7 @@ def replay(rows: list[dict], catalog, compare: str) -> list[dict]:
     out = []
     for row in rows:
         vector = np.asarray(row["vector"], dtype=np.float32)
-        matches = rank(vector, pool, compare=compare)
-        result = TaskResult(vector=vector, matches=matches, group_matches=rank_groups(matches), compare=compare)
-        judge_closeness(result, pool, similarities(vector, pool), catalog.path)
+        result = match_task(vector, pool, compare=compare, catalog_path=catalog.path)
         out.append(row_of(row["dataset"], row["domain"], row["examples"], row["steps"], row["seconds"], result,
                           row.get("final_loss")))
     return out
@@ -224,8 +222,7 @@ def finish(args, results: dict) -> int:
         counts = summary(next(iter(results.values())))
         suffix = "" if args.compare == "delta" else f"_{args.compare}"
         if "in" in counts:
-            kind = "ood" if args.ood or "ood" in str(args.replay or "") else "held_out"
-            known[kind + suffix] = counts["in"]
+            known[("ood" if args.ood else "held_out") + suffix] = counts["in"]
         if "off" in counts and not suffix:   # the "no close match" verdict reads raw similarities either way
             known["off"] = counts["off"]
         path.write_text(json.dumps(known, indent=1))

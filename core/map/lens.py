@@ -79,10 +79,8 @@ class DomainLens:
 
 
 def _unit_rows(vectors, what: str) -> np.ndarray:
+    """Validated rows [n, d] (one vector [d] becomes [1, d]), at unit length."""
+    from core.map.projection import _check_matrix, normalize_rows
+
     X = np.asarray(vectors, dtype=np.float64)
-    if X.ndim == 1:
-        X = X[None, :]
-    if X.ndim != 2 or X.shape[0] == 0 or not np.isfinite(X).all():
-        raise DeltaAtlasError(f"The {what} must be a finite, non-empty [n, d] array; got shape {X.shape}.")
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    return X / np.where(norms > 0, norms, 1.0)
+    return normalize_rows(_check_matrix(X[None, :] if X.ndim == 1 else X, what))

@@ -221,10 +221,15 @@ def cosine_to(vector: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     return cosine_similarities(np.asarray(vector)[None, :], vectors)[0]
 
 
-def similarities(vector: np.ndarray, table: pd.DataFrame, compare: str = "delta") -> np.ndarray:
-    """Similarity [n] of ``vector`` [d] to each model of ``table``, by the named comparison (COMPARISONS)."""
+def check_compare(compare: str) -> str:
     if compare not in COMPARISONS:
         raise DeltaAtlasError(f"Unknown comparison {compare!r}: choose one of {', '.join(COMPARISONS)}.")
+    return compare
+
+
+def similarities(vector: np.ndarray, table: pd.DataFrame, compare: str = "delta") -> np.ndarray:
+    """Similarity [n] of ``vector`` [d] to each model of ``table``, by the named comparison (COMPARISONS)."""
+    check_compare(compare)
     vectors = matrix(table).astype(np.float64)
     if vectors.shape[1] != len(vector):
         raise DeltaAtlasError(f"The task vector has {len(vector)} dimensions but the pool's have {vectors.shape[1]}: "
@@ -277,13 +282,13 @@ def find_models(examples: list[Example], catalog: str | Path | Catalog = DEMO_CA
                 vectors: pd.DataFrame | None = None, top: int | None = None, steps: int | None = None,
                 keep_adapter: str | Path | None = None, projector=None, device=None, compare: str = "delta",
                 progress: ProgressFn | None = None, models=None) -> TaskResult:
-    """Embed the task and rank the pool by ``compare`` (a name of COMPARISONS; the default is the paper's). ``vectors`` defaults to the file beside the catalog; ``projector`` is the
-    fitted map projector (its ``transform`` places the task); ``keep_adapter`` keeps the task adapter there;
+    """Embed the task and rank the pool by ``compare`` (a name of COMPARISONS; the default is the paper's).
+    ``vectors`` defaults to the file beside the catalog; ``projector`` is the fitted map projector (its
+    ``transform`` places the task); ``keep_adapter`` keeps the task adapter there;
     ``models`` (a ``core.engine.shared.SharedModels``) lends the base from memory instead of loading it."""
     start = time.perf_counter()
     check_count(len(examples), "The task")
-    if compare not in COMPARISONS:
-        raise DeltaAtlasError(f"Unknown comparison {compare!r}: choose one of {', '.join(COMPARISONS)}.")
+    check_compare(compare)
     catalog = open_catalog(catalog)
     keep, work = prepare_out_dir(keep_adapter, what="the task adapter") if keep_adapter else (None, None)
     settings = {}
@@ -300,14 +305,23 @@ def find_models(examples: list[Example], catalog: str | Path | Catalog = DEMO_CA
             publish(work, keep)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    matches = rank(vector, vectors, compare=compare)
     position = None if projector is None else np.asarray(projector.transform(vector[None, :]))[0]
+    result = match_task(vector, vectors, compare=compare, catalog_path=catalog.path, top=top, adapter_dir=keep,
+                        losses=losses, position=position)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def match_task(vector: np.ndarray, vectors: pd.DataFrame, *, compare: str = "delta", catalog_path: Path | None = None,
+               top: int | None = None, **fields) -> TaskResult:
+    """What a search does once it has the task vector [d]: rank the pool's models and its groups by ``compare``,
+    and judge how close the best match is. ``fields`` fill in the rest of the TaskResult."""
+    matches = rank(vector, vectors, compare=compare)
     result = TaskResult(vector=vector, matches=matches if top is None else matches.head(top),
-                        group_matches=rank_groups(matches), adapter_dir=keep, losses=losses,
-                        seconds=time.perf_counter() - start, position=position, compare=compare)
+                        group_matches=rank_groups(matches), compare=compare, **fields)
     # the "no close match" rule is calibrated on raw similarities, whichever comparison ranked the models
-    judge_closeness(result, vectors, cosine_to(vector.astype(np.float64), matrix(vectors).astype(np.float64)),
-                    catalog.path)
+    raw = matches["similarity"].to_numpy() if compare == "delta" else similarities(vector, vectors)
+    judge_closeness(result, vectors, raw, catalog_path)
     if compare != "delta" and result.match_note:
         result.match_note += " (This judgement reads the paper's similarities, not the lens's shown in the table.)"
     return result
@@ -367,7 +381,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--examples", required=True, help="task examples: JSON Lines, JSON list, CSV or text")
     parser.add_argument("--catalog", default=str(DEMO_CATALOG), help="pool catalog CSV (default: the demo zoo)")
     parser.add_argument("--top", type=int, default=None, help="show the K best models (default: all)")
-    parser.add_argument("--steps", type=int, default=None, help=f"finetuning steps (default: the pool's {SEARCH_FILE}, else {TASK_STEPS})")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"finetuning steps (default: the pool's {SEARCH_FILE}, else {TASK_STEPS})")
     parser.add_argument("--compare", default="delta", choices=list(COMPARISONS),
                         help="how the task is compared with the models: " + "; ".join(
                             f"{name}: {what}" for name, what in COMPARISONS.items()) + " (default delta)")
