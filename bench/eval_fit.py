@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 import eval_find
 
 from core.engine.stacked_lora import read_lora, stacked_lora
-from core.reuse.train import collate, decoder_layers, encode
+from core.reuse.task import pool_recipe
+from core.reuse.train import TopLayers, collate, encode, top_layer_ids
 from core.zoo.bases import ensure_base
 
 POOL = ROOT / "data" / "demo-smollm2"
@@ -44,54 +46,28 @@ class FitScorer:
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         self.adapters = {row.name: read_lora(pool / row.source, self.model) for row in shipped.itertuples()}
-        self.start = json.loads((pool / "recipe.json").read_text()).get("layers")
-        self.start = len(decoder_layers(self.model)) - self.start
+        self.start = top_layer_ids(self.model, pool_recipe(pool / "catalog.csv"))[0]   # the adapters' first layer
         self.max_length = max_length
 
     @torch.no_grad()
-    def _below(self, batch: dict) -> torch.Tensor:
-        kept = {}
-
-        def grab(module, args, output):
-            kept["h"] = output[0] if isinstance(output, tuple) else output
-            raise StopIteration
-
-        handle = decoder_layers(self.model)[self.start - 1].register_forward_hook(grab)
-        try:
-            self.model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-        except StopIteration:
-            pass
-        finally:
-            handle.remove()
-        return kept["h"]                                                          # [B, T, d]
-
-    @torch.no_grad()
-    def _top_losses(self, hidden: torch.Tensor, batch: dict, k: int) -> torch.Tensor:
-        """Mean response loss of each of k row groups: [k]."""
-        inner = self.model.model
-        every = inner.layers
-        inner.layers = every[self.start:]
-        try:
-            out = inner(inputs_embeds=hidden.repeat(k, 1, 1), attention_mask=batch["attention_mask"].repeat(k, 1),
-                        use_cache=False).last_hidden_state                      # [k*B, T, d]
-        finally:
-            inner.layers = every
-        targets = batch["labels"][:, 1:].repeat(k, 1)
-        keep = targets != -100
-        losses = torch.nn.functional.cross_entropy(self.model.lm_head(out[:, :-1][keep]).float(), targets[keep],
-                                                   reduction="none")
-        group = keep.nonzero()[:, 0] // batch["labels"].shape[0]
-        return torch.zeros(k).index_add_(0, group, losses) / keep.view(k, -1).sum(1)
-
     def score(self, examples) -> tuple[float, dict[str, float]]:
-        batch = collate(encode(examples, self.tokenizer, self.max_length), self.tokenizer.pad_token_id)
-        hidden = self._below(batch)
-        base = self._top_losses(hidden, batch, 1)[0].item()
+        """The base's and each adapter's mean response-token loss on ``examples``."""
+        encoded = encode(examples, self.tokenizer, self.max_length)
+        labels = collate(encoded, self.tokenizer.pad_token_id)["labels"]                  # [B, T]
+        top = TopLayers(self.model, self.start, encoded, self.tokenizer.pad_token_id, nullcontext())
+
+        def group_means(k: int) -> list[float]:          # row group g (rows g*B..(g+1)*B-1) runs through adapter g
+            rows = [i for _ in range(k) for i in range(len(encoded))]
+            losses, batch_rows = top.token_losses(rows, labels.repeat(k, 1))
+            group = batch_rows // len(encoded)
+            return (torch.zeros(k).index_add_(0, group, losses) / torch.bincount(group, minlength=k)).tolist()
+
+        base = group_means(1)[0]
         names, losses = list(self.adapters), []
         for first in range(0, len(names), CHUNK):
             chunk = names[first:first + CHUNK]
             with stacked_lora(self.model, [self.adapters[n] for n in chunk]):
-                losses += self._top_losses(hidden, batch, len(chunk)).tolist()
+                losses += group_means(len(chunk))
         return base, dict(zip(names, losses))
 
 

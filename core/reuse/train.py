@@ -279,6 +279,16 @@ class TopLayers:
 
     def loss(self, rows: list[int], labels: torch.Tensor) -> torch.Tensor:
         """Mean loss on the response tokens of examples ``rows`` (labels [B, T], -100 off the response)."""
+        logits, targets, _ = self._response_logits(rows, labels)
+        return torch.nn.functional.cross_entropy(logits.float(), targets)
+
+    def token_losses(self, rows: list[int], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each response token's loss [N] and the batch row it belongs to [N] (for per-group means)."""
+        logits, targets, batch_rows = self._response_logits(rows, labels)
+        return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none"), batch_rows
+
+    def _response_logits(self, rows: list[int], labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Logits [N, V] at the response tokens of examples ``rows``, their targets [N] and batch rows [N]."""
         width = labels.shape[1]
         hidden = torch.zeros(len(rows), width, self.states[0].shape[-1], device=labels.device)    # [B, T, d]
         mask = torch.zeros(len(rows), width, dtype=torch.long, device=labels.device)
@@ -294,7 +304,7 @@ class TopLayers:
         targets = labels[:, 1:]
         keep = targets != -100                          # the vocabulary projection only where there is a loss
         logits = self.causal.lm_head(out[:, :-1][keep])                                # [N, V]
-        return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+        return logits, targets[keep], keep.nonzero()[:, 0]
 
 
 def save_trained(model, tokenizer, recipe: Recipe, out_dir: Path, save_dtype: torch.dtype | None) -> None:
