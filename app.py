@@ -8,7 +8,7 @@ import logging
 
 import streamlit as st
 
-from pages import _ui as ui
+from pages.parts import ui
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 

@@ -149,7 +149,7 @@ def child_core(catalog: str) -> dict:
     rows = np.random.default_rng(0).choice(len(X), min(len(X), 2000), replace=False)
     timed("map quality (<= 2,000 models)", lambda: map_quality(X[rows], emb[rows]))
     timed("domain silhouette (<= 2,000)", lambda: label_silhouette(X[rows], list(frame["domain"].iloc[rows])))
-    from pages import _charts as charts
+    from pages.parts import charts
 
     labels = [c for c in frame.columns if c != "name"]
     fig = timed("figure", lambda: charts.map_figure(frame, emb, list(frame["domain"]), "domain", hover_columns=labels))

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore", category=FutureWarning)   # transformers' deprecation notes inside PEFT
 
 from core.pool.catalog import read_catalog  # noqa: E402
-from core.reuse.task import COMPARISONS, DEMO_CATALOG, TASK_STEPS, find_models, match_task, pool_vectors  # noqa: E402
+from core.reuse.task import COMPARISONS, DEMO_CATALOG, find_models, match_task, pool_vectors, task_steps  # noqa: E402
 
 
 def in_domain(label: str, domain: str) -> bool:
@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "datasets"))
     parser.add_argument("--tasks-per-dataset", type=int, default=2)
     parser.add_argument("--examples", type=int, default=15, help="examples per task (the issue asks 10-20)")
-    parser.add_argument("--steps", default=str(TASK_STEPS), help="few-shot finetuning steps; a list compares them")
+    parser.add_argument("--steps", default=None,
+                        help="few-shot finetuning steps; a list compares them (default: the pool's, as find uses)")
     parser.add_argument("--only", default="", help="comma-separated datasets or domains to keep")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (the goal is set on 2)")
     parser.add_argument("--device", default=None)
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         tasks += off_domain_tasks(Path(args.data_dir), args.examples, args.seed)
     print(f"{len(tasks)} tasks; pool of {len(pool)} models", file=sys.stderr)
     results = {}
-    for steps in [int(s) for s in args.steps.split(",")]:
+    for steps in [int(s) for s in (args.steps or str(task_steps(catalog.path))).split(",")]:
         rows = evaluate(tasks, catalog, steps, args.device, args.compare)
         results[steps] = rows
         print(f"\n### steps = {steps}\n\n{table(rows)}")

@@ -722,7 +722,7 @@ def server_env(tmp: Path, args) -> dict:
 
 
 def wait_for_warm_up(server: Server, deadline: Deadline, most: float = 120) -> None:
-    """The app compiles UMAP in a background thread after its first page (pages/_ui.py): wait for it to end, so
+    """The app compiles UMAP in a background thread after its first page (pages/parts/ui.py): wait for it to end, so
     that the load phase does not measure it (it holds the GIL for seconds)."""
     end = time.monotonic() + deadline.timeout(most)
     while time.monotonic() < end and not re.search(r"UMAP ready|UMAP warm-up failed", server.log_text()):

@@ -13,8 +13,8 @@ import streamlit as st  # noqa: E402
 
 from core.errors import DeltaAtlasError  # noqa: E402
 from core.pool import userpool  # noqa: E402
-from pages import _pools as pools  # noqa: E402
-from pages import _ui as ui  # noqa: E402
+from pages.parts import pools  # noqa: E402
+from pages.parts import ui  # noqa: E402
 
 FOLDER, ZIP, HUB = "A folder on this server", "Upload a zip", "Hugging Face Hub id"
 ADD_JOB = "add_job"  # the session's (and the URL's) job measuring a model being added

@@ -11,9 +11,9 @@ if ROOT not in sys.path:  # the page runs on its own too (AppTest.from_file, str
 import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from pages import _charts as charts  # noqa: E402
-from pages import _pools as pools  # noqa: E402
-from pages import _ui as ui  # noqa: E402
+from pages.parts import charts  # noqa: E402
+from pages.parts import pools  # noqa: E402
+from pages.parts import ui  # noqa: E402
 
 SHOWN_MATCHES = 15
 TO_MERGE = 3          # best matches offered to the Merge page

@@ -13,9 +13,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from pages import _charts as charts  # noqa: E402
-from pages import _pools as pools  # noqa: E402
-from pages import _ui as ui  # noqa: E402
+from pages.parts import charts  # noqa: E402
+from pages.parts import pools  # noqa: E402
+from pages.parts import ui  # noqa: E402
 
 NEIGHBOURS = 8           # closest models listed for a selected model
 COLOUR_GROUPS = "Groups found automatically"

@@ -15,9 +15,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from pages import _charts as charts  # noqa: E402
-from pages import _pools as pools  # noqa: E402
-from pages import _ui as ui  # noqa: E402
+from pages.parts import charts  # noqa: E402
+from pages.parts import pools  # noqa: E402
+from pages.parts import ui  # noqa: E402
 
 MERGE_KEY = "merge_result"   # {"catalog", "result", "title"}: the last merge of this session
 MERGE_JOB = "merge_job"      # the session's (and the URL's) merge job id

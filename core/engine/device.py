@@ -1,9 +1,13 @@
 """Device and dtype choice: CUDA, then MPS, then CPU; bf16 on a GPU, fp32 on the CPU. Both can be overridden."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from core.errors import DeltaAtlasError
+
+JOB_THREADS_ENV = "DELTA_ATLAS_JOB_THREADS"   # torch threads for the app's background jobs (default: all cores but one)
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -39,3 +43,17 @@ def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+def background_threads(cores: int | None = None) -> int:
+    """Torch threads for heavy work that shares its process with a server: every core but one, so that pages keep
+    a core while a search runs (bench/load_test.py: map p95 2.2 s instead of 3.0 s with 2 cores; each search about
+    1.7x slower on 2 cores). ``DELTA_ATLAS_JOB_THREADS`` overrides it."""
+    raw = os.environ.get(JOB_THREADS_ENV, "").strip()
+    if raw:
+        if not raw.isdigit() or int(raw) < 1:
+            raise DeltaAtlasError(f"{JOB_THREADS_ENV}={raw!r} is not a positive whole number: set it to the number "
+                                  "of threads background jobs may use (e.g. 1), or unset it.")
+        return int(raw)
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores - 1)

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from core import ENGINE_VERSION
-from core.engine.activations import AdapterHost, check_finite, last_token_states
+from core.engine.activations import HALF, AdapterHost, check_finite, last_token_states
 from core.engine.cache import VectorCache, content_key, default_cache_dir, entry_key
 from core.engine.device import dtype_name, pick_device, pick_dtype
 from core.engine.loading import (
@@ -86,13 +86,15 @@ class _Settings:
     models: SharedModels | None = None   # lends the base already in memory, instead of loading it per run
 
     def key(self, **parts) -> str:
+        if self.dtype in HALF:             # half weights run with a float32 residual since it was added
+            parts["residual"] = "float32"
         return entry_key(engine=ENGINE_VERSION, probes=probes_digest(self.probes), layer=self.layer,
                          dtype=dtype_name(self.dtype), **parts)
 
     def metadata(self) -> dict:
         return {"engine_version": ENGINE_VERSION, "probes_digest": probes_digest(self.probes),
                 "n_probes": len(self.probes), "layer": self.layer, "dtype": dtype_name(self.dtype),
-                "device": str(self.device)}
+                "device": str(self.device), "residual": "float32"}
 
 
 @dataclass

@@ -163,9 +163,10 @@ def _hook(a_t: torch.Tensor, b_t: torch.Tensor):
         x = args[0] if args else kwargs["input"]                               # [K*m, T, d_in]
         if x.dim() < 3 or x.shape[0] % k:
             raise NotStackableError(f"Stacked LoRA needs rows grouped per adapter ({k} groups), got {tuple(x.shape)}.")
-        low = torch.bmm(x.reshape(k, -1, x.shape[-1]).to(a_t.dtype), a_t)     # [K, m*T, r]
-        base = output.reshape(k, -1, output.shape[-1]).to(a_t.dtype)           # [K, m*T, d_out]
-        return torch.baddbmm(base, low, b_t).reshape(output.shape).to(output.dtype)   # [K*m, T, d_out]
+        with torch.autocast(x.device.type, enabled=False):                    # the low-rank term stays float32
+            low = torch.bmm(x.reshape(k, -1, x.shape[-1]).to(a_t.dtype), a_t)     # [K, m*T, r]
+            base = output.reshape(k, -1, output.shape[-1]).to(a_t.dtype)           # [K, m*T, d_out]
+            return torch.baddbmm(base, low, b_t).reshape(output.shape).to(output.dtype)   # [K*m, T, d_out]
 
     return add_lora
 

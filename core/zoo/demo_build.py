@@ -20,7 +20,7 @@ import random
 import shutil
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -60,6 +60,8 @@ class ZooPlan:
     robustness_datasets: tuple[str, ...] = ("gsm8k", "pubmedqa")
     full_datasets: tuple[str, ...] = ("gsm8k", "pubmedqa")
     mixtures: tuple[tuple[str, str], ...] = (("gsm8k", "mbpp"), ("legalbench", "pubmedqa"), ("arc", "gsm8k"))
+    # restyled datasets (demo_data.EXTRA_FORMS) trained as pool models too: every domain in more answer forms
+    extra_forms: tuple[str, ...] = ()
     seed: int = 0
 
     @classmethod
@@ -100,8 +102,13 @@ def _seeded(recipe: Recipe, name: str) -> Recipe:
 
 def plan_models(plan: ZooPlan, data_dir: Path) -> list[ModelSpec]:
     """The pool, from the datasets present in ``data_dir`` (a missing dataset is skipped with a warning)."""
-    present = {}
+    present, extra = {}, {info.key for info in demo_data.EXTRA_FORMS}
+    unknown = set(plan.extra_forms) - extra
+    if unknown:
+        raise DeltaAtlasError(f"extra_forms {sorted(unknown)} are not restyled datasets: pick from {sorted(extra)}.")
     for key, info in demo_data.DATASETS.items():
+        if key in extra and key not in plan.extra_forms:
+            continue
         if (data_dir / info.folder).is_dir():
             present[key] = len(demo_data.trainable(data_dir, key))
         else:
@@ -416,17 +423,22 @@ def quiet_transformers() -> None:
 # -- CLI --------------------------------------------------------------------------------------------------------
 def add_arguments(parser) -> None:
     parser.add_argument("--data-dir", required=True, help="the datasets folder (../shared/datasets)")
-    parser.add_argument("--out", default="data/demo", help="where the zoo goes (default data/demo)")
+    parser.add_argument("--out", default="data/demo-smollm2", help="where the zoo goes (default data/demo-smollm2)")
     parser.add_argument("--micro", action="store_true", help="a tiny few-minute zoo, for smoke tests")
     parser.add_argument("--no-vectors", action="store_true", help="train only; skip embedding and the report")
     parser.add_argument("--shard", default="0/1", metavar="K/N",
                         help="train only models K, K+N, K+2N... (run N processes side by side, then one plain run)")
     parser.add_argument("--only", default=None, metavar="NAME[,NAME]",
                         help="retrain just these models (e.g. a full finetune, which is not shipped)")
+    parser.add_argument("--every-form", action="store_true",
+                        help="also train the restyled datasets, so that every domain answers in more forms "
+                             "(an experiment: bench/README.md)")
 
 
 def main(args) -> int:
     plan = ZooPlan.micro() if args.micro else ZooPlan()
+    if args.every_form:
+        plan = replace(plan, extra_forms=tuple(info.key for info in demo_data.EXTRA_FORMS))
     try:
         k, n = (int(x) for x in args.shard.split("/"))
         assert 0 <= k < n

@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.io as pio
 import pytest
 
-from pages import _charts as charts
+from pages.parts import charts
 from tests.app.conftest import ROOT, problems
 
 N = 5000
@@ -123,7 +123,7 @@ def test_slow_map_results_are_kept_on_disk(big_env, monkeypatch):
     import streamlit as st
 
     import core.map.projection as projection
-    from pages import _pools as pools
+    from pages.parts import pools
 
     pool = pools.Pool(big_env / "pool" / "catalog.csv", big_env / "pool" / "vectors.parquet", "big")
     data = pools.pool_data(pool)

@@ -35,6 +35,14 @@ def test_every_page_renders_through_the_app(app_env):
         assert at.sidebar.selectbox(key="catalog").value == str(app_env["catalog"])  # drawn by app.py
 
 
+def test_pages_folder_holds_only_the_apps_pages():
+    """Streamlit serves every top-level file of pages/ at its own URL (/charts would be a blank page): helper
+    modules live in pages/parts/."""
+    navigation = (ROOT / "app.py").read_text()
+    assert sorted(p.name for p in (ROOT / "pages").glob("*.py")) == sorted(PAGES)
+    assert all(f'"pages/{page}"' in navigation for page in PAGES)
+
+
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_renders_on_its_own(app_env, page):
     at = app(f"pages/{page}").run()
@@ -79,7 +87,7 @@ def test_map_settings_and_colours(app_env):
 
 
 def test_chart_selection_is_read_by_name():
-    from pages._ui import names_from_event
+    from pages.parts.ui import names_from_event
 
     event = {"selection": {"points": [{"customdata": ["a"]}, {"customdata": ["b"]}, {"x": 1}, {"customdata": ["a"]}]}}
     assert names_from_event(event) == ["a", "b"]  # the star (no customdata) and repeats are skipped
@@ -180,7 +188,7 @@ def test_a_broken_catalog_is_a_message_not_a_traceback(app_env, tmp_path, monkey
 def test_a_busy_model_is_shown_in_the_sidebar(app_env):
     import threading
 
-    from pages import _ui
+    from pages.parts import ui as _ui
 
     gate = threading.Event()
     job = _ui.job_queue().submit(str(app_env["models"] / "base"), "search", "someone-else",
@@ -198,7 +206,7 @@ def test_a_search_waits_its_turn_and_survives_a_reload(app_env):
     the URL (a reloaded tab) gets its result."""
     import threading
 
-    from pages import _ui
+    from pages.parts import ui as _ui
 
     gate = threading.Event()
     at = app().run()
@@ -285,7 +293,7 @@ def test_no_catalog_at_all_says_how_to_build_the_demo(tmp_path, monkeypatch):
     monkeypatch.setenv("DELTA_ATLAS_CATALOG", str(tmp_path / "nothing" / "catalog.csv"))
     monkeypatch.setenv("DELTA_ATLAS_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("DELTA_ATLAS_USER_DIR", str(tmp_path / "user"))
-    monkeypatch.setattr("pages._pools.DEMO_CATALOG", tmp_path / "nothing" / "catalog.csv")
+    monkeypatch.setattr("pages.parts.pools.DEMO_CATALOG", tmp_path / "nothing" / "catalog.csv")
     at = app().run()
     assert len(at.exception) == 0
     assert any("build-demo" in w.value for w in at.sidebar.warning)

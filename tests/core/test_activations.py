@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.engine.activations import AdapterHost, _reference_states, last_token_states, reference_delta
+from core.engine.activations import (AdapterHost, _forward, _reference_states, float32_residual, last_token_states,
+                                     reference_delta)
 from core.engine.loading import load_model
 from core.engine.probes import DEFAULT_PROBES
 from core.errors import ComputationError
@@ -86,3 +87,27 @@ def test_reference_delta_of_a_lora_is_nonzero_and_of_the_base_zero(tiny_pool):
     delta = reference_delta(tiny_pool["base"], tiny_pool["loras"]["lora_0"], "lora", DEFAULT_PROBES)
     assert delta.shape == (64,) and abs(delta).max() > 1e-2
     assert abs(reference_delta(tiny_pool["base"], tiny_pool["base"], "full", DEFAULT_PROBES)).max() == 0
+
+
+def test_half_precision_keeps_a_float32_residual_and_removes_its_hook(tmp_path):
+    from tests.conftest import make_base
+
+    path = make_base(tmp_path / "deep", num_hidden_layers=8)
+    exact, tokenizer = load_model(path, "cpu", torch.float32)
+    half, _ = load_model(path, "cpu", torch.bfloat16)
+    encoded = tokenizer(list(DEFAULT_PROBES), return_tensors="pt", padding=True)
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+
+    def final(model, wrapped: bool) -> torch.Tensor:                       # [P, d]
+        with torch.no_grad():
+            out = _forward(model, ids, mask, {}) if wrapped else model(input_ids=ids, attention_mask=mask,
+                                                                     output_hidden_states=True)
+        return out.hidden_states[-1][:, -1]
+
+    target = final(exact, True)
+    residual, plain = final(half, True), final(half, False)
+    assert residual.dtype == torch.float32 and plain.dtype == torch.bfloat16
+    assert (residual - target).norm() < (plain.float() - target).norm()
+    with float32_residual(exact):                                           # float32 weights: nothing changes
+        assert not exact.get_input_embeddings()._forward_hooks
+    assert not half.get_input_embeddings()._forward_hooks                   # the hook removed itself

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,21 @@ def test_plan_covers_every_variant_for_the_datasets_present(tmp_path):
     mixture = next(s for s in specs if s.variant == "mixture")
     names = {s.name for s in specs}
     assert all(part in names for part in mixture.mixture_of.split("+"))
+
+
+def test_extra_answer_forms_join_the_plan_only_when_asked(tmp_path):
+    data = write_micro_corpus(tmp_path)
+    plain = {s.dataset for s in plan_models(ZooPlan.micro(), data)}
+    assert not plain & {info.key for info in demo_data.EXTRA_FORMS}
+    every = {info.key for info in demo_data.EXTRA_FORMS}
+    plan = replace(ZooPlan.micro(), extra_forms=tuple(sorted(every)))
+    crossed = {s.name: s for s in plan_models(plan, data)}
+    # the micro corpus holds gsm8k, mbpp and cruxeval: their restyles join as breadth models of their domain
+    for key in ("gsm8k_number", "gsm8k_check", "cruxeval_check", "cruxeval_letter", "mbpp_explained"):
+        spec = next(s for s in crossed.values() if s.dataset == key)
+        assert spec.variant == "breadth" and spec.domain == demo_data.DATASETS[key].domain
+    with pytest.raises(DeltaAtlasError, match="not restyled datasets"):
+        plan_models(replace(ZooPlan.micro(), extra_forms=("gsm8k",)), data)
 
 
 def test_training_never_touches_held_out_examples(tmp_path):

@@ -27,7 +27,7 @@ from core.pool.userpool import UserPool
 
 log = logging.getLogger("delta_atlas.app")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR_ENV = "DELTA_ATLAS_DATA_DIR"     # where catalogs are looked for (default: data/ in the repository)
 CATALOG_ENV = "DELTA_ATLAS_CATALOG"       # the catalog opened first (default: the demo zoo)
 DEMO_CATALOG = ROOT / "data" / "demo" / "catalog.csv"

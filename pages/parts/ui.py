@@ -1,5 +1,5 @@
 """Glue shared by the pages: the sidebar, shared session state, heavy-work locks, progress bars, error display and
-the task-examples picker. Loading and caching the pools lives in ``_pools``.
+the task-examples picker. Loading and caching the pools lives in ``pools``.
 
 Pages stay thin: every computation is a ``core`` call; what one user did (selection, last task, last merge) is
 kept in ``st.session_state`` so that the other pages can start from it.
@@ -21,8 +21,8 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 from core.errors import DeltaAtlasError
 from core.jobs import Job, JobQueue, noun
 from core.progress import Progress
-from pages import _pools
-from pages._pools import Pool, find_catalogs, load_catalog, stamp, title_of, user_pool, vectors_path_for
+from pages.parts import pools as _pools
+from pages.parts.pools import Pool, find_catalogs, load_catalog, stamp, title_of, user_pool, vectors_path_for
 
 log = logging.getLogger("delta_atlas.app")
 
@@ -183,9 +183,13 @@ def job_queue() -> JobQueue:
 @st.cache_resource(show_spinner=False)
 def shared_models():
     """Each base loaded once per server process and lent to one job at a time (``core.engine.shared``); never mutated:
-    a task search or a merge trains or wraps a private copy."""
+    a task search or a merge trains or wraps a private copy. Jobs run torch on every core but one."""
+    import torch
+
+    from core.engine.device import background_threads
     from core.engine.shared import SharedModels  # imports torch: not for the map
 
+    torch.set_num_threads(background_threads())   # the jobs leave a core to the pages
     return SharedModels()
 
 
