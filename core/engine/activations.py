@@ -101,13 +101,13 @@ def float32_residual(model):
     base, 32 layers: cosine 0.9962 to the fp32 vectors). Here the embeddings come out in float32 and autocast runs
     each matrix product in the weights' dtype, so every sub-layer's output is rounded once and the residual sums
     stay in float32. Nothing changes for float32 weights. The hook removes itself."""
-    dtype, device = next(model.parameters()).dtype, next(model.parameters()).device
-    if dtype not in HALF:
+    weight = next(model.parameters())
+    if weight.dtype not in HALF:
         yield
         return
     handle = model.get_input_embeddings().register_forward_hook(lambda module, args, output: output.float())
     try:
-        with torch.autocast(device.type, dtype=dtype):
+        with torch.autocast(weight.device.type, dtype=weight.dtype):
             yield
     finally:
         handle.remove()

@@ -259,9 +259,10 @@ def final_number(examples: list[Example], rng: random.Random) -> list[Example]:
 def answer_check(examples: list[Example], rng: random.Random) -> list[Example]:
     """"Is N the answer?" with the right N half of the time, another problem's answer otherwise -> Yes. / No."""
     answers = [m.group(1) if (m := FINAL_ANSWER.search(e.response)) else None for e in examples]
+    known = [a for a in answers if a]
     out = []
     for e, right in zip(examples, answers):
-        shown = right if rng.random() < 0.5 else _wrong([a for a in answers if a], right, rng)
+        shown = right if rng.random() < 0.5 else _wrong(known, right, rng)
         if right and shown:
             out.append(Example(f"Is {shown} the answer to this problem? {e.instruction}", _yes_no(shown == right)))
     return out
