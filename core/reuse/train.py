@@ -1,8 +1,9 @@
 """Finetuning on instruction/response examples: LoRA (the paper's recipe) or full-parameter.
 
 Used by the demo-zoo builder (to train the pool) and by task search (a brief few-shot finetune of the pool's base
-on the user's examples). The loss is on the response tokens only; the prompt is one Alpaca template for every
-domain, so that the prompt itself never tells domains apart.
+on the user's examples). The loss is on the response tokens only (the paper's), or with ``loss_on="text"`` on the
+instruction and input too; never on the Alpaca template, which is one for every domain, so that the template itself
+never tells domains apart.
 """
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ class Recipe:
     seed: int = 0
     layers: int = 0               # train only the top N transformer layers (0: all); see TopLayers
     precision: str = "float32"    # "bfloat16": mixed precision (bf16 compute, fp32 weights and optimiser)
+    loss_on: str = "response"     # "text": also the instruction and input (what the examples are about)
 
     def replace(self, **changes) -> "Recipe":
         unknown = set(changes) - {f.name for f in fields(self)}
@@ -94,18 +96,51 @@ class TrainResult:
         return sum(tail) / max(len(tail), 1)
 
 
-def encode(examples: list[Example], tokenizer, max_length: int) -> list[tuple[list[int], list[int]]]:
-    """Token ids and labels per example; labels are -100 on the prompt so the loss is on the response (+ EOS)."""
+LOSS_ON = ("response", "text")
+
+
+def encode(examples: list[Example], tokenizer, max_length: int,
+           loss_on: str = "response") -> list[tuple[list[int], list[int]]]:
+    """Token ids and labels per example. Labels are -100 off the loss: on the whole prompt (``loss_on="response"``)
+    or only on its template (``"text"``: the instruction and input count, like the response and its EOS)."""
+    if loss_on not in LOSS_ON:
+        raise DeltaAtlasError(f"Unknown loss_on {loss_on!r}: use {' or '.join(LOSS_ON)}.")
     encoded = []
     for ex in examples:
-        prompt_ids = tokenizer(ex.prompt())["input_ids"]
+        prompt_ids, prompt_labels = _prompt_tokens(ex, tokenizer, loss_on)
         response_ids = tokenizer(ex.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         response_ids = response_ids[: max_length // 2] if len(prompt_ids) + len(response_ids) > max_length else response_ids
         budget = max_length - len(response_ids)
         if len(prompt_ids) > budget:  # cut the middle of the prompt, keep its start and the "### Response:" tail
-            prompt_ids = prompt_ids[: budget - PROMPT_TAIL_TOKENS] + prompt_ids[-PROMPT_TAIL_TOKENS:]
-        encoded.append((prompt_ids + response_ids, [-100] * len(prompt_ids) + response_ids))
+            keep = lambda seq: seq[: budget - PROMPT_TAIL_TOKENS] + seq[-PROMPT_TAIL_TOKENS:]   # noqa: E731
+            prompt_ids, prompt_labels = keep(prompt_ids), keep(prompt_labels)
+        encoded.append((prompt_ids + response_ids, prompt_labels + response_ids))
     return encoded
+
+
+def _prompt_tokens(ex: Example, tokenizer, loss_on: str) -> tuple[list[int], list[int]]:
+    """The prompt's token ids, and its labels: -100 everywhere, or (``"text"``) the id of every token that starts
+    inside the instruction or the input (character spans, through the fast tokenizer's offsets)."""
+    prompt = ex.prompt()
+    if loss_on == "response":
+        ids = tokenizer(prompt)["input_ids"]
+        return ids, [-100] * len(ids)
+    if not getattr(tokenizer, "is_fast", False):
+        raise DeltaAtlasError("loss_on='text' needs a fast (Rust) tokenizer, which gives character offsets; "
+                              "use loss_on='response' with this base.")
+    template = PROMPT_WITH_INPUT if ex.input else PROMPT
+    head, rest = template.split("{instruction}")
+    start = len(head)
+    spans = [(start, start + len(ex.instruction))]
+    if ex.input:
+        middle = rest.split("{input}")[0]
+        begin = spans[0][1] + len(middle)
+        spans.append((begin, begin + len(ex.input)))
+    encoding = tokenizer(prompt, return_offsets_mapping=True)
+    ids = encoding["input_ids"]
+    labels = [i if any(a <= first < b for a, b in spans) and last > first else -100
+              for i, (first, last) in zip(ids, encoding["offset_mapping"])]
+    return ids, labels
 
 
 def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -201,7 +236,7 @@ def finetune(model, tokenizer, examples: list[Example], recipe: Recipe, out_dir:
             param.requires_grad_(any(k in name for k in kept))
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
-    encoded = encode(examples, tokenizer, recipe.max_length)
+    encoded = encode(examples, tokenizer, recipe.max_length, recipe.loss_on)
     autocast = _autocast(device, recipe.precision)
     # all layers learning (layers == n) leaves nothing frozen below to run once
     top = TopLayers(model, layer_ids[0], encoded, tokenizer.pad_token_id, autocast) if layer_ids and layer_ids[0] else None
@@ -215,7 +250,7 @@ def finetune(model, tokenizer, examples: list[Example], recipe: Recipe, out_dir:
             if top is not None:
                 loss = top.loss(rows, batch["labels"].to(device))
             else:
-                loss = model(**{k: v.to(device) for k, v in batch.items()}).loss   # mean over response tokens
+                loss = model(**{k: v.to(device) for k, v in batch.items()}).loss   # mean over the labelled tokens
         if not torch.isfinite(loss):
             raise DeltaAtlasError(f"Training diverged at step {step + 1} (loss {loss.item()}): lower the learning rate.")
         loss.backward()
@@ -278,7 +313,7 @@ class TopLayers:
         return kept["h"]
 
     def loss(self, rows: list[int], labels: torch.Tensor) -> torch.Tensor:
-        """Mean loss on the response tokens of examples ``rows`` (labels [B, T], -100 off the response)."""
+        """Mean loss on the labelled tokens of examples ``rows`` (labels [B, T], -100 off the loss)."""
         logits, targets, _ = self._response_logits(rows, labels)
         return torch.nn.functional.cross_entropy(logits.float(), targets)
 

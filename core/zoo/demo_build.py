@@ -433,12 +433,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--every-form", action="store_true",
                         help="also train the restyled datasets, so that every domain answers in more forms "
                              "(an experiment: bench/README.md)")
+    parser.add_argument("--loss-on", choices=("response", "text"), default=None,
+                        help="train on the responses only (the plan's default) or on the instructions too")
 
 
 def main(args) -> int:
     plan = ZooPlan.micro() if args.micro else ZooPlan()
     if args.every_form:
         plan = replace(plan, extra_forms=tuple(info.key for info in demo_data.EXTRA_FORMS))
+    if args.loss_on:
+        plan = replace(plan, recipe=plan.recipe.replace(loss_on=args.loss_on))
     try:
         k, n = (int(x) for x in args.shard.split("/"))
         assert 0 <= k < n

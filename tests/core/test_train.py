@@ -79,7 +79,8 @@ def test_mixed_precision_training_is_close_to_float32(base, tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [(dict(layers=9), "has 3 layers"), (dict(precision="fp8"), "precision"),
-                                             (dict(method="prefix"), "Unknown finetuning method")])
+                                             (dict(method="prefix"), "Unknown finetuning method"),
+                                             (dict(loss_on="prompt"), "Unknown loss_on")])
 def test_bad_recipes_are_refused_with_a_message(base, tmp_path, change, message):
     model, tokenizer, folder = base
     with pytest.raises(DeltaAtlasError, match=message):
@@ -101,3 +102,16 @@ def test_every_layer_training_works_on_any_layout(base, tmp_path):
     assert len(finetune(gpt2, tokenizer, EXAMPLES, recipe, tmp_path / "gpt2").losses) == 2
     with pytest.raises(DeltaAtlasError, match="transformer layers"):
         finetune(GPT2LMHeadModel(gpt2.config), tokenizer, EXAMPLES, recipe.replace(layers=1), tmp_path / "x")
+
+
+def test_loss_on_text_labels_the_instruction_input_and_response_but_never_the_template(base):
+    _, tokenizer, _ = base
+    example = Example("Summarise the clause.", "Rent is due monthly.", input="The tenant shall pay rent.")
+    (ids, labels), = encode([example], tokenizer, 256, loss_on="text")
+    (same_ids, response_only), = encode([example], tokenizer, 256)
+    assert ids == same_ids
+    labelled = tokenizer.decode([i for i, label in zip(ids, labels) if label != -100]).replace(" ", "")
+    assert labelled.startswith("Summarisetheclause.Thetenantshallpayrent.Rentisduemonthly.")
+    assert "Instruction" not in labelled and "Response" not in labelled and "Below" not in labelled
+    assert [label for label in labels if label != -100][-len([x for x in response_only if x != -100]):] == \
+        [x for x in response_only if x != -100]           # the response part is labelled exactly as before
