@@ -28,7 +28,7 @@ import torch
 from core.errors import DeltaAtlasError
 from core.pool.catalog import write_catalog
 from core.progress import ProgressFn, TextBar, report
-from core.reuse.train import Recipe, finetune
+from core.reuse.train import LOSS_ON, Recipe, finetune
 from core.zoo import demo_data
 from core.zoo.tinylm import BaseShape, count_parameters, init_base, save_model, train_tokenizer
 
@@ -433,7 +433,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--every-form", action="store_true",
                         help="also train the restyled datasets, so that every domain answers in more forms "
                              "(an experiment: bench/README.md)")
-    parser.add_argument("--loss-on", choices=("response", "text"), default=None,
+    parser.add_argument("--loss-on", choices=LOSS_ON, default=None,
                         help="train on the responses only (the plan's default) or on the instructions too")
 
 
