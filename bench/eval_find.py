@@ -10,13 +10,15 @@ the seconds per task. A mixture model (domain ``math+coding``) counts as right f
     .venv/bin/python bench/eval_find.py --steps 40,80,120     # compare few-shot step counts
     .venv/bin/python bench/eval_find.py --threads 2           # the issue's timing condition: 2 CPU cores
     .venv/bin/python bench/eval_find.py --ood                 # the hand-written tasks of bench/ood_tasks/
+    .venv/bin/python bench/eval_find.py --dev                 # the hand-written development tasks (may choose)
     .venv/bin/python bench/eval_find.py --off-domain          # off-domain tasks made from pretrain/ (calibration)
     .venv/bin/python bench/eval_find.py --compare domain-lens --replay bench/out/eval_find.json
                                           # re-rank the task vectors of an earlier run by another comparison
                                           # (with --ood when that run was --ood: it names the --summary entry)
 
 Held-out rows of the training datasets are the easy case; ``--ood`` is the real test (tasks written by hand for
-this project, never used to choose a default). Off-domain tasks (domain ``off``) count as right when the search
+this project, never used to choose a default). ``--dev`` runs a second hand-written set (bench/dev_tasks/ and the
+app's data/sample_tasks/), written apart from the first, on which settings may be compared and chosen. Off-domain tasks (domain ``off``) count as right when the search
 says "no close match"; every in-domain task reports whether it was flagged wrongly.
 """
 from __future__ import annotations
@@ -61,6 +63,7 @@ def held_out_tasks(data_dir: Path, per_dataset: int, n_examples: int, seed: int,
 
 
 OOD_DIR = ROOT / "bench" / "ood_tasks"
+DEV_DIRS = (ROOT / "bench" / "dev_tasks", ROOT / "data" / "sample_tasks")
 
 
 def ood_tasks(folder: Path = OOD_DIR, only: list[str] | None = None):
@@ -179,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replay", default=None, metavar="FILE",
                         help="re-rank the saved task vectors of an earlier run (its --out) instead of finetuning")
     parser.add_argument("--ood", action="store_true", help="the hand-written tasks of bench/ood_tasks/")
+    parser.add_argument("--dev", action="store_true",
+                        help="the hand-written development tasks (bench/dev_tasks/, data/sample_tasks/)")
     parser.add_argument("--off-domain", action="store_true", help="add off-domain tasks made from pretrain/")
     parser.add_argument("--no-held-out", action="store_true", help="leave out the held-out rows of the datasets")
     parser.add_argument("--summary", default=None, metavar="FILE",
@@ -200,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     only = [s for s in args.only.split(",") if s]
     if args.ood:
         tasks = ood_tasks(OOD_DIR, only)
+    elif args.dev:
+        tasks = [task for folder in DEV_DIRS for task in ood_tasks(folder, only)]
     elif args.no_held_out:
         tasks = []
     else:
@@ -223,7 +230,7 @@ def finish(args, results: dict) -> int:
         counts = summary(next(iter(results.values())))
         suffix = "" if args.compare == "delta" else f"_{args.compare}"
         if "in" in counts:
-            known[("ood" if args.ood else "held_out") + suffix] = counts["in"]
+            known[("ood" if args.ood else "dev" if args.dev else "held_out") + suffix] = counts["in"]
         if "off" in counts and not suffix:   # the "no close match" verdict reads raw similarities either way
             known["off"] = counts["off"]
         path.write_text(json.dumps(known, indent=1))
