@@ -207,6 +207,33 @@ def base_description(base: str) -> str:
     return Path(base).name or base
 
 
+def training_words(pool: pools.Pool) -> str:
+    """How the pool's models learned (its recipe.json), with the two ways measured side by side when a
+    comparison was run (search_quality.json, "loss_on")."""
+    from core.errors import DeltaAtlasError
+    from core.reuse.task import pool_recipe
+
+    folder = pool.catalog_path.parent
+    if not (folder / "recipe.json").is_file():
+        return ""
+    try:
+        recipe = pool_recipe(pool.catalog_path)
+    except DeltaAtlasError:
+        return ""
+    if recipe.loss_on != "text":
+        return ("Each model learned from the answers of its examples only, as in the paper; a task you search "
+                "with is learned the same way.")
+    words = ("Each model learned from the **whole of each example** — the instruction and its input as well as the "
+             "answer — where the paper's models learn from the answers only, so that a model takes in what its "
+             "data is about, not only how it answers; a task you search with is learned the same way.")
+    path = folder / SEARCH_QUALITY
+    compared = load_report(str(path), pools.stamp(path)).get("loss_on") if path.is_file() else None
+    if isinstance(compared, dict) and {"text", "response", "about"} <= set(compared):
+        words += (f" Measured on {compared['about']}: the best match was in the right domain for "
+                  f"**{compared['text']}** this way, against {compared['response']} learning from the answers only.")
+    return words
+
+
 def demo_zoo(pool: pools.Pool) -> None:
     """What the demo zoo is made of, and how well task search does on it (measured by bench/eval_find.py)."""
     st.subheader("6. The demo zoo, and how well task search does on it")
@@ -219,6 +246,9 @@ def demo_zoo(pool: pools.Pool) -> None:
                 "map shows whether models group by topic or by the form of their answers. On a base this small, the "
                 "form still often wins: models of one dataset sit together, but datasets of one domain that answer "
                 "differently can sit apart.")
+    training = training_words(pool)
+    if training:
+        st.markdown(training)
     if {"domain", "dataset", "format"} <= set(frame.columns):
         single = frame[~frame["domain"].astype(str).str.contains("+", regex=False)]
         loss = pd.to_numeric(single.get("held_out_loss"), errors="coerce")

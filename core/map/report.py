@@ -23,10 +23,10 @@ import pandas as pd
 from core.errors import DeltaAtlasError
 from core.pool.catalog import read_catalog
 from core.progress import ProgressFn, TextBar
+from core.zoo import DEMO_CATALOG
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CATALOG = Path(__file__).resolve().parents[2] / "data" / "demo" / "catalog.csv"
 EMBEDDINGS = {  # key -> name in the paper's table (SPEC §2), in the table's order
     "weights": "flattened adapter weights", "mask": "salient mask", "outputs": "output embedding",
     "delta_activations": "Delta Activations"}
@@ -256,7 +256,7 @@ def format_report(report: dict) -> str:
 
 # ---------------------------------------------------------------------------------------------- command line
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--catalog", default=str(DEFAULT_CATALOG), help="catalog CSV (default: the demo zoo's)")
+    parser.add_argument("--catalog", default=str(DEMO_CATALOG), help="catalog CSV (default: the demo zoo's)")
     parser.add_argument("--vectors", default=None, help="vector file (default: vectors.parquet beside the catalog)")
     parser.add_argument("--label", default="domain", help="label column the clustering is judged by (default domain)")
     parser.add_argument("--no-baselines", action="store_true", help="skip the baselines (they read every model's "

@@ -25,10 +25,10 @@ from core.pool.catalog import Catalog, Source, read_catalog
 from core.progress import Progress, ProgressFn, TextBar, report
 from core.reuse.examples import check_count, load_examples
 from core.reuse.train import Example, Recipe, finetune, load_recipe
+from core.zoo import DEMO_CATALOG
 
 log = logging.getLogger(__name__)
 
-DEMO_CATALOG = Path(__file__).resolve().parents[2] / "data" / "demo" / "catalog.csv"
 TASK_STEPS = 40                          # few-shot steps: 40 and 80 were equally accurate on the demo zoo
 GROUP_COLUMNS = ("domain", "dataset")   # label columns whose groups are ranked too
 GROUP_TOP = 3                           # a group's score: mean similarity of its 3 closest models (see below)

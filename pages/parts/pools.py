@@ -24,13 +24,13 @@ from core.engine.vectors import label_columns, matrix, read_vectors
 from core.errors import DeltaAtlasError
 from core.pool.catalog import Catalog, read_catalog
 from core.pool.userpool import UserPool
+from core.zoo import DEMO_CATALOG
 
 log = logging.getLogger("delta_atlas.app")
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR_ENV = "DELTA_ATLAS_DATA_DIR"     # where catalogs are looked for (default: data/ in the repository)
 CATALOG_ENV = "DELTA_ATLAS_CATALOG"       # the catalog opened first (default: the demo zoo)
-DEMO_CATALOG = ROOT / "data" / "demo" / "catalog.csv"
 CATALOGS_FOLDER = "catalogs"              # data/catalogs/*.csv: ready catalogs, one pool per file
 HUB_NEEDS = "a GPU and the Hugging Face Hub"  # what a pool of hub models needs before it has vectors
 
@@ -80,14 +80,17 @@ def find_catalogs() -> list[Path]:
 
 
 def title_of(path: Path) -> str:
-    """A catalog's name for people: 'Demo zoo (built in)', else its folder (``x/catalog.csv``) or file name."""
-    if path.resolve() == DEMO_CATALOG.resolve():
-        return "Demo zoo (built in)"
-    title = path.parent / "TITLE"              # a shipped pool may name itself in one line
+    """A catalog's name for people: its TITLE file (one line beside a shipped pool), else its folder
+    (``x/catalog.csv``) or file name; the default zoo says it is built in."""
+    built_in = path.resolve() == DEMO_CATALOG.resolve()
+    title = path.parent / "TITLE"
     if path.stem == "catalog" and title.is_file():
-        return title.read_text(encoding="utf-8").strip()[:80] or path.parent.name
-    name = path.parent.name if path.stem == "catalog" else path.stem
-    return name.replace("_", " ")
+        name = title.read_text(encoding="utf-8").strip()[:80] or path.parent.name
+    elif built_in:
+        name = "Demo zoo"
+    else:
+        name = (path.parent.name if path.stem == "catalog" else path.stem).replace("_", " ")
+    return f"{name} (built in)" if built_in else name
 
 
 # ---- cached loads ----------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "data" / "demo"
+DEMO = ROOT / "data" / "demo-smollm2"       # the default zoo (core.zoo.DEMO_CATALOG)
 PAGES = ["map.py", "find.py", "merge.py", "add_models.py", "how_it_works.py"]
 TIMEOUT = 120  # seconds per AppTest run: the first one imports torch and compiles UMAP
 

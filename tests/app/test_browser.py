@@ -22,7 +22,7 @@ import pytest
 from core.pool.catalog import read_catalog
 from tests.app.conftest import ROOT
 
-DEMO = ROOT / "data" / "demo" / "catalog.csv"
+DEMO = ROOT / "data" / "demo" / "catalog.csv"   # the tiny zoo (4.0M base): real searches in seconds
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -48,8 +48,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(app_pool, tmp_path_factory):
-    """``streamlit run app.py`` on a free port, on the demo zoo when it is built (what a visitor sees), else on the
-    tiny test pool; stopped after the module."""
+    """``streamlit run app.py`` on a free port, on the tiny shipped zoo when it is built (a real pool whose searches
+    take seconds, not the default SmolLM2 zoo's half minute), else on the tiny test pool; stopped after the module."""
     tmp = tmp_path_factory.mktemp("browser")
     (tmp / "allowed").mkdir()
     port = free_port()

@@ -242,6 +242,25 @@ def test_how_it_works_shows_the_evidence(synthetic_env):
     assert any("A + B ranks 1, 1 among" in m.value for m in at.markdown)
 
 
+@pytest.mark.parametrize("loss_on", ["response", "text"])
+def test_how_it_works_says_how_the_pools_models_learned(synthetic_env, loss_on):
+    import json
+
+    from core.reuse.train import Recipe
+
+    folder = synthetic_env.parent
+    (folder / "recipe.json").write_text(json.dumps(Recipe(loss_on=loss_on).to_json()))
+    (folder / "search_quality.json").write_text(json.dumps(
+        {"loss_on": {"about": "a copy trained both ways", "text": "17/30", "response": "11/30"}}))
+    at = app("pages/how_it_works.py").run()
+    assert problems(at) == []
+    text = " ".join(m.value for m in at.markdown)
+    if loss_on == "text":
+        assert "whole of each example" in text and "**17/30** this way, against 11/30" in text
+    else:
+        assert "from the answers of its examples only" in text and "whole of each example" not in text
+
+
 def test_map_groups_found_automatically(synthetic_env):
     at = app().run()
     at.selectbox(key="map_colour").set_value("Groups found automatically").run()
@@ -314,3 +333,4 @@ def test_the_smollm2_zoo_opens_by_its_title_with_its_figures(demo_env, monkeypat
     if page == "how_it_works.py":
         text = " ".join(m.value for m in at.markdown)
         assert "SmolLM2-135M demo zoo" in text and "written by hand" in text
+        assert "whole of each example" in text            # its recipe.json: loss_on "text"
