@@ -696,7 +696,7 @@ def summarise(args, maps, searches, solo, load_peak, cpu) -> dict:
             "client": "Streamlit websocket protocol (streamlit.proto BackMsg/ForwardMsg), one thread per session",
             "config": {"sessions": args.sessions, "searches": args.searches, "steps": args.steps,
                        "server_threads": args.server_threads, "streamlit_options": args.st,
-                       "catalog": str(args.catalog or "data/demo/catalog.csv"),
+                       "catalog": str(args.catalog),
                        "warmup": not args.no_warmup, "solo": not args.no_solo,
                        "phases": "warm-up on server A (stopped); solo then load on a fresh server B"},
             "solo": None if not solo else {k: v for k, v in solo.items() if k != "peak_rss"},
@@ -734,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, default=20, help="map sessions (open the map, click a point)")
     parser.add_argument("--searches", type=int, default=3, help="task searches on the Find page, at the same time")
     parser.add_argument("--steps", type=int, default=None, help="finetuning steps of each search (default: the "
-                        "page's default, core.reuse.task.TASK_STEPS)")
+                        "pool's own, as the Find page starts with: its search.json)")
     parser.add_argument("--warmup-steps", type=int, default=2, help="steps of the untimed warm-up search")
     parser.add_argument("--port", type=int, default=None, help="the measured server's port (default: a free one)")
     parser.add_argument("--max-seconds", type=float, default=900, help="hard limit for the whole run: the server "
@@ -751,11 +751,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument("--log", type=Path, default=None, help="keep the measured server's log here")
     args = parser.parse_args(argv)
-    if args.steps is None:
-        sys.path.insert(0, str(ROOT))
-        from core.reuse.task import TASK_STEPS
+    sys.path.insert(0, str(ROOT))
+    from core.reuse.task import task_steps
+    from core.zoo import DEMO_CATALOG
 
-        args.steps = TASK_STEPS
+    args.catalog = args.catalog or DEMO_CATALOG
+    if args.steps is None:
+        args.steps = task_steps(args.catalog)      # what the Find page starts with on this pool
     if any("=" not in option for option in args.st):
         parser.error("--st takes OPTION=VALUE, e.g. runner.postScriptGC=false")
     if not (1 <= args.sessions <= 200 and 0 <= args.searches <= 20):

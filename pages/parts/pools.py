@@ -80,17 +80,14 @@ def find_catalogs() -> list[Path]:
 
 
 def title_of(path: Path) -> str:
-    """A catalog's name for people: its TITLE file (one line beside a shipped pool), else its folder
-    (``x/catalog.csv``) or file name; the default zoo says it is built in."""
-    built_in = path.resolve() == DEMO_CATALOG.resolve()
+    """A catalog's name for people: its TITLE file (one line beside a shipped pool), else 'Demo zoo (built in)' for
+    the default zoo, else its folder (``x/catalog.csv``) or file name."""
     title = path.parent / "TITLE"
     if path.stem == "catalog" and title.is_file():
-        name = title.read_text(encoding="utf-8").strip()[:80] or path.parent.name
-    elif built_in:
-        name = "Demo zoo"
-    else:
-        name = (path.parent.name if path.stem == "catalog" else path.stem).replace("_", " ")
-    return f"{name} (built in)" if built_in else name
+        return title.read_text(encoding="utf-8").strip()[:80] or path.parent.name
+    if path.resolve() == DEMO_CATALOG.resolve():
+        return "Demo zoo (built in)"
+    return (path.parent.name if path.stem == "catalog" else path.stem).replace("_", " ")
 
 
 # ---- cached loads ----------------------------------------------------------------------------------------------
