@@ -18,8 +18,9 @@ the seconds per task. A mixture model (domain ``math+coding``) counts as right f
 
 Held-out rows of the training datasets are the easy case; ``--ood`` is the real test (tasks written by hand for
 this project, never used to choose a default). ``--dev`` runs a second hand-written set (bench/dev_tasks/ and the
-app's data/sample_tasks/), written apart from the first, on which settings may be compared and chosen. Off-domain tasks (domain ``off``) count as right when the search
-says "no close match"; every in-domain task reports whether it was flagged wrongly.
+app's data/sample_tasks/), written apart from the first, on which settings may be compared and chosen. Off-domain
+tasks (domain ``off``) count as right when the search says "no close match"; every in-domain task reports whether it
+was flagged wrongly.
 """
 from __future__ import annotations
 

@@ -211,10 +211,10 @@ def training_words(pool: pools.Pool) -> str:
     """How the pool's models learned (its recipe.json), with the two ways measured side by side when a
     comparison was run (search_quality.json, "loss_on")."""
     from core.errors import DeltaAtlasError
-    from core.reuse.task import pool_recipe
+    from core.reuse.task import RECIPE_FILE, pool_recipe
 
     folder = pool.catalog_path.parent
-    if not (folder / "recipe.json").is_file():
+    if not (folder / RECIPE_FILE).is_file():             # no recipe: nothing to say (and no "default recipe" warning)
         return ""
     try:
         recipe = pool_recipe(pool.catalog_path)

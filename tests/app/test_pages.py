@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.app.conftest import PAGES, ROOT, TIMEOUT, copy_model, problems
+from tests.app.conftest import DEMO, PAGES, ROOT, TIMEOUT, copy_model, problems
 
 
 def app(path: str = "app.py") -> AppTest:
@@ -244,8 +244,6 @@ def test_how_it_works_shows_the_evidence(synthetic_env):
 
 @pytest.mark.parametrize("loss_on", ["response", "text"])
 def test_how_it_works_says_how_the_pools_models_learned(synthetic_env, loss_on):
-    import json
-
     from core.reuse.train import Recipe
 
     folder = synthetic_env.parent
@@ -319,7 +317,7 @@ def test_no_catalog_at_all_says_how_to_build_the_demo(tmp_path, monkeypatch):
     assert any("demo zoo is not built" in e.value for e in at.error)
 
 
-SMOLLM2 = ROOT / "data" / "demo-smollm2" / "catalog.csv"
+SMOLLM2 = DEMO / "catalog.csv"      # the default zoo, opened here by its path as a user would pick it
 
 
 @pytest.mark.skipif(not (SMOLLM2.parent / "vectors.parquet").is_file(), reason="the SmolLM2 zoo is not built")
