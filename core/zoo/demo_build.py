@@ -438,14 +438,32 @@ def add_arguments(parser) -> None:
     parser.add_argument("--loss-on", choices=LOSS_ON, default=None,
                         help="train on the responses only (the paper's way) or on the instructions too (the plan's "
                              "default, measured in bench/README.md)")
+    parser.add_argument("--adapter-steps", type=int, default=None, metavar="N",
+                        help=f"training steps of every pool adapter (default {ZooPlan.recipe.steps})")
+    parser.add_argument("--examples", type=int, default=None, metavar="N",
+                        help=f"training examples of every pool model (default {ZooPlan.examples_per_model})")
 
 
-def main(args) -> int:
+def plan_from_args(args) -> ZooPlan:
+    """The zoo plan the command line asks for: the default plan with the flags' changes."""
     plan = ZooPlan.micro() if args.micro else ZooPlan()
     if args.every_form:
         plan = replace(plan, extra_forms=tuple(info.key for info in demo_data.EXTRA_FORMS))
     if args.loss_on:
         plan = replace(plan, recipe=plan.recipe.replace(loss_on=args.loss_on))
+    for flag, value in (("--adapter-steps", args.adapter_steps), ("--examples", args.examples)):
+        if value is not None and value < 1:
+            raise DeltaAtlasError(f"{flag} {value}: give a positive whole number.")
+    if args.adapter_steps:
+        plan = replace(plan, recipe=plan.recipe.replace(steps=args.adapter_steps,
+                                                        warmup_steps=max(args.adapter_steps // 10, 1)))
+    if args.examples:
+        plan = replace(plan, examples_per_model=args.examples)
+    return plan
+
+
+def main(args) -> int:
+    plan = plan_from_args(args)
     try:
         k, n = (int(x) for x in args.shard.split("/"))
         assert 0 <= k < n

@@ -167,3 +167,20 @@ def test_a_fresh_clone_without_the_full_models_keeps_their_shipped_vectors(micro
 def test_missing_data_dir_is_a_clear_error(tmp_path):
     with pytest.raises(DeltaAtlasError, match="does not exist"):
         build_demo(tmp_path / "nope", tmp_path / "zoo", ZooPlan.micro())
+
+
+def test_command_line_flags_change_only_what_they_name():
+    import argparse
+
+    from core.zoo.demo_build import add_arguments, plan_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    plain = plan_from_args(parser.parse_args(["--data-dir", "d"]))
+    assert plain == ZooPlan()
+    longer = plan_from_args(parser.parse_args(["--data-dir", "d", "--adapter-steps", "120", "--examples", "320",
+                                               "--loss-on", "response"]))
+    assert (longer.recipe.steps, longer.recipe.warmup_steps, longer.examples_per_model) == (120, 12, 320)
+    assert longer.recipe.loss_on == "response" and longer.recipe.rank == plain.recipe.rank
+    with pytest.raises(DeltaAtlasError, match="--examples 0"):
+        plan_from_args(parser.parse_args(["--data-dir", "d", "--examples", "0"]))
