@@ -126,15 +126,10 @@ def child_core(catalog: str) -> dict:
         steps[name] = time.perf_counter() - start
         return out
 
-    from core.map.projection import (
-        Clusterer,
-        Projector,
-        label_silhouette,
-        lineage_disagreements,
-        map_quality,
-        nearest_neighbours,
-        warm_up,
-    )
+    from core.map.clusters import Clusterer, label_silhouette
+    from core.map.geometry import nearest_neighbours
+    from core.map.lineage import lineage_disagreements
+    from core.map.projection import Projector, map_quality, warm_up
 
     table = timed("read vectors", lambda: read_vectors(Path(catalog).with_name("vectors.parquet")))
     X = timed("stack matrix", lambda: matrix(table))

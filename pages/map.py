@@ -160,7 +160,7 @@ def details(pool: pools.Pool, data: pools.PoolData, selected: list[str], labels:
 
 
 def one_model(pool: pools.Pool, data: pools.PoolData, name: str, labels: list[str]) -> None:
-    from core.map.projection import nearest_neighbours
+    from core.map.geometry import nearest_neighbours
 
     frame = data.frame
     index = int(np.flatnonzero(frame["name"].to_numpy() == name)[0])

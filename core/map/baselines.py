@@ -338,7 +338,7 @@ def compute_baselines(catalog: Catalog | str | Path, names: list[str] | None = N
         result.update({k: v for k, v in weight_similarities(deltas, base, names, top_fraction, progress).items()
                        if k in which})
     if "outputs" in which:
-        from core.map.projection import cosine_similarities
+        from core.map.geometry import cosine_similarities
 
         vectors = output_embeddings(entries, paths, base_dir, probes or DEFAULT_PROBES, device, dtype,
                                     max_new_tokens, progress)

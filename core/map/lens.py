@@ -80,7 +80,7 @@ class DomainLens:
 
 def _unit_rows(vectors, what: str) -> np.ndarray:
     """Validated rows [n, d] (one vector [d] becomes [1, d]), at unit length."""
-    from core.map.projection import _check_matrix, normalize_rows
+    from core.map.geometry import _check_matrix, normalize_rows
 
     X = np.asarray(vectors, dtype=np.float64)
     return normalize_rows(_check_matrix(X[None, :] if X.ndim == 1 else X, what))

@@ -1,7 +1,8 @@
-"""The map: 2-D projections (UMAP, PCA, t-SNE) and clusters of model vectors, on cosine geometry.
+"""The map: 2-D projections (UMAP, PCA, t-SNE) of model vectors, how faithful they are, and the ``map`` command.
 
-Delta Activations are compared by cosine similarity, so everything here works on directions: PCA and k-means see
-L2-normalised rows, UMAP and t-SNE use the cosine metric. Estimators follow scikit-learn (``__init__`` stores,
+Delta Activations are compared by cosine similarity, so everything here works on directions: PCA sees
+L2-normalised rows, UMAP and t-SNE use the cosine metric (the geometry is in core.map.geometry, the clusters in
+core.map.clusters, the lineage check in core.map.lineage). ``Projector`` follows scikit-learn (``__init__`` stores,
 ``fit`` validates and returns self, explicit ``random_state``); the ``map`` command is at the bottom.
 
 UMAP start-up: umap-learn compiles its numba kernels on first use. Its own nearest-neighbour search (NN-descent,
@@ -23,6 +24,8 @@ import numpy as np
 import pandas as pd
 
 from core.errors import DeltaAtlasError
+from core.map.clusters import Clusterer, label_silhouette
+from core.map.geometry import _check_matrix, _distances, _knn, normalize_rows
 from core.textio import spreadsheet_safe
 
 log = logging.getLogger(__name__)
@@ -33,85 +36,6 @@ MAX_UMAP_NEIGHBOURS = 15      # umap-learn's default, reached from 45 points up 
 MIN_POINTS_FOR_MANIFOLD = 5   # fewer points: UMAP / t-SNE are meaningless, PCA is used instead
 TSNE_MAX_PERPLEXITY = 30.0    # sklearn's default, lowered to (n - 1) / 3 for small pools
 TRANSFORM_NEIGHBOURS = 5      # fitted points a new point is placed among
-KMEANS_RESTARTS = (10, 2)     # k-means restarts up to / above 1,000 models (each k from 2 to 12 is tried)
-CLUSTER_SAMPLE = 4000         # above this many models, k is chosen (and the silhouette measured) on a random sample
-ROW_BLOCK = 1024              # rows per block when computing similarities, so memory stays O(block * n)
-
-
-# ---------------------------------------------------------------------------------------------- cosine geometry
-def _check_matrix(X, what: str = "vectors") -> np.ndarray:
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
-        raise DeltaAtlasError(f"The {what} must be a non-empty 2-D array [n_models, dim]; got shape {X.shape}.")
-    bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
-    if bad.size:
-        raise DeltaAtlasError(f"The {what} hold NaN or infinite values in row {int(bad[0])} "
-                              f"({bad.size} row(s) in all): recompute those models' vectors.")
-    return X
-
-
-def normalize_rows(X: np.ndarray) -> np.ndarray:
-    """Unit-length rows; an all-zero row (a model identical to its base) stays zero."""
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    return X / np.where(norms > 0, norms, 1.0)
-
-
-def cosine_similarities(X: np.ndarray, Y: np.ndarray | None = None) -> np.ndarray:
-    """Cosine similarity of every row of X with every row of Y (or of X): [n_x, n_y], in [-1, 1]."""
-    A = normalize_rows(_check_matrix(X))
-    B = A if Y is None else normalize_rows(_check_matrix(Y))
-    if A.shape[1] != B.shape[1]:
-        raise DeltaAtlasError(f"Cannot compare vectors of dimension {A.shape[1]} with vectors of dimension {B.shape[1]}: "
-                              "they come from different base models or probe layers.")
-    return np.clip(A @ B.T, -1.0, 1.0)
-
-
-def cosine_distances(X: np.ndarray) -> np.ndarray:
-    """1 - cosine similarity, [n, n], exactly 0 on the diagonal (what silhouette on cosine distance needs)."""
-    D = 1.0 - cosine_similarities(X)
-    np.fill_diagonal(D, 0.0)
-    return np.maximum(D, 0.0)
-
-
-def nearest_neighbours(X: np.ndarray, query: np.ndarray | int, k: int = 5) -> list[tuple[int, float]]:
-    """The ``k`` rows of X most cosine-similar to ``query`` (a vector, or a row index: that row is left out)."""
-    X = _check_matrix(X)
-    if isinstance(query, (int, np.integer)):
-        if not 0 <= query < len(X):
-            raise DeltaAtlasError(f"Row {query} does not exist: the pool has {len(X)} models (rows 0 to {len(X) - 1}).")
-        sims = cosine_similarities(X, X[query][None])[:, 0]
-        sims[query] = -np.inf
-    else:
-        sims = cosine_similarities(X, np.asarray(query, dtype=np.float64).reshape(1, -1))[:, 0]
-    order = np.argsort(-sims, kind="stable")[: max(int(k), 0)]
-    return [(int(i), float(sims[i])) for i in order if np.isfinite(sims[i])]
-
-
-def _distances(A: np.ndarray, B: np.ndarray, metric: str) -> np.ndarray:
-    """Pairwise distances [len(A), len(B)]: 1 - dot product (rows already unit length) or euclidean."""
-    if metric == "cosine":
-        D = A @ B.T
-        return np.subtract(1.0, D, out=D)
-    return np.sqrt(np.maximum((A ** 2).sum(1)[:, None] + (B ** 2).sum(1)[None, :] - 2 * A @ B.T, 0))
-
-
-def _knn(X: np.ndarray, k: int, metric: str = "cosine") -> tuple[np.ndarray, np.ndarray]:
-    """Exact k nearest neighbours of every row, self first: indices [n, k] and distances [n, k].
-
-    Block by block (memory O(ROW_BLOCK * n), never the n x n matrix). Cosine neighbours are found in float32, which
-    is 2-4x faster than float64 and ranks alike except for near-ties (50,000 x 256: ~20-40 s on 2 busy cores)."""
-    n, k = len(X), min(k, len(X))
-    A = normalize_rows(X).astype(np.float32) if metric == "cosine" else np.asarray(X, dtype=np.float64)
-    indices, dists = np.empty((n, k), dtype=np.int64), np.empty((n, k), dtype=np.float32)
-    for start in range(0, n, ROW_BLOCK):
-        D = _distances(A[start:start + ROW_BLOCK], A, metric)                 # [b, n]
-        rows = np.arange(len(D))
-        D[rows, start + rows] = -1.0                                          # self always first
-        part = np.argpartition(D, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(D), 1))
-        order = np.argsort(np.take_along_axis(D, part, 1), axis=1, kind="stable")
-        indices[start:start + len(D)] = np.take_along_axis(part, order, 1)
-        dists[start:start + len(D)] = np.maximum(np.take_along_axis(D, indices[start:start + len(D)], 1), 0)
-    return indices, dists
 
 
 # ---------------------------------------------------------------------------------------------- projection
@@ -220,197 +144,6 @@ def warm_up(random_state: int = 0) -> float:
     start = time.perf_counter()
     Projector(random_state=random_state).fit(np.random.default_rng(random_state).normal(size=(20, 8)))
     return time.perf_counter() - start
-
-
-# ---------------------------------------------------------------------------------------------- clustering
-def label_silhouette(X: np.ndarray, labels) -> float:
-    """Silhouette of ``labels`` on the cosine-distance matrix (the paper's measure), in [-1, 1].
-
-    Rows whose label is missing (None, NaN or "") are left out, and so are labels held by one model only: a group
-    of one has no silhouette of its own, and it wrecks its neighbours' (a "math+coding" mixture next to the coding
-    models makes them look misplaced). NaN when it is undefined: fewer than 2 labels left.
-    """
-    from sklearn.metrics import silhouette_score
-
-    X = _check_matrix(X)
-    labels = np.asarray(["" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in labels])
-    if len(labels) != len(X):
-        raise DeltaAtlasError(f"{len(labels)} labels for {len(X)} vectors: give one label per model.")
-    values, counts = np.unique(labels, return_counts=True)
-    keep = (labels != "") & np.isin(labels, values[counts > 1])
-    n_labels = len(set(labels[keep]))
-    if n_labels < 2 or n_labels >= keep.sum():
-        return float("nan")
-    return float(silhouette_score(cosine_distances(X[keep]), labels[keep], metric="precomputed"))
-
-
-class Clusterer:
-    """Clusters of model vectors on cosine geometry (k-means on L2-normalised rows, or average-linkage
-    agglomerative on cosine distance). With ``n_clusters="auto"`` k is the one with the best silhouette in
-    ``k_range``. Clusters are numbered by size, 0 the largest.
-
-    Above ``sample_size`` models (silhouettes need every pairwise distance: 50,000 models would take 20 GB) the
-    clusters are found and scored on a random sample of that many; then every model joins the nearest cluster
-    centre (k-means refines the centres on all models). ``sample_`` holds the sampled rows, or None."""
-
-    def __init__(self, n_clusters: int | str = "auto", k_range: tuple[int, int] = (2, 12), random_state: int = 0,
-                 algorithm: str = "kmeans", sample_size: int = CLUSTER_SAMPLE):
-        self.n_clusters = n_clusters
-        self.k_range = k_range
-        self.random_state = random_state
-        self.algorithm = algorithm
-        self.sample_size = sample_size
-
-    def fit(self, X: np.ndarray) -> "Clusterer":
-        if self.algorithm not in ("kmeans", "agglomerative"):
-            raise DeltaAtlasError(f"Unknown clustering algorithm {self.algorithm!r}: use kmeans or agglomerative.")
-        X = normalize_rows(_check_matrix(X))
-        n = len(X)
-        self.scores_: dict[int, float] = {}
-        if self.n_clusters == "auto":
-            low, high = int(self.k_range[0]), int(self.k_range[1])
-            if low < 2 or high < low:
-                raise DeltaAtlasError(f"k_range {self.k_range} is not valid: give (low, high) with 2 <= low <= high.")
-            candidates = range(low, min(high, n - 1) + 1)
-        else:
-            k = self.n_clusters
-            if isinstance(k, str) and k.isdigit():
-                k = int(k)
-            if not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
-                raise DeltaAtlasError(f"n_clusters={self.n_clusters!r} is not valid for {n} models: use 'auto' or a "
-                                      f"whole number from 1 to {n}.")
-            candidates = [int(k)]
-        self.sample_ = None
-        if n > int(self.sample_size) > max(candidates, default=1):
-            rng = np.random.default_rng(self.random_state)
-            self.sample_ = np.sort(rng.choice(n, int(self.sample_size), replace=False))
-        S = X if self.sample_ is None else X[self.sample_]                   # the rows clustered and scored
-        best_labels, best_score = np.zeros(len(S), dtype=int), float("nan")
-        D = cosine_distances(S)
-        for k in candidates:
-            labels = self._cluster(S, k)
-            if len(candidates) > 1 and len(set(labels.tolist())) < k:   # duplicates: fewer clusters than asked
-                continue
-            score = _precomputed_silhouette(D, labels)
-            if not math.isnan(score):
-                self.scores_[k] = score
-            if len(candidates) == 1 or (not math.isnan(score) and not score <= best_score):
-                best_labels, best_score = labels, score
-        if self.sample_ is not None:
-            best_labels = self._extend(X, S, best_labels)
-            best_score = _precomputed_silhouette(D, best_labels[self.sample_])
-        self.labels_ = _by_size(best_labels)
-        self.n_clusters_ = int(len(set(self.labels_)))
-        self.silhouette_ = best_score
-        return self
-
-    def _cluster(self, X: np.ndarray, k: int) -> np.ndarray:
-        if k == 1:
-            return np.zeros(len(X), dtype=int)
-        if self.algorithm == "kmeans":
-            from sklearn.cluster import KMeans
-            from sklearn.exceptions import ConvergenceWarning
-
-            restarts = KMEANS_RESTARTS[0] if len(X) <= 1000 else KMEANS_RESTARTS[1]
-            with warnings.catch_warnings():                 # duplicate points: fewer distinct clusters than k
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                return KMeans(n_clusters=k, n_init=restarts, random_state=self.random_state).fit_predict(X)
-        from sklearn.cluster import AgglomerativeClustering
-
-        return AgglomerativeClustering(n_clusters=k, metric="cosine", linkage="average").fit_predict(X)
-
-    def _extend(self, X: np.ndarray, S: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """Labels for every row of X from the clusters of the sample S: k-means starts from the sample's centres
-        and refines them on all rows; agglomerative clusters take in each row by its nearest centre (cosine)."""
-        groups = np.unique(labels)
-        centres = np.stack([S[labels == g].mean(axis=0) for g in groups])    # [k, d]
-        if len(groups) == 1:
-            return np.zeros(len(X), dtype=int)
-        if self.algorithm == "kmeans":
-            from sklearn.cluster import KMeans
-            from sklearn.exceptions import ConvergenceWarning
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                return KMeans(n_clusters=len(groups), init=centres, n_init=1,
-                              random_state=self.random_state).fit_predict(X)
-        nearest = np.concatenate([np.argmax(X[i:i + ROW_BLOCK * 8] @ normalize_rows(centres).T, axis=1)
-                                  for i in range(0, len(X), ROW_BLOCK * 8)])
-        return groups[nearest]
-
-
-def _precomputed_silhouette(D: np.ndarray, labels: np.ndarray) -> float:
-    from sklearn.metrics import silhouette_score
-
-    n_labels = len(set(labels.tolist()))
-    return float(silhouette_score(D, labels, metric="precomputed")) if 2 <= n_labels < len(labels) else float("nan")
-
-
-def _by_size(labels: np.ndarray) -> np.ndarray:
-    """Renumber clusters 0, 1, ... from the largest (ties: first seen)."""
-    values, first, counts = np.unique(labels, return_index=True, return_counts=True)
-    order = sorted(range(len(values)), key=lambda i: (-counts[i], first[i]))
-    mapping = {values[i]: rank for rank, i in enumerate(order)}
-    return np.array([mapping[v] for v in labels], dtype=int)
-
-
-# ---------------------------------------------------------------------------------------------- lineage
-LABEL_SEPARATOR = ";"  # several values in one label cell (a model card naming two datasets)
-
-
-def _label_values(value) -> tuple[str, ...]:
-    """The values of one label cell, in order, without repeats; () when it is missing (None, NaN or "")."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ()
-    return tuple(dict.fromkeys(v.strip() for v in str(value).split(LABEL_SEPARATOR) if v.strip()))
-
-
-def lineage_disagreements(table_or_labels: pd.DataFrame, vectors: np.ndarray | None = None, column: str = "dataset",
-                          k: int = 5) -> pd.DataFrame:
-    """Models whose declared label (``column``, e.g. the dataset a model card names) is not what most of their ``k``
-    nearest neighbours declare, by cosine similarity of the full vectors: lineage checked against behaviour.
-
-    ``table_or_labels`` is a vector table (core.engine.vectors format; ``vectors`` may then be None) or a frame with
-    ``name`` and ``column``, one row per row of ``vectors``. A cell may hold several values separated by ``;``: a
-    neighbour votes for each of its values, and a model agrees when the most voted value (any of them, on a tie) is
-    one of its own. Models with an empty cell are neither checked nor counted as neighbours.
-    Returns name, declared, neighbours_say (the most voted value; on a tie, the nearest neighbour's) and agreement
-    (the share of the k neighbours that declare one of the model's values), lowest agreement first; no rows when
-    fewer than 2 models are labelled or all declare the same.
-    """
-    columns = ["name", "declared", "neighbours_say", "agreement"]
-    frame = table_or_labels
-    if column not in frame.columns:
-        known = ", ".join(c for c in frame.columns if c not in ("name", "vector")) or "(none)"
-        raise DeltaAtlasError(f"{column!r} is not a label of these models: choose one of {known}.")
-    if vectors is None:
-        from core.engine.vectors import matrix
-
-        vectors = matrix(frame)
-    X = _check_matrix(vectors)
-    if len(frame) != len(X):
-        raise DeltaAtlasError(f"{len(frame)} labels for {len(X)} vectors: give one label row per model.")
-    values = [_label_values(v) for v in frame[column]]
-    labelled = np.flatnonzero([bool(v) for v in values])
-    k = min(int(k), len(labelled) - 1)
-    if k < 1 or len({v for i in labelled for v in values[i]}) < 2:
-        return pd.DataFrame(columns=columns)
-    nearest, _ = _knn(X[labelled], k + 1, "cosine")                          # [m, k + 1], self first
-    rows = []
-    for row, neighbours in zip(labelled, labelled[nearest[:, 1:]]):
-        own = set(values[row])
-        votes: dict[str, int] = {}
-        for j in neighbours:                                                  # nearest first: ties go to it
-            for value in values[j]:
-                votes[value] = votes.get(value, 0) + 1
-        top = max(votes.values())
-        winners = [v for v, n in votes.items() if n == top]
-        if own & set(winners):
-            continue
-        rows.append({"name": str(frame["name"].iloc[row]), "declared": LABEL_SEPARATOR.join(values[row]),
-                     "neighbours_say": winners[0],
-                     "agreement": float(np.mean([bool(own & set(values[j])) for j in neighbours]))})
-    return pd.DataFrame(rows, columns=columns).sort_values("agreement", kind="stable").reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------------------------- map quality

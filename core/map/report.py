@@ -67,7 +67,7 @@ def loo_accuracy(S: np.ndarray, labels: list[str]) -> float | None:
 
 def additivity(X: np.ndarray, names: list[str], mixtures: dict[str, tuple[str, str]]) -> list[dict]:
     """For each mixture: cosine of its vector with v(A) + v(B), with A and B, and with every other model."""
-    from core.map.projection import cosine_similarities
+    from core.map.geometry import cosine_similarities
 
     index = {n: i for i, n in enumerate(names)}
     S = cosine_similarities(X)
@@ -105,7 +105,7 @@ def build_report(catalog_path, vectors_path=None, *, baselines: bool = True, lab
                  progress: ProgressFn | None = None, device: str | None = None) -> dict:
     """Every measure of the module docstring, as plain JSON (None where a measure is undefined)."""
     from core.engine.vectors import matrix, read_vectors
-    from core.map.projection import cosine_similarities
+    from core.map.geometry import cosine_similarities
 
     catalog = read_catalog(catalog_path)
     vectors_path = Path(vectors_path) if vectors_path else _default_vectors(catalog.path)

@@ -35,7 +35,7 @@ class CloseMatchRule:
 
     def fit(self, vectors: np.ndarray) -> "CloseMatchRule":
         """Learn the pool's background similarity from its vectors [n, d]."""
-        from core.map.projection import cosine_similarities
+        from core.map.geometry import cosine_similarities
 
         vectors = np.asarray(vectors, dtype=np.float64)
         if vectors.ndim != 2 or len(vectors) < 3:

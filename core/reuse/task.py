@@ -216,7 +216,7 @@ def embed_task(examples: list[Example], catalog: Catalog, base: Source, *, setti
 def cosine_to(vector: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     """Cosine similarity of one vector [d] to each row of ``vectors`` [n, d] -> [n], as the map computes it
     (0 for an all-zero vector)."""
-    from core.map.projection import cosine_similarities
+    from core.map.geometry import cosine_similarities
 
     return cosine_similarities(np.asarray(vector)[None, :], vectors)[0]
 

@@ -215,7 +215,7 @@ MAP_SETTINGS_KEY = "map_settings"  # a copy of the Map page's choices that outli
 MAP_DEFAULTS = {"layout": "UMAP", "neighbours": "auto", "seed": 0}
 QUALITY_SAMPLE = 2000  # models the map-quality measure looks at, at most
 SPREAD_UP_TO, SPREAD_MIN_DIST = 500, 0.5  # UMAP's min_dist for pools up to this size (0.1 above)
-CLUSTERS_VERSION = "v2"  # in the clusters' disk-cache name: bump when core.map.projection.Clusterer changes its answer
+CLUSTERS_VERSION = "v2"  # in the clusters' disk-cache name: bump when core.map.clusters.Clusterer changes its answer
 
 
 def map_settings() -> dict:
@@ -303,7 +303,7 @@ def map_embedding(data: PoolData, settings: dict | None = None) -> np.ndarray:
 def _clusters(key: str, k: str | int, digest: str, _X: np.ndarray) -> tuple[np.ndarray, int, float]:
     """Cluster labels, number of clusters and silhouette; kept on disk by the vectors' content (a pool of 50,000
     models takes ~5-10 s to cluster)."""
-    from core.map.projection import Clusterer
+    from core.map.clusters import Clusterer
 
     path = _disk_file(f"{digest}-clusters-{k}-{CLUSTERS_VERSION}.npz") if digest else None
     if path is not None and path.is_file():
@@ -355,7 +355,7 @@ def quality(data: PoolData, embedding: np.ndarray, settings: dict) -> tuple[dict
 def _label_silhouette(key: str, column: str, digest: str, _X: np.ndarray, _values: np.ndarray) -> float | None:
     """The silhouette of one label column (on a sample of big pools); kept on disk by the vectors' content and the
     labels."""
-    from core.map.projection import label_silhouette
+    from core.map.clusters import label_silhouette
 
     def measure() -> float | None:
         rows = np.flatnonzero(_values != "")
@@ -393,7 +393,7 @@ LINEAGE_NEIGHBOURS = 5
 def _lineage(key: str, column: str, k: int, digest: str, _frame: pd.DataFrame, _X: np.ndarray) -> pd.DataFrame:
     """The lineage check; kept on disk by the vectors' content and the declared values (it finds every model's
     nearest neighbours: ~15-40 s for 50,000 models on 2 cores)."""
-    from core.map.projection import lineage_disagreements
+    from core.map.lineage import lineage_disagreements
 
     labels = _labels_digest(column, _frame[column].astype(str).tolist(), k)
     path = _disk_file(f"{digest}-lineage-{labels}.parquet") if digest else None

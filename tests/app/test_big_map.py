@@ -122,6 +122,8 @@ def test_slow_map_results_are_kept_on_disk(big_env, monkeypatch):
     cleared) without being computed again."""
     import streamlit as st
 
+    import core.map.clusters as clusters
+    import core.map.lineage as lineage
     import core.map.projection as projection
     from pages.parts import pools
 
@@ -138,9 +140,10 @@ def test_slow_map_results_are_kept_on_disk(big_env, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("computed again instead of read from disk")
 
-    for name in ("lineage_disagreements", "map_quality", "label_silhouette"):
-        monkeypatch.setattr(projection, name, refuse)
-    monkeypatch.setattr(projection.Clusterer, "fit", refuse)
+    for module, name in ((lineage, "lineage_disagreements"), (projection, "map_quality"),
+                         (clusters, "label_silhouette")):
+        monkeypatch.setattr(module, name, refuse)
+    monkeypatch.setattr(clusters.Clusterer, "fit", refuse)
     again = (pools.clusters(data), pools.lineage_check(data), pools.quality(data, embedding, settings),
              pools.label_silhouette(data, "domain"))
     assert again[0] == first[0] and again[2] == first[2] and again[3] == first[3]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from core.errors import DeltaAtlasError
-from core.map.projection import cosine_similarities
+from core.map.geometry import cosine_similarities
 from core.reuse.novelty import CloseMatchRule
 
 

@@ -1,85 +1,17 @@
-"""Projector, Clusterer and the cosine helpers on vectors whose structure is known."""
+"""Projector, map quality and the map command on vectors whose structure is known."""
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from core.errors import DeltaAtlasError
-from core.map.projection import (
-    Clusterer,
-    Projector,
-    cosine_similarities,
-    describe_quality,
-    label_silhouette,
-    map_quality,
-    nearest_neighbours,
-)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny problems run faster on one OpenMP thread (k-means, t-SNE), above all on a shared, busy CPU."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1):
-        yield
-
-
-def blobs(n_clusters: int = 4, per: int = 6, dim: int = 32, spread: float = 0.05, seed: int = 0):
-    """Well-separated directions: ``per`` noisy copies of ``n_clusters`` random unit vectors."""
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(n_clusters, dim))
-    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
-    X = np.vstack([c + spread * rng.normal(size=(per, dim)) for c in centers])
-    return X * rng.uniform(0.5, 3.0, size=(len(X), 1)), np.repeat(np.arange(n_clusters), per)  # scale must not matter
-
-
-def test_cosine_similarities_and_neighbours():
-    X = np.array([[1.0, 0.0], [2.0, 0.1], [0.0, 1.0], [-1.0, 0.0]])
-    S = cosine_similarities(X)
-    assert S.shape == (4, 4) and np.allclose(np.diag(S), 1.0)
-    assert S[0, 3] == pytest.approx(-1.0)
-    assert nearest_neighbours(X, 0, k=2)[0][0] == 1                     # itself left out
-    assert [i for i, _ in nearest_neighbours(X, 0, k=5)] == [1, 2, 3]
-    assert nearest_neighbours(X, np.array([0.0, 3.0]), k=1) == [(2, pytest.approx(1.0))]
-    with pytest.raises(DeltaAtlasError, match="Row 9"):
-        nearest_neighbours(X, 9)
-    with pytest.raises(DeltaAtlasError, match="NaN"):
-        cosine_similarities(np.array([[1.0, np.nan]]))
-
-
-def test_clusterer_auto_recovers_known_clusters():
-    X, y = blobs(n_clusters=4)
-    c = Clusterer().fit(X)
-    assert c.n_clusters_ == 4
-    assert max(c.scores_, key=c.scores_.get) == 4 and c.silhouette_ > 0.8
-    # same partition as the truth (cluster numbers are arbitrary)
-    assert len({(a, b) for a, b in zip(c.labels_, y)}) == 4
-    agg = Clusterer(algorithm="agglomerative").fit(X)
-    assert agg.n_clusters_ == 4
-    fixed = Clusterer(n_clusters=2).fit(X)
-    assert fixed.n_clusters_ == 2 and np.bincount(fixed.labels_)[0] >= np.bincount(fixed.labels_)[1]  # 0 = largest
-
-
-def test_clusterer_bad_and_tiny_input():
-    with pytest.raises(DeltaAtlasError, match="n_clusters"):
-        Clusterer(n_clusters=7).fit(np.eye(3))
-    c = Clusterer().fit(np.eye(2))
-    assert c.n_clusters_ == 1 and math.isnan(c.silhouette_)
-
-
-def test_label_silhouette():
-    X, y = blobs()
-    assert label_silhouette(X, y) > 0.8
-    shuffled = np.random.default_rng(1).permutation(y)
-    assert label_silhouette(X, shuffled) < 0.2
-    assert math.isnan(label_silhouette(X, ["a"] * len(X)))              # one label: undefined
-    with_missing = [str(v) for v in y[:-2]] + ["", None]
-    assert label_silhouette(X, with_missing) > 0.8                       # missing labels are left out
+from core.map.clusters import Clusterer
+from core.map.geometry import nearest_neighbours
+from core.map.projection import Projector, describe_quality, map_quality
+from tests.core.vector_data import blobs, one_thread  # noqa: F401  (one_thread: an autouse fixture)
 
 
 @pytest.mark.parametrize("method", ["umap", "pca", "tsne"])
@@ -168,92 +100,7 @@ def test_models_that_all_point_the_same_way():
     assert c.n_clusters_ == 2 and set(c.scores_) == {2}
 
 
-def test_label_silhouette_leaves_out_labels_held_by_one_model():
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(2, 16))
-    X = np.vstack([centres[0] + 0.05 * rng.normal(size=(5, 16)), centres[1] + 0.05 * rng.normal(size=(5, 16)),
-                   centres[1] + 0.01 * rng.normal(size=(1, 16))])      # a one-model label sitting on group b
-    labels = ["a"] * 5 + ["b"] * 5 + ["a+b"]
-    assert label_silhouette(X, labels) == pytest.approx(label_silhouette(X[:10], labels[:10]))
-    assert label_silhouette(X, labels) > 0.8
-
-
-def test_lineage_disagreements_find_the_mislabelled_model():
-    from core.engine.vectors import make_table
-    from core.map.projection import lineage_disagreements
-
-    X, y = blobs(n_clusters=3, per=5, dim=16)
-    declared = [["gsm8k", "pubmedqa", "opc"][c] for c in y]
-    declared[2] = "opc"                    # a gsm8k model whose card names another dataset
-    declared[7] = ""                       # no dataset declared: not checked, does not vote
-    declared[12] = "opc;gsm8k"             # two datasets, one of them what its neighbours say: agrees
-    labels = pd.DataFrame({"name": [f"m{i}" for i in range(len(X))], "dataset": declared})
-    odd = lineage_disagreements(labels, X, "dataset", k=3)
-    assert list(odd.columns) == ["name", "declared", "neighbours_say", "agreement"]
-    assert odd.to_dict("records") == [{"name": "m2", "declared": "opc", "neighbours_say": "gsm8k", "agreement": 0.0}]
-    table = make_table(labels["name"].tolist(), X, labels)               # a vector table works the same
-    assert lineage_disagreements(table, None, "dataset", k=3).equals(odd)
-    assert len(lineage_disagreements(labels.assign(dataset="gsm8k"), X, "dataset")) == 0  # one value: nothing to say
-    assert len(lineage_disagreements(labels, X, "dataset", k=0)) == 0
-    with pytest.raises(DeltaAtlasError, match="'datasets' is not a label"):
-        lineage_disagreements(labels, X, "datasets")
-    with pytest.raises(DeltaAtlasError, match="one label row per model"):
-        lineage_disagreements(labels[:4], X, "dataset")
-
-
 # ---- big pools: the paths that keep the map page fast at 50,000 models ------------------------------------------
-
-def test_neighbours_block_by_block_equal_the_full_matrix(monkeypatch):
-    """_knn works block by block (and in float32 for cosine); it must find what the full n x n matrix finds."""
-    import core.map.projection as projection
-
-    X = np.random.default_rng(0).normal(size=(230, 12))
-    full = 1 - cosine_similarities(X)
-    np.fill_diagonal(full, -1)                                            # self first, as _knn has it
-    expected = np.argsort(full, axis=1, kind="stable")[:, :6]
-    monkeypatch.setattr(projection, "ROW_BLOCK", 17)                      # many blocks, a short last one
-    indices, dists = projection._knn(X, 6)
-    assert (indices == expected).all()
-    assert np.allclose(dists[:, 1:], np.take_along_axis(full, expected, 1)[:, 1:], atol=1e-5)
-    euclid, _ = projection._knn(X, 4, "euclidean")
-    D = np.linalg.norm(X[:, None] - X[None], axis=2)
-    np.fill_diagonal(D, -1)
-    assert (euclid == np.argsort(D, axis=1, kind="stable")[:, :4]).all()
-
-
-def test_lineage_disagreements_are_the_same_in_one_block_or_many(monkeypatch):
-    import core.map.projection as projection
-    from core.map.projection import lineage_disagreements
-
-    X, y = blobs(n_clusters=4, per=60, dim=24, spread=0.05)
-    rng = np.random.default_rng(3)
-    declared = np.array([f"set{c}" for c in y], dtype=object)
-    wrong = rng.choice(len(X), 12, replace=False)
-    declared[wrong] = [f"set{(y[i] + 1) % 4}" for i in wrong]
-    declared[:5] = ""                                                     # unlabelled: neither checked nor voting
-    labels = pd.DataFrame({"name": [f"m{i}" for i in range(len(X))], "dataset": declared})
-    monkeypatch.setattr(projection, "ROW_BLOCK", 10_000)                  # the whole matrix at once
-    brute = lineage_disagreements(labels, X, "dataset", k=5)
-    monkeypatch.setattr(projection, "ROW_BLOCK", 7)
-    blocks = lineage_disagreements(labels, X, "dataset", k=5)
-    assert blocks.equals(brute)
-    assert set(brute["name"]) == {f"m{i}" for i in wrong if i >= 5}      # exactly the mislabelled models
-
-
-def test_clusterer_on_a_sample_labels_every_model():
-    """Above sample_size models, k is chosen on a sample; every model still gets a cluster, the right one."""
-    X, y = blobs(n_clusters=4, per=100, spread=0.1)
-    whole = Clusterer(k_range=(2, 6)).fit(X)
-    sampled = Clusterer(k_range=(2, 6), sample_size=120).fit(X)
-    assert whole.sample_ is None and len(sampled.sample_) == 120 and sampled.labels_.shape == (len(X),)
-    assert sampled.n_clusters_ == 4 and len({(a, b) for a, b in zip(sampled.labels_, y)}) == 4
-    assert sampled.silhouette_ == pytest.approx(whole.silhouette_, abs=0.05)
-    fixed = Clusterer(n_clusters=3, sample_size=120).fit(X)
-    assert fixed.n_clusters_ == 3 and np.bincount(fixed.labels_)[0] >= np.bincount(fixed.labels_)[-1]
-    agg = Clusterer(algorithm="agglomerative", k_range=(2, 6), sample_size=120).fit(X)
-    assert len({(a, b) for a, b in zip(agg.labels_, y)}) == 4
-    again = Clusterer(k_range=(2, 6), sample_size=120).fit(X)
-    assert (again.labels_ == sampled.labels_).all()                      # the sample is seeded
 
 
 def test_map_core_calls_scale_to_20000_models():
@@ -261,7 +108,7 @@ def test_map_core_calls_scale_to_20000_models():
     silhouettes, neighbours block by block) in seconds, not the n x n matrices (3.2 GB at this size)."""
     import time
 
-    from core.map.projection import lineage_disagreements
+    from core.map.lineage import lineage_disagreements
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(5, 32))
