@@ -381,7 +381,7 @@ def _run(plan, examples, work, task_vector, vectors, budget, seed, device, measu
         result.losses = evaluate(model, tokenizer, plan, examples, progress)
         result.perplexities = {k: float(math.exp(min(v, 50.0))) for k, v in result.losses.items()}
     model.save_pretrained(str(work), selected_adapters=[MERGED], safe_serialization=True)
-    del model
+    model = None                 # frees the merged copy before the additivity check embeds (a closure still names it)
     if measure:
         _additivity(result, ingredients, plan, work, settings, device, progress, models)
     return result
