@@ -79,7 +79,8 @@ def choose_adapters(pool: pools.Pool, adapters: list[str]) -> list[str]:
 
 
 def choose_method(names: list[str]) -> tuple[str, str | list[float], int]:
-    from core.reuse.merge import METHODS, SEARCH_BUDGET
+    from core.reuse.merge import SEARCH_BUDGET
+    from core.reuse.merge_plan import METHODS
 
     left, right = st.columns(2)
     method = left.selectbox("Method", list(METHODS), index=list(METHODS).index("ties"), key="merge_method",

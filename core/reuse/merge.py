@@ -5,12 +5,11 @@ examples (``search``, LoraHub-style: bounded weights, loss plus a small L1 penal
 adapter is evaluated next to the base and every ingredient (loss and perplexity on the examples), and its predicted
 Delta Activations (the weighted sum of its ingredients' vectors) are compared with the measured ones.
 
-Everything is validated before any model is loaded, and the output folder is written as a temporary folder beside
-it that is renamed at the end: a failure leaves nothing half-written.
+Everything is validated before any model is loaded (core.reuse.merge_plan), and the output folder is written as a
+temporary folder beside it that is renamed at the end: a failure leaves nothing half-written.
 """
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import math
@@ -24,58 +23,21 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from core.errors import DeltaAtlasError, MergeError
-from core.pool.catalog import Catalog, ModelEntry, Source, parse_source
-from core.pool.userpool import sweep_stale
+from core.errors import MergeError
+from core.pool.catalog import Catalog, ModelEntry, parse_source
 from core.progress import ProgressFn, TextBar, report
 from core.reuse.examples import check_count, load_examples
-from core.reuse.task import DEMO_CATALOG, cosine_to, open_catalog, prepare_out_dir, publish
+from core.reuse.merge_plan import METHODS, MergePlan, MethodSpec, check_out_dir, plan_merge
+from core.reuse.task import DEMO_CATALOG, cosine_to, publish
 from core.reuse.train import Example, example_loss
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class MethodSpec:
-    combination_type: str     # PEFT's name
-    same_rank: bool           # every adapter must have the same rank
-    density: float | None     # default fraction of values kept (ties / dare), None when the method has no density
-    averages: bool            # the method averages the agreeing adapters itself (ties family) rather than summing
-    about: str
-
-
-METHODS: dict[str, MethodSpec] = {
-    "linear": MethodSpec("linear", True, None, False, "weighted sum of the A and B matrices (fast, approximate)"),
-    "ties": MethodSpec("ties", True, 0.5, True, "keep the largest values, elect a sign, average those that agree"),
-    "dare_ties": MethodSpec("dare_ties", True, 0.5, True, "drop values at random and rescale, then TIES"),
-    "dare_linear": MethodSpec("dare_linear", True, 0.5, False, "drop values at random and rescale, then sum"),
-    "svd": MethodSpec("svd", False, None, False, "exact weighted sum of the updates, refactored to the largest rank"),
-    "cat": MethodSpec("cat", False, None, False, "exact weighted sum, stacked: the rank is the sum of the ranks"),
-}
-WEIGHT_MODES = ("auto", "search")
 SEARCH_BOUNDS = (-1.5, 1.5)   # LoraHub's bounds on every weight
 SEARCH_BUDGET = 30            # loss evaluations of the search
 L1_PENALTY = 0.05             # LoraHub's: 0.05 * mean |w| added to the loss
 MERGED = "default"            # adapter name of the merge inside PEFT: saved at the folder's top level
 RECIPE_FILE, REPORT_FILE = "recipe.yaml", "report.json"
-
-
-@dataclass
-class MergePlan:
-    """A merge that has passed every check: ingredients, their folders, base, method and weights."""
-
-    names: list[str]
-    dirs: list[Path]
-    base: Source
-    method: str
-    weights: list[float] | str          # numbers, "auto" or "search"
-    density: float | None
-    ranks: list[int]
-    catalog: Catalog
-
-    @property
-    def spec(self) -> MethodSpec:
-        return METHODS[self.method]
 
 
 @dataclass
@@ -101,126 +63,6 @@ class MergeReport:
         for key in ("predicted_vector", "measured_vector"):
             data[key] = None if data[key] is None else [float(x) for x in data[key]]
         return {**data, "out_dir": str(self.out_dir) if self.out_dir else None, "seconds": round(self.seconds, 3)}
-
-
-# -- validation -------------------------------------------------------------------------------------------------
-def parse_weights(weights: str | list | tuple, n: int) -> list[float] | str:
-    """``"auto"``, ``"search"``, ``"0.5,1"`` or a list of numbers -> a mode or ``n`` finite floats."""
-    if isinstance(weights, str):
-        if weights.strip().lower() in WEIGHT_MODES:
-            return weights.strip().lower()
-        weights = [w for w in weights.split(",") if w.strip()]
-    try:
-        values = [float(w) for w in weights]
-    except (TypeError, ValueError):
-        raise MergeError(f"Weights {weights!r} are not numbers: give one number per adapter (e.g. 0.5,0.5), "
-                         "auto or search.") from None
-    if len(values) != n:
-        got = ", ".join(f"{v:g}" for v in values) or "none"
-        raise MergeError(f"{len(values)} weight(s) for {n} adapters (got {got}): give exactly one weight per adapter.")
-    if not all(math.isfinite(v) for v in values):
-        raise MergeError(f"Weights {values} include a non-finite number: use ordinary numbers.")
-    return values
-
-
-def plan_merge(catalog: str | Path | Catalog, names: list[str] | str, method: str = "ties",
-               weights: str | list = "auto", density: float | None = None) -> MergePlan:
-    """Check everything a merge needs before any model is loaded; one :class:`MergeError` lists what does not fit."""
-    if not isinstance(method, str) or method not in METHODS:
-        raise MergeError(f"Unknown merge method {method!r}: use one of {', '.join(METHODS)}.")
-    spec = METHODS[method]
-    names = _check_names(names)
-    weights = parse_weights(weights, len(names))
-    density = _check_density(density, method)
-    catalog = open_catalog(catalog)
-    missing = [n for n in names if n not in catalog.names]
-    if missing:
-        known = ", ".join(catalog.names[:8]) + (" ..." if len(catalog) > 8 else "")
-        raise MergeError(f"Not in the catalog {catalog.path or ''}: {', '.join(missing)}. Known names: {known}.")
-    entries = [catalog.get(n) for n in names]
-    checked = [_check_adapter(e) for e in entries]                     # (folder, config, problem) each
-    problems = [problem for _, _, problem in checked if problem]
-    ranks = [max([int(c.get("r", 8)), *map(int, (c.get("rank_pattern") or {}).values())]) for _, c, _ in checked
-             if c]
-    if len({str(e.base) for e in entries}) > 1:
-        problems.append("the adapters come from different bases (" + "; ".join(f"{e.name}: {e.base}" for e in entries)
-                        + "); merge adapters of one base only")
-    if not problems and spec.same_rank and len(set(ranks)) > 1:
-        problems.append(f"method {method!r} needs adapters of one rank, but "
-                        + ", ".join(f"{n} has rank {r}" for n, r in zip(names, ranks))
-                        + "; use svd or cat, which accept different ranks")
-    if not problems and len({isinstance(c.get("target_modules"), str) for _, c, _ in checked}) > 1:
-        problems.append("some adapters name their target modules by a pattern and others by a list, which PEFT "
-                        "cannot combine: retrain one of them with a list of module names")
-    if problems:
-        raise MergeError("Cannot merge " + ", ".join(names) + ": " + "; ".join(problems) + ".")
-    return MergePlan(names=names, dirs=[folder for folder, _, _ in checked], base=entries[0].base, method=method,
-                     weights=weights, density=density if density is not None else spec.density, ranks=ranks,
-                     catalog=catalog)
-
-
-def _check_density(density, method: str) -> float | None:
-    """``density`` as a float when ``method`` takes one and it is a fraction in (0, 1]."""
-    if density is None:
-        return None
-    try:
-        value = float(density)
-    except (TypeError, ValueError):
-        raise MergeError(f"Density {density!r} is not a number: give a fraction in (0, 1], e.g. 0.5.") from None
-    if METHODS[method].density is None:
-        raise MergeError(f"Density {value} does not apply to method {method!r}: only ties, dare_ties and dare_linear "
-                         "keep a fraction of the values; leave the density out.")
-    if not 0 < value <= 1:
-        raise MergeError(f"Density {value} does not apply: it is the fraction of values each adapter keeps, a number "
-                         "in (0, 1] such as 0.5.")
-    return value
-
-
-def _check_names(names: list[str] | str) -> list[str]:
-    if not isinstance(names, (str, list, tuple)) or not all(isinstance(n, str) for n in names):
-        raise MergeError(f"Adapters {names!r} are not a list of names: give the catalog names, e.g. A,B.")
-    names = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
-    if len(names) < 2:
-        raise MergeError(f"A merge needs at least two adapters; got {len(names)} ({', '.join(names) or 'none'}).")
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise MergeError(f"Adapter {dupes[0]!r} is listed twice: list every adapter once and set its weight instead.")
-    clash = [n for n in names if n in ("base", "merged")]
-    if clash:
-        raise MergeError(f"An adapter named {clash[0]!r} clashes with the report's own rows (base, merged): "
-                         "rename it in the catalog.")
-    return names
-
-
-def _check_adapter(entry: ModelEntry) -> tuple[Path | None, dict, str | None]:
-    """(folder, adapter_config, problem) for one ingredient: a readable LoRA adapter with safetensors weights."""
-    from core.engine.loading import read_json, resolve_source
-
-    if entry.kind == "full":
-        return None, {}, f"{entry.name} is a full model, not an adapter (only LoRA adapters can be merged)"
-    try:
-        folder = resolve_source(entry.source)
-    except DeltaAtlasError as exc:
-        return None, {}, f"{entry.name}: {exc}".rstrip(".")
-    if not (folder / "adapter_config.json").is_file():
-        return None, {}, f"{entry.name} ({folder}) is a full model, not an adapter (only LoRA adapters can be merged)"
-    try:
-        config = read_json(folder / "adapter_config.json")
-    except DeltaAtlasError as exc:
-        return None, {}, f"{entry.name}: {exc}".rstrip(".")
-    if str(config.get("peft_type", "")).upper() != "LORA" or config.get("use_dora"):
-        kind = "DoRA" if config.get("use_dora") else config.get("peft_type")
-        return None, {}, f"{entry.name} is a {kind} adapter; PEFT's weighted merge needs plain LoRA adapters"
-    return folder, config, None
-
-
-def check_out_dir(out_dir: str | Path | None, overwrite: bool = False) -> tuple[Path, Path]:
-    """The output folder and a temporary folder beside it; a :class:`MergeError` when it cannot be written. The
-    temporary folders that a killed merge into the same folder left are deleted once stale (``STALE_AFTER_S``)."""
-    out, work = prepare_out_dir(out_dir, overwrite, "the merged adapter", MergeError)
-    name = glob.escape(out.name)
-    sweep_stale(out.parent, patterns=(f".{name}.tmp-*", f".{name}.old-*"))
-    return out, work
 
 
 # -- weights ----------------------------------------------------------------------------------------------------

@@ -36,7 +36,8 @@ from core.pool.catalog import Source, hub_id_problem, parse_source, read_catalog
 from core.pool.userpool import UserPool, check_local_path
 from core.reuse import examples
 from core.reuse.examples import MAX_EXAMPLES, load_examples, parse_examples
-from core.reuse.merge import plan_merge, replay_recipe
+from core.reuse.merge import replay_recipe
+from core.reuse.merge_plan import plan_merge
 from core.textio import FORMULA_START, NUMBER
 from tests.core.test_userpool import GOOD, fake_embed, model_folder, zip_bytes
 

@@ -11,17 +11,8 @@ import torch
 import yaml
 
 from core.errors import MergeError
-from core.reuse.merge import (
-    METHODS,
-    auto_weights,
-    check_out_dir,
-    merge_adapters,
-    parse_weights,
-    plan_merge,
-    read_recipe,
-    replay_recipe,
-    search_weights,
-)
+from core.reuse.merge import auto_weights, merge_adapters, read_recipe, replay_recipe, search_weights
+from core.reuse.merge_plan import METHODS, check_out_dir, parse_weights, plan_merge
 from core.reuse.train import Example, example_loss
 
 EXAMPLES = [Example("Add two and three.", "Five."), Example("Add one and one.", "Two."),
