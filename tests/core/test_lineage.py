@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from core.errors import DeltaAtlasError
-from tests.core.vector_data import blobs
+from tests.core.vector_data import blobs, one_thread  # noqa: F401  (one_thread: an autouse fixture)
 
 
 def test_lineage_disagreements_find_the_mislabelled_model():
