@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore", category=FutureWarning)   # transformers' deprecation notes inside PEFT
 
 from core.pool.catalog import read_catalog  # noqa: E402
-from core.reuse.task import TASK_STEPS, find_models  # noqa: E402
+from core.reuse.task import find_models, task_steps  # noqa: E402
 from core.zoo import DEMO_CATALOG  # noqa: E402
 
 
@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", default="ties")
     parser.add_argument("--weights", default="auto", choices=["auto", "search"])
     parser.add_argument("--budget", type=int, default=20, help="evaluations of --weights search")
-    parser.add_argument("--steps", type=int, default=TASK_STEPS)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="few-shot steps of each task search (default: the pool's own search.json)")
     parser.add_argument("--only", default="", help="comma-separated datasets or domains to keep")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -140,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     catalog = read_catalog(args.catalog)
+    if args.steps is None:
+        args.steps = task_steps(Path(args.catalog))
     pool = candidates(catalog)
     tasks = tasks_for(Path(args.data_dir), args.tasks_per_dataset, args.fit, args.eval, args.seed,
                       [s for s in args.only.split(",") if s])
