@@ -178,9 +178,9 @@ def test_command_line_flags_change_only_what_they_name():
     add_arguments(parser)
     plain = plan_from_args(parser.parse_args(["--data-dir", "d"]))
     assert plain == ZooPlan()
-    longer = plan_from_args(parser.parse_args(["--data-dir", "d", "--adapter-steps", "120", "--examples", "320",
-                                               "--loss-on", "response"]))
-    assert (longer.recipe.steps, longer.recipe.warmup_steps, longer.examples_per_model) == (120, 12, 320)
-    assert longer.recipe.loss_on == "response" and longer.recipe.rank == plain.recipe.rank
+    shorter = plan_from_args(parser.parse_args(["--data-dir", "d", "--adapter-steps", "60", "--examples", "160",
+                                                "--loss-on", "response"]))
+    assert (shorter.recipe.steps, shorter.recipe.warmup_steps, shorter.examples_per_model) == (60, 6, 160)
+    assert shorter.recipe.loss_on == "response" and shorter.recipe.rank == plain.recipe.rank
     with pytest.raises(DeltaAtlasError, match="--examples 0"):
         plan_from_args(parser.parse_args(["--data-dir", "d", "--examples", "0"]))
