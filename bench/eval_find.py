@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore", category=FutureWarning)   # transformers' deprecation notes inside PEFT
 
 from core.pool.catalog import read_catalog  # noqa: E402
-from core.reuse.task import COMPARISONS, find_models, match_task, pool_vectors, task_steps  # noqa: E402
+from core.reuse.fit import HELP_MARGIN  # noqa: E402
+from core.reuse.task import COMPARISONS, find_models, match_task, pool_vectors, rank_groups, task_steps  # noqa: E402
 from core.zoo import DEMO_CATALOG  # noqa: E402
 
 
@@ -88,7 +89,7 @@ def off_domain_tasks(data_dir: Path, n_examples: int, seed: int):
             demo_data.off_domain_tasks(data_dir, n_examples, seed).items()]
 
 
-def evaluate(tasks, catalog, steps: int, device=None, compare: str = "delta") -> list[dict]:
+def evaluate(tasks, catalog, steps: int, device=None, compare: str | None = None) -> list[dict]:
     rows = []
     for i, (dataset, domain, examples) in enumerate(tasks, start=1):
         start = time.perf_counter()
@@ -102,15 +103,25 @@ def evaluate(tasks, catalog, steps: int, device=None, compare: str = "delta") ->
     return rows
 
 
-def replay(rows: list[dict], catalog, compare: str) -> list[dict]:
-    """The rows of an earlier run, re-ranked by ``compare`` from their saved task vectors (no finetuning)."""
+def replay(rows: list[dict], catalog, compare: str | None, hide_labels: bool = False) -> list[dict]:
+    """The rows of an earlier run, re-ranked by ``compare`` from their saved task vectors (no finetuning). With
+    ``hide_labels`` the ranking sees the vectors alone, as for a pool from the Hub; the labels only score it."""
     import numpy as np
+    import pandas as pd
 
     pool, _ = pool_vectors(catalog)
+    seen = pool[["name", "vector"]] if hide_labels else pool
+    domains = dict(zip(pool["name"], pool["domain"]))
     out = []
     for row in rows:
         vector = np.asarray(row["vector"], dtype=np.float32)
-        result = match_task(vector, pool, compare=compare, catalog_path=catalog.path)
+        gains = pd.DataFrame(row.get("gains") or [], columns=["name", "loss", "base_loss", "gain"])
+        gains["helps"] = gains["gain"] >= HELP_MARGIN
+        result = match_task(vector, seen, compare=compare, catalog_path=catalog.path,
+                            gains=gains if row.get("gains") else None)
+        if hide_labels:
+            result.matches["domain"] = result.matches["name"].map(domains)
+            result.group_matches = rank_groups(result.matches)
         out.append(row_of(row["dataset"], row["domain"], row["examples"], row["steps"], row["seconds"], result,
                           row.get("final_loss")))
     return out
@@ -122,6 +133,7 @@ def row_of(dataset, domain, n_examples, steps, seconds, result, final_loss=None)
     domains = result.group_matches[result.group_matches["group_by"] == "domain"]   # mixtures count in both
     row = {"dataset": dataset, "domain": domain, "steps": steps, "seconds": seconds, "compare": result.compare,
            "examples": n_examples, "no_close_match": result.no_close_match, "strength": result.match_strength,
+           "close": result.close, "verdict": result.verdict,
            "top1": top["name"].iloc[0], "top1_domain": top["domain"].iloc[0],
            "top1_right": in_domain(top["domain"].iloc[0], domain),
            "top5_majority": sum(in_domain(d, domain) for d in top["domain"]) >= 3,
@@ -129,6 +141,8 @@ def row_of(dataset, domain, n_examples, steps, seconds, result, final_loss=None)
            "group_right": bool(len(domains)) and in_domain(domains["group"].iloc[0], domain),
            "final_loss": final_loss if final_loss is not None else result.to_json()["final_loss"],
            "matches": result.matches[["name", "similarity", "domain"]].to_dict(orient="records"),
+           "gains": [] if result.gains is None else result.gains[["name", "loss", "base_loss", "gain"]].to_dict(
+               orient="records"),
            "vector": [round(float(x), 6) for x in result.vector]}   # to replay other rankings offline
     return row
 
@@ -180,9 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (the goal is set on 2)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--compare", default="delta", choices=list(COMPARISONS), help="how tasks meet models")
+    parser.add_argument("--compare", default=None, choices=list(COMPARISONS),
+                        help="how tasks meet models (default: the search's own default for the pool)")
     parser.add_argument("--replay", default=None, metavar="FILE",
                         help="re-rank the saved task vectors of an earlier run (its --out) instead of finetuning")
+    parser.add_argument("--hide-labels", action="store_true",
+                        help="with --replay: rank with the vectors alone (a pool without labels); labels only score")
     parser.add_argument("--ood", action="store_true", help="the hand-written tasks of bench/ood_tasks/")
     parser.add_argument("--dev", action="store_true",
                         help="the hand-written development tasks (bench/dev_tasks/, data/sample_tasks/)")
@@ -199,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     catalog = read_catalog(args.catalog)
     if args.replay:
         earlier = json.loads(Path(args.replay).read_text())
-        results = {steps: replay(rows, catalog, args.compare) for steps, rows in earlier.items()}
+        results = {steps: replay(rows, catalog, args.compare, args.hide_labels) for steps, rows in earlier.items()}
         for steps, rows in results.items():
             print(f"\n### steps = {steps}, compare = {args.compare} (replayed from {args.replay})\n\n{table(rows)}")
         return finish(args, results)

@@ -59,7 +59,7 @@ SAMPLE_S = 0.2             # RSS sampling period
 MAP_TARGET_S = 3.0
 MEMORY_TARGET = 2.0
 MAP_CHART, MAP_TEXT = "map_chart", "Closest models"
-FIND_STEPS, FIND_GO, FIND_TEXT = "find_steps", "find_go", "Models closest to"
+FIND_STEPS, FIND_GO, FIND_TEXT = "find_steps", "find_go", "Models for “"
 FINISHED_OK = 0            # ForwardMsg.ScriptFinishedStatus.FINISHED_SUCCESSFULLY
 JOB_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) core\.jobs INFO Job ([0-9a-f]{8}) \((\w+)\) "
                       r"(queued|done|failed|cancelled)(?: on .*| after ([\d.]+) s)")

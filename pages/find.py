@@ -9,7 +9,11 @@ if ROOT not in sys.path:  # the page runs on its own too (AppTest.from_file, str
     sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
+
+from core.reuse.fit import HELP_MARGIN  # noqa: E402
+from core.reuse.task import default_compare  # noqa: E402
 
 from pages.parts import charts  # noqa: E402
 from pages.parts import pools  # noqa: E402
@@ -18,7 +22,8 @@ from pages.parts import ui  # noqa: E402
 SHOWN_MATCHES = 15
 TO_MERGE = 3          # best matches offered to the Merge page
 FIND_JOB = "find_job"  # the session's (and the URL's) task-search job id
-COMPARE_WORDS = {"delta": "The paper's method (default)", "domain-lens": "The domain lens"}  # core COMPARISONS
+COMPARE_WORDS = {"domain-lens": "The domain lens", "cluster-lens": "The cluster lens (needs no labels)",
+                 "delta": "The paper's method"}   # the names of core.reuse.task.COMPARISONS
 
 
 def main() -> None:
@@ -36,12 +41,14 @@ def main() -> None:
         with st.expander("Settings"):
             steps = st.number_input("Finetuning steps", 1, 1000, value=default_steps(pool), key="find_steps",
                                     help="More steps describe the task more precisely but take longer.")
+            default = default_compare(data.frame)
             compare = st.radio("Compare your task with the models by", list(COMPARE_WORDS), key="find_compare",
-                               format_func=COMPARE_WORDS.get,
+                               index=list(COMPARE_WORDS).index(default),
+                               format_func=lambda c: COMPARE_WORDS[c] + (" (default here)" if c == default else ""),
                                help="The paper's method compares the raw changes. The domain lens looks only at "
                                     "the directions in which the pool's domains differ, so that models which merely "
-                                    "answer in the same form (a letter, a label) weigh less. It needs the models' "
-                                    "domain labels.")
+                                    "answer in the same form (a letter, a label) weigh less; it needs the models' "
+                                    "domain labels. The cluster lens does the same with the map's own groups.")
             for line in measured_lines(pool):
                 st.caption(line)
         st.caption("This runs a short finetune of the base model: on a laptop CPU, under a minute for the demo zoo "
@@ -74,7 +81,7 @@ def measured_lines(pool: pools.Pool) -> list[str]:
     except (OSError, ValueError):
         return []
     lines = []
-    for key, name in (("ood", "delta"), ("ood_domain-lens", "domain-lens")):
+    for key, name in (("ood_domain-lens", "domain-lens"), ("ood_cluster-lens", "cluster-lens"), ("ood", "delta")):
         q = quality.get(key)
         if isinstance(q, dict) and "top1" in q:
             lines.append(f"{COMPARE_WORDS[name]}: the best match had the right domain for {q['top1']} tasks written "
@@ -83,7 +90,7 @@ def measured_lines(pool: pools.Pool) -> list[str]:
 
 
 def search(pool: pools.Pool, data: pools.PoolData, title: str, examples: list, steps: int,
-           compare: str = "delta") -> None:
+           compare: str | None = None) -> None:
     """Queue the search on the pool's base; the page follows it (and finds it again after a reload)."""
     from core.reuse.task import find_models
 
@@ -104,56 +111,124 @@ def show_result(pool: pools.Pool, data: pools.PoolData) -> None:
         return
     result, title = task["result"], task["title"]
     st.divider()
-    st.subheader(f"Models closest to “{title}”")
-    lens = " Compared through the domain lens." if getattr(result, "compare", "delta") == "domain-lens" else ""
-    st.caption(f"Searched in {result.seconds:.0f} s, on {len(task['examples'])} examples.{lens}")
-    groups = result.group_matches
-    if getattr(result, "no_close_match", False):
-        st.warning(result.match_note, icon="🔎")
-    elif len(groups):
-        best = groups.iloc[0]
-        st.markdown(f"The task sits closest to the **{best['group']}** models ({best['group_by']}; similarity "
-                    f"{best['similarity']:.2f}, the mean of its 3 closest of {int(best['models'])} models).")
-        if getattr(result, "match_note", ""):
-            st.caption(result.match_note)
-    table_col, map_col = st.columns([5, 6], gap="medium")
+    st.subheader(f"Models for “{title}”")
+    verdict_box(result)
+    with st.expander("Details: the numbers behind this answer"):
+        for line in details(result, len(task["examples"])):
+            st.caption(line)
+    table_col, map_col = st.columns([7, 5], gap="medium")
     with table_col:
-        matches = result.matches.head(SHOWN_MATCHES)
-        labels = [c for c in matches.columns if c not in ("name", "similarity")][:3]
-        st.dataframe(matches[["name", "similarity", *labels]], hide_index=True, width="stretch", column_config={
-            "similarity": st.column_config.ProgressColumn("similarity", min_value=0.0, max_value=1.0, format="%.3f",
-                                                          help="Cosine similarity of the model's vector to the "
-                                                               "task's: 1 = the same change, 0 = unrelated.")})
-        if len(result.losses):
-            st.plotly_chart(charts.losses_curve(result.losses), key="find_losses")
-        names = list(matches["name"].head(TO_MERGE))
-        if st.button(f"Merge the {len(names)} best matches", key="find_to_merge"):
-            ui.remember(ui.CANDIDATES_KEY, pool, names=names, why=f"the best matches for “{title}”")
-            st.success("Ready on the Merge page.")
-            ui.link("pages/merge.py", "Merge")
+        if result.verdict == "none":
+            st.markdown("**The least bad matches** (none of them fits your task well)")
+        else:
+            st.markdown("**The closest models**")
+        st.dataframe(matches_table(result), hide_index=True, width="stretch", column_config={
+            "model": st.column_config.TextColumn("model", width="medium"),
+            "helps with your examples?": st.column_config.TextColumn(
+                "helps with your examples?", width="medium",
+                help="Measured on your examples for the closest models: how much lower (or higher) their error is "
+                     "than the untouched base model's."),
+            "similarity": st.column_config.NumberColumn(
+                "similarity", format="%.2f", help="How alike the model's change and your task's are: 1 = the same "
+                                                  "change, 0 = unrelated.")})
+        merge_offer(pool, data, result, title)
     with map_col:
         task_map(data, result, title)
 
 
+def verdict_box(result) -> None:
+    """The verdict in words, coloured by what it means for the user."""
+    show = {"strong": st.success, "weak": st.info, "none": st.warning}.get(result.verdict, st.info)
+    icon = {"strong": ":material/check_circle:", "weak": ":material/help:"}.get(result.verdict, ":material/block:")
+    show(ui.plain(result.headline or result.match_note), icon=icon)
+
+
+def details(result, n_examples: int) -> list[str]:
+    """The numbers, for whoever wants them."""
+    lens = {"domain-lens": " through the domain lens", "cluster-lens": " through the cluster lens"}
+    lines = [f"Searched in {result.seconds:.0f} s on {n_examples} examples, compared{lens.get(result.compare, '')}."]
+    if result.match_note:
+        lines.append(result.match_note)
+    if result.gains is not None and len(result.gains):
+        base = float(result.gains["base_loss"].iloc[0])
+        lines.append(f"Error on your examples (mean loss per answer token): the base model {base:.3f}; "
+                     + "; ".join(f"{r.name} {r.loss:.3f}" for r in result.gains.itertuples() if pd.notna(r.loss))
+                     + f". A model “helps” when it lowers the base's error by at least {100 * HELP_MARGIN:.0f}%.")
+    if len(result.losses):
+        lines.append(f"The task was learned in {len(result.losses)} steps (final loss "
+                     f"{np.mean(result.losses[-10:]):.3f}).")
+    return lines
+
+
+def matches_table(result) -> pd.DataFrame:
+    """Model, its domain (or first label), whether it helps (for the measured ones) and the similarity."""
+    matches = result.matches.head(SHOWN_MATCHES)
+    labels = [c for c in matches.columns if c not in ("name", "similarity")][:1]
+    short = {} if result.gains is None else {
+        r.name: (r.short if "short" in result.gains else r.words) for r in result.gains.itertuples()}
+    table = matches[["name", *labels]].copy()
+    table["helps with your examples?"] = [short.get(name, "not checked") for name in matches["name"]]
+    table["similarity"] = matches["similarity"].to_numpy()
+    return table.rename(columns={"name": "model"})
+
+
+def merge_offer(pool: pools.Pool, data: pools.PoolData, result, title: str) -> None:
+    """Offer a merge of exactly the models that help, naming what is left out and why, before the click."""
+    from core.reuse.fit import merge_candidates
+
+    catalog = pools.combined_catalog(pool, data)
+    take, left_out = merge_candidates(result.gains, catalog)
+    take = [name for name in take if name in set(data.frame["name"])]
+    if left_out:
+        st.caption("Left out of a merge: " + "; ".join(f"{ui.plain(n)} ({why})" for n, why in left_out.items()) + ".")
+    if len(take) >= 2:
+        names = take[:TO_MERGE]
+        if st.button(f"Merge the {len(names)} models that help", key="find_to_merge", type="secondary",
+                     help="Sends exactly these adapters to the Merge page: " + ", ".join(names)):
+            ui.remember(ui.CANDIDATES_KEY, pool, names=names, why=f"the models that help with “{title}”")
+            st.success("Ready on the Merge page: " + ", ".join(names) + ".")
+            ui.link("pages/merge.py", "Open the Merge page")
+    elif len(take) == 1:
+        st.info(f"Only {take[0]} helps with your examples: use it as it is (a merge needs two adapters that help).")
+    elif result.gains is not None:
+        st.info("None of the closest models helps with your examples, so no merge is offered: merging them would "
+                "not make a model that answers your task better than the base model.")
+
+
 def task_map(data: pools.PoolData, result, title: str) -> None:
-    """The pool's map (as drawn on the Map page) with the task as a star and its best matches ringed."""
+    """The pool's map (as drawn on the Map page) with the task as a star and its best matches ringed; a task that
+    fits nothing is drawn apart, beside the map, not inside a cluster it does not belong to."""
     settings = pools.map_settings()
     projector = pools.projector(data, settings)
     embedding = np.asarray(projector.embedding_)
-    try:
-        position = np.asarray(projector.transform(result.vector[None, :]))[0]
-    except Exception:  # noqa: BLE001 - a layout without transform: fall back to where the search placed it
-        position = result.position
+    if result.verdict == "none":
+        position, label = apart_from(embedding), "your task (fits no group)"
+    else:
+        try:
+            position = np.asarray(projector.transform(result.vector[None, :]))[0]
+        except Exception:  # noqa: BLE001 - a layout without transform: fall back to where the search placed it
+            position = result.position
+        label = "your task"
     frame = data.frame
     labels = [c for c in frame.columns if c not in ("name", "origin")]
     colour_by = "domain" if "domain" in labels else (labels[0] if labels else None)
     colour = list(frame[colour_by].astype(str)) if colour_by else ["model"] * len(frame)
-    marks = [] if position is None else [charts.Mark(float(position[0]), float(position[1]), "your task")]
+    marks = [] if position is None else [charts.Mark(float(position[0]), float(position[1]), label)]
+    focus = [] if result.verdict == "none" else list(result.matches["name"].head(TO_MERGE))
     fig = charts.map_figure(frame, embedding, colour, colour_by or "", charts.hover_texts(frame, labels),
-                            focus=list(result.matches["name"].head(TO_MERGE)), marks=marks,
-                            focus_label="best matches")
+                            focus=focus, marks=marks, focus_label="closest models")
     st.plotly_chart(fig, key="find_map")
-    st.caption("★ = your task, placed among the models by the same map; ringed = the best matches.")
+    if result.verdict == "none":
+        st.caption("★ = your task, drawn apart: it fits none of the groups on the map.")
+    else:
+        st.caption("★ = your task, placed among the models by the same map; ringed = the closest models.")
+
+
+def apart_from(embedding: np.ndarray) -> np.ndarray:
+    """A place beside the map's points (right of them, at mid height), for a task that belongs to no group."""
+    low, high = embedding.min(axis=0), embedding.max(axis=0)
+    span = np.maximum(high - low, 1e-6)
+    return np.array([high[0] + 0.15 * span[0], low[1] + 0.5 * span[1]])
 
 
 main()

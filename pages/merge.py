@@ -43,7 +43,7 @@ def main() -> None:
         if len(adapters) < 2:
             st.info("This pool has fewer than two adapters with vectors: there is nothing to merge.")
             return
-        names = choose_adapters(pool, adapters)
+        names = choose_adapters(pool, adapters, catalog)
         method, weights, budget = choose_method(names)
         task = ui.remembered(ui.TASK_KEY, pool)
         st.markdown("**Examples to measure the merge on**")
@@ -57,13 +57,17 @@ def main() -> None:
         show_result(pool, data)
 
 
-def choose_adapters(pool: pools.Pool, adapters: list[str]) -> list[str]:
+def choose_adapters(pool: pools.Pool, adapters: list[str], catalog) -> list[str]:
     """The ingredients, pre-filled from the last task search or map selection (whichever is newer)."""
     offer = ui.remembered(ui.CANDIDATES_KEY, pool)
     task = ui.remembered(ui.TASK_KEY, pool)
     if offer is None and task is not None:
-        offer = {"names": list(task["result"].matches["name"].head(3)), "why": f"the best matches for “{task['title']}”",
-                 "token": task["token"]}
+        from core.reuse.fit import merge_candidates
+
+        helping, _ = merge_candidates(getattr(task["result"], "gains", None), catalog)
+        if helping:
+            offer = {"names": helping[:3], "why": f"the models that help with “{task['title']}”",
+                     "token": task["token"]}
     if NAMES_KEY in st.session_state:  # names of another pool, or of a model since removed
         st.session_state[NAMES_KEY] = [n for n in st.session_state[NAMES_KEY] if n in adapters]
     if offer is not None and st.session_state.get("_merge_applied") != offer["token"]:

@@ -41,6 +41,17 @@ def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
+def fast_bfloat16(device: torch.device) -> bool:
+    """Whether bf16 compute is fast on ``device``: a CUDA GPU that supports it, MPS, or a CPU with native bf16
+    instructions (AVX512-BF16 or AMX, as oneDNN reports). Elsewhere bf16 is emulated: on a 2-core AVX2 EPYC a bf16
+    matrix product took 90x as long as in float32 (bench/README.md), so mixed precision must fall back there."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "mps":
+        return True
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 

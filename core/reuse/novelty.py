@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from core.errors import DeltaAtlasError
 
@@ -32,6 +33,7 @@ class CloseMatchRule:
 
     quantile: float = QUANTILE
     top: int = TOP
+    combine: str = "both"     # with the measured loss: when a task is "nothing fits" (COMBINE)
 
     def fit(self, vectors: np.ndarray) -> "CloseMatchRule":
         """Learn the pool's background similarity from its vectors [n, d]."""
@@ -60,14 +62,14 @@ class CloseMatchRule:
         return bool(self.strength(similarities) >= self.threshold_)
 
     def explain(self, similarities: np.ndarray) -> str:
-        """One plain sentence for people."""
+        """One sentence on the vectors' side of the verdict, with its numbers."""
         strength = self.strength(similarities)
         if self.is_close(similarities):
-            return (f"Close match: the task's {self.top} closest models have similarity {strength:.2f}, above the "
-                    f"{self.threshold_:.2f} that {100 * self.quantile:.0f}% of this pool's model pairs stay under.")
-        return (f"No close match: no model of this pool fits the task well. Its {self.top} closest models have "
-                f"similarity {strength:.2f}, less than {100 * self.quantile:.0f}% of this pool's own model pairs share "
-                f"with each other ({self.threshold_:.2f}). The ranking below is only the least bad.")
+            return (f"Close by the vectors: the task's {self.top} closest models have similarity {strength:.2f}, above "
+                    f"the {self.threshold_:.2f} that {100 * self.quantile:.0f}% of this pool's model pairs stay under.")
+        return (f"Not close by the vectors: the task's {self.top} closest models have similarity {strength:.2f}, less "
+                f"than {100 * self.quantile:.0f}% of this pool's own model pairs share with each other "
+                f"({self.threshold_:.2f}).")
 
 
 def load_rule(path: Path | None) -> CloseMatchRule:
@@ -77,6 +79,54 @@ def load_rule(path: Path | None) -> CloseMatchRule:
         return CloseMatchRule()
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-        return CloseMatchRule(quantile=float(data.get("quantile", QUANTILE)), top=int(data.get("top", TOP)))
+        return CloseMatchRule(quantile=float(data.get("quantile", QUANTILE)), top=int(data.get("top", TOP)),
+                              combine=str(data.get("combine", "both")))
     except (ValueError, TypeError, AttributeError) as exc:
         raise DeltaAtlasError(f"{path} cannot be read ({exc}): fix it or delete it to use the default settings.") from None
+
+
+# -- the verdict a person reads: both measurements together ------------------------------------------------------
+VERDICTS = {"strong": "Strong match", "weak": "Weak match", "none": "Nothing in this pool fits your task"}
+COMBINE = {  # when is a task flagged "nothing fits", from (close by the vectors, some measured model helps)
+    "both": lambda close, helps: not close and not helps,     # both measurements say no
+    "either": lambda close, helps: not close or not helps,    # either says no
+    "vectors": lambda close, helps: not close,                # the vectors alone (the rule before the loss check)
+    "help": lambda close, helps: not helps,                   # the measured loss alone
+}
+
+
+def verdict(close: bool, gains: pd.DataFrame | None, combine: str = "both") -> str:
+    """"strong", "weak" or "none", from the vectors' closeness (``CloseMatchRule.is_close``) and the measured loss of
+    the closest models on the task's examples (``core.reuse.fit.measure_gains``; None when not measured); ``combine``
+    (a name of COMBINE, chosen per pool in novelty.json) says when the task is flagged "none"."""
+    if combine not in COMBINE:
+        raise DeltaAtlasError(f"Unknown combine {combine!r} in the pool's novelty settings: use {', '.join(COMBINE)}.")
+    measured = gains is not None and bool(gains["gain"].notna().any())
+    if not measured:
+        return "strong" if close else "none"
+    helps = bool(gains["helps"].any())
+    if COMBINE[combine](close, helps):
+        return "none"
+    return "strong" if close and helps else "weak"
+
+
+def verdict_words(kind: str, close: bool, group: str | None, gains: pd.DataFrame | None) -> str:
+    """The verdict in plain words, for the page and the command line."""
+    measured = gains[gains["gain"].notna()] if gains is not None else gains
+    n = 0 if measured is None else len(measured)
+    helping = 0 if measured is None else int(measured["helps"].sum())
+    best = float(measured["gain"].max()) if n else 0.0
+    where = f"the {group} models" if group else "some of the models"
+    sits = f"your task sits {'with' if close else 'closest to'} {where}" if close else \
+        "no model changed the base much the way your examples do"
+    if not n:
+        helped = ""
+    elif helping:
+        helped = (f"{helping} of the {n} closest {'lowers' if helping == 1 else 'lower'} the error on your examples "
+                  f"(the best by {100 * best:.0f}%)")
+    else:
+        helped = f"none of the {n} closest answers your examples better than the base model does"
+    joined = sits + ((", and " if close == bool(helping) else ", but ") + helped if helped else "")
+    if kind == "none":
+        return f"{VERDICTS['none']}: {joined}. The list below is only the least bad."
+    return f"{VERDICTS[kind]}: {joined}."

@@ -36,10 +36,13 @@ RECIPE_FILE = "recipe.json"             # the pool's finetuning recipe, beside t
 SEARCH_FILE = "search.json"             # the pool's task-search settings (its few-shot steps), beside the catalog
 VECTOR_FILES = ("vectors.parquet", "{stem}.vectors.parquet", "{stem}_vectors.parquet", "{stem}.parquet")
 TASK_NAME = "task"
+LABEL_FREE_COMPARE = "delta"            # the default for pools without domain labels (measured: bench/README.md)
+HELP_CANDIDATES = 5                     # the closest models whose loss on the examples is measured (reuse.fit)
 COMPARISONS = {   # how a task is compared with the pool's models, by name (--compare, the Find page's setting)
     "delta": "the paper's method: cosine similarity of the raw Delta Activations",
     "domain-lens": "cosine within the directions that tell the pool's domains apart (core.map.lens; needs domain "
                    "labels)",
+    "cluster-lens": "the same lens with the map's own clusters in place of domain labels (for unlabelled pools)",
 }
 
 
@@ -53,19 +56,26 @@ class TaskResult:
     seconds: float = 0.0
     position: np.ndarray | None = None  # [2] on the map, when a fitted projector was given
     compare: str = "delta"              # the comparison that ranked the matches (COMPARISONS)
-    no_close_match: bool = False        # no model fits the task well (core.reuse.novelty)
+    no_close_match: bool = False        # nothing in the pool fits the task (verdict "none")
+    close: bool = True                  # the vectors' side of it: the closest models stand out of the background
     match_strength: float = float("nan")
-    match_note: str = ""                # the plain-words verdict
+    match_note: str = ""                # the numbers behind the vectors' side, in words
+    gains: pd.DataFrame | None = None   # the closest models' loss on the examples against the base (reuse.fit)
+    combine: str = "both"               # when the two sides make "none" (the pool's novelty.json)
+    verdict: str = ""                   # "strong", "weak" or "none" (core.reuse.novelty.verdict)
+    headline: str = ""                  # the verdict in plain words
 
     def to_json(self) -> dict:
         """Plain JSON: the CLI's ``--json`` output and what the app stores."""
         return {"matches": _records(self.matches), "groups": _records(self.group_matches),
-                "no_close_match": self.no_close_match, "match_strength": round(self.match_strength, 4),
+                "verdict": self.verdict, "headline": self.headline, "no_close_match": self.no_close_match,
+                "close": self.close, "match_strength": round(self.match_strength, 4),
                 "match_note": self.match_note, "compare": self.compare,
                 "seconds": round(self.seconds, 3), "steps": len(self.losses),
                 "final_loss": float(np.mean(self.losses[-10:])) if self.losses else None,
                 "adapter_dir": str(self.adapter_dir) if self.adapter_dir else None,
-                "position": None if self.position is None else [float(x) for x in self.position]}
+                "position": None if self.position is None else [float(x) for x in self.position],
+                "gains": None if self.gains is None else _records(self.gains)}
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:
@@ -221,6 +231,19 @@ def cosine_to(vector: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     return cosine_similarities(np.asarray(vector)[None, :], vectors)[0]
 
 
+def default_compare(table: pd.DataFrame) -> str:
+    """The comparison a search uses unless told otherwise, chosen by measurement (bench/README.md, "Answers you
+    can trust"): the domain lens where the pool's domain labels allow one, else LABEL_FREE_COMPARE."""
+    from core.map.lens import MIN_DOMAINS, MIN_PER_DOMAIN
+
+    if "domain" in table.columns:
+        domains = table["domain"].fillna("").astype(str).str.strip()
+        counts = domains[(domains != "") & ~domains.str.contains("+", regex=False)].value_counts()
+        if int((counts >= MIN_PER_DOMAIN).sum()) >= MIN_DOMAINS:
+            return "domain-lens"
+    return LABEL_FREE_COMPARE
+
+
 def check_compare(compare: str) -> str:
     if compare not in COMPARISONS:
         raise DeltaAtlasError(f"Unknown comparison {compare!r}: choose one of {', '.join(COMPARISONS)}.")
@@ -239,11 +262,20 @@ def similarities(vector: np.ndarray, table: pd.DataFrame, compare: str = "delta"
         return cosine_to(vector, vectors)
     from core.map.lens import DomainLens
 
+    lens = DomainLens().fit(vectors, lens_classes(table, vectors, compare))
+    return cosine_to(lens.transform(vector)[0], lens.transform(vectors))
+
+
+def lens_classes(table: pd.DataFrame, vectors: np.ndarray, compare: str) -> list[str]:
+    """The classes a lens is fitted on: the pool's domain labels, or (``cluster-lens``) its own clusters."""
+    if compare == "cluster-lens":
+        from core.map.clusters import Clusterer
+
+        return [f"cluster {k}" for k in Clusterer(random_state=0).fit(vectors).labels_]
     if "domain" not in table.columns:
         raise DeltaAtlasError("The domain lens needs a 'domain' label for the pool's models and this pool has none: "
-                              "add a domain column to its catalog, or compare by 'delta'.")
-    lens = DomainLens().fit(vectors, table["domain"].fillna(""))
-    return cosine_to(lens.transform(vector)[0], lens.transform(vectors))
+                              "add a domain column to its catalog, or compare by 'cluster-lens' or 'delta'.")
+    return list(table["domain"].fillna(""))
 
 
 def rank(vector: np.ndarray, table: pd.DataFrame, top: int | None = None, compare: str = "delta") -> pd.DataFrame:
@@ -280,15 +312,21 @@ def rank_groups(matches: pd.DataFrame, columns: tuple[str, ...] = GROUP_COLUMNS,
 # -- the whole search -------------------------------------------------------------------------------------------
 def find_models(examples: list[Example], catalog: str | Path | Catalog = DEMO_CATALOG, *,
                 vectors: pd.DataFrame | None = None, top: int | None = None, steps: int | None = None,
-                keep_adapter: str | Path | None = None, projector=None, device=None, compare: str = "delta",
-                progress: ProgressFn | None = None, models=None) -> TaskResult:
-    """Embed the task and rank the pool by ``compare`` (a name of COMPARISONS; the default is the paper's).
+                keep_adapter: str | Path | None = None, projector=None, device=None, compare: str | None = None,
+                check_help: int = HELP_CANDIDATES, progress: ProgressFn | None = None, models=None) -> TaskResult:
+    """Embed the task and rank the pool by ``compare`` (a name of COMPARISONS; None: :func:`default_compare`).
     ``vectors`` defaults to the file beside the catalog; ``projector`` is the fitted map projector (its
     ``transform`` places the task); ``keep_adapter`` keeps the task adapter there;
-    ``models`` (a ``core.engine.shared.SharedModels``) lends the base from memory instead of loading it."""
+    ``check_help``: how many of the closest models have their loss on the examples measured against the base's
+    (0: none); ``models`` (a ``core.engine.shared.SharedModels``) lends the base from memory instead of loading it."""
     start = time.perf_counter()
     check_count(len(examples), "The task")
-    check_compare(compare)
+    if compare is not None:
+        check_compare(compare)
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise DeltaAtlasError(f"steps={steps!r}: give a positive whole number of finetuning steps.")
+    if isinstance(check_help, bool) or not isinstance(check_help, int) or check_help < 0:
+        raise DeltaAtlasError(f"check_help={check_help!r}: give 0 (skip) or a positive number of models.")
     catalog = open_catalog(catalog)
     keep, work = prepare_out_dir(keep_adapter, what="the task adapter") if keep_adapter else (None, None)
     settings = {}
@@ -306,25 +344,47 @@ def find_models(examples: list[Example], catalog: str | Path | Catalog = DEMO_CA
     finally:
         shutil.rmtree(work, ignore_errors=True)
     position = None if projector is None else np.asarray(projector.transform(vector[None, :]))[0]
-    result = match_task(vector, vectors, compare=compare, catalog_path=catalog.path, top=top, adapter_dir=keep,
+    result = match_task(vector, vectors, compare=compare, catalog_path=catalog.path, adapter_dir=keep,
                         losses=losses, position=position)
+    if check_help:
+        from core.reuse.fit import measure_gains
+
+        names = [n for n in result.matches["name"] if n in set(catalog.names)][:check_help]
+        result.gains = measure_gains(examples, catalog, names, base, device=device, models=models, progress=progress)
+        conclude(result)
+    result.matches = result.matches if top is None else result.matches.head(top)
     result.seconds = time.perf_counter() - start
     return result
 
 
-def match_task(vector: np.ndarray, vectors: pd.DataFrame, *, compare: str = "delta", catalog_path: Path | None = None,
-               top: int | None = None, **fields) -> TaskResult:
+def match_task(vector: np.ndarray, vectors: pd.DataFrame, *, compare: str | None = None, catalog_path: Path | None = None,
+               top: int | None = None, gains: pd.DataFrame | None = None, **fields) -> TaskResult:
     """What a search does once it has the task vector [d]: rank the pool's models and its groups by ``compare``,
-    and judge how close the best match is. ``fields`` fill in the rest of the TaskResult."""
+    judge how close the best match is and, with the closest models' measured ``gains``, give the verdict.
+    ``fields`` fill in the rest of the TaskResult."""
+    compare = compare or default_compare(vectors)
     matches = rank(vector, vectors, compare=compare)
     result = TaskResult(vector=vector, matches=matches if top is None else matches.head(top),
-                        group_matches=rank_groups(matches), compare=compare, **fields)
+                        group_matches=rank_groups(matches), compare=compare, gains=gains, **fields)
     # the "no close match" rule is calibrated on raw similarities, whichever comparison ranked the models
     raw = matches["similarity"].to_numpy() if compare == "delta" else similarities(vector, vectors)
     judge_closeness(result, vectors, raw, catalog_path)
     if compare != "delta" and result.match_note:
         result.match_note += " (This judgement reads the paper's similarities, not the lens's shown in the table.)"
+    conclude(result)
     return result
+
+
+def conclude(result: TaskResult) -> None:
+    """The verdict from both measurements (core.reuse.novelty.verdict), and its plain words."""
+    from core.reuse.novelty import verdict, verdict_words
+
+    result.verdict = verdict(result.close, result.gains, result.combine)
+    result.no_close_match = result.verdict == "none"
+    groups = result.group_matches
+    domains = groups[groups["group_by"] == "domain"] if len(groups) else groups
+    group = str(domains["group"].iloc[0]) if len(domains) else None
+    result.headline = verdict_words(result.verdict, result.close, group, result.gains)
 
 
 def judge_closeness(result: TaskResult, vectors: pd.DataFrame, similarities: np.ndarray,
@@ -338,7 +398,7 @@ def judge_closeness(result: TaskResult, vectors: pd.DataFrame, similarities: np.
         result.match_note = "Too few models in this pool to judge how close the best match is."
         return
     rule = load_rule(Path(catalog_path).parent / "novelty.json" if catalog_path else None).fit(matrix(vectors))
-    result.no_close_match = not rule.is_close(similarities)
+    result.close, result.combine = rule.is_close(similarities), rule.combine
     result.match_strength = rule.strength(similarities)
     result.match_note = rule.explain(similarities)
 
@@ -383,9 +443,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--top", type=int, default=None, help="show the K best models (default: all)")
     parser.add_argument("--steps", type=int, default=None,
                         help=f"finetuning steps (default: the pool's {SEARCH_FILE}, else {TASK_STEPS})")
-    parser.add_argument("--compare", default="delta", choices=list(COMPARISONS),
+    parser.add_argument("--compare", default=None, choices=list(COMPARISONS),
                         help="how the task is compared with the models: " + "; ".join(
-                            f"{name}: {what}" for name, what in COMPARISONS.items()) + " (default delta)")
+                            f"{name}: {what}" for name, what in COMPARISONS.items())
+                             + f" (default: domain-lens when the pool labels 3+ domains, else {LABEL_FREE_COMPARE})")
+    parser.add_argument("--check-help", type=int, default=HELP_CANDIDATES, metavar="K",
+                        help=f"measure the K closest models' loss on the examples against the base (default "
+                             f"{HELP_CANDIDATES}; 0 skips it, and the verdict then reads the vectors alone)")
     parser.add_argument("--keep-adapter", default=None, metavar="DIR", help="keep the task adapter in DIR")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
@@ -396,8 +460,11 @@ def main(args) -> int:
         raise DeltaAtlasError(f"--top {args.top}: give a positive number of models.")
     if args.steps is not None and args.steps < 1:
         raise DeltaAtlasError(f"--steps {args.steps}: give a positive number of steps.")
+    if args.check_help < 0:
+        raise DeltaAtlasError(f"--check-help {args.check_help}: give 0 (skip) or a positive number of models.")
     examples = load_examples(args.examples)
     result = find_models(examples, args.catalog, top=args.top, steps=args.steps, keep_adapter=args.keep_adapter,
+                         check_help=args.check_help,
                          device=args.device, compare=args.compare, progress=None if args.json else TextBar())
     if args.json:
         print(json.dumps(result.to_json()))
@@ -408,7 +475,16 @@ def main(args) -> int:
         if len(result.group_matches):
             print("\nGroups (mean similarity of their models):")
             print(result.group_matches.to_string(index=False, float_format="%.3f"))
-    print(f"\n{result.match_note}")
+    if result.gains is not None and len(result.gains):
+        print("\nDoes it help? Loss on your examples against the base model's "
+              f"({float(result.gains['base_loss'].iloc[0]):.3f}):")
+        for row in result.gains.itertuples():
+            print(f"  {row.name:<32} {row.words}" + (f" ({row.note})" if row.note and pd.isna(row.gain) else ""))
+        from core.reuse.fit import merge_candidates
+
+        take, _ = merge_candidates(result.gains, open_catalog(args.catalog))
+        print("  worth merging: " + (", ".join(take) if len(take) >= 2 else "nothing (fewer than two adapters help)"))
+    print(f"\n{result.headline}\n({result.match_note})")
     print(f"\n{len(examples)} examples, {len(result.losses)} steps (final loss {result.to_json()['final_loss']:.3f}), "
           f"{result.seconds:.1f} s" + (f"; task adapter kept in {result.adapter_dir}" if result.adapter_dir else ""))
     return 0

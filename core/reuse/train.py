@@ -2,7 +2,8 @@
 
 Used by the demo-zoo builder (to train the pool) and by task search (a brief few-shot finetune of the pool's base
 on the user's examples). The loss is on the response tokens only (the paper's), or with ``loss_on="text"`` on the
-instruction and input too; never on the Alpaca template, which is one for every domain, so that the template itself
+instruction and input too, or with ``loss_on="prompt"`` on the instruction and input alone (what a task is about,
+not how it answers); never on the Alpaca template, which is one for every domain, so that the template itself
 never tells domains apart.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from core.engine.device import fast_bfloat16
 from core.errors import DeltaAtlasError
 
 log = logging.getLogger(__name__)
@@ -61,7 +63,7 @@ class Recipe:
     seed: int = 0
     layers: int = 0               # train only the top N transformer layers (0: all); see TopLayers
     precision: str = "float32"    # "bfloat16": mixed precision (bf16 compute, fp32 weights and optimiser)
-    loss_on: str = "response"     # "text": also the instruction and input (what the examples are about)
+    loss_on: str = "response"     # "text": also the instruction and input (what the examples are about); "prompt": those alone
 
     def replace(self, **changes) -> "Recipe":
         unknown = set(changes) - {f.name for f in fields(self)}
@@ -96,13 +98,14 @@ class TrainResult:
         return sum(tail) / max(len(tail), 1)
 
 
-LOSS_ON = ("response", "text")
+LOSS_ON = ("response", "text", "prompt")
 
 
 def encode(examples: list[Example], tokenizer, max_length: int,
            loss_on: str = "response") -> list[tuple[list[int], list[int]]]:
     """Token ids and labels per example. Labels are -100 off the loss: on the whole prompt (``loss_on="response"``)
-    or only on its template (``"text"``: the instruction and input count, like the response and its EOS)."""
+    or only on its template (``"text"``: the instruction and input count, like the response and its EOS), or
+    (``"prompt"``) on the instruction and input alone, the response off the loss."""
     if loss_on not in LOSS_ON:
         raise DeltaAtlasError(f"Unknown loss_on {loss_on!r}: use {' or '.join(LOSS_ON)}.")
     encoded = []
@@ -114,19 +117,20 @@ def encode(examples: list[Example], tokenizer, max_length: int,
         if len(prompt_ids) > budget:  # cut the middle of the prompt, keep its start and the "### Response:" tail
             keep = lambda seq: seq[: budget - PROMPT_TAIL_TOKENS] + seq[-PROMPT_TAIL_TOKENS:]   # noqa: E731
             prompt_ids, prompt_labels = keep(prompt_ids), keep(prompt_labels)
-        encoded.append((prompt_ids + response_ids, prompt_labels + response_ids))
+        response_labels = [-100] * len(response_ids) if loss_on == "prompt" else response_ids
+        encoded.append((prompt_ids + response_ids, prompt_labels + response_labels))
     return encoded
 
 
 def _prompt_tokens(ex: Example, tokenizer, loss_on: str) -> tuple[list[int], list[int]]:
-    """The prompt's token ids, and its labels: -100 everywhere, or (``"text"``) the id of every token that starts
+    """The prompt's token ids, and its labels: -100 everywhere, or (``"text"``, ``"prompt"``) the id of every token that starts
     inside the instruction or the input (character spans, through the fast tokenizer's offsets)."""
     prompt = ex.prompt()
     if loss_on == "response":
         ids = tokenizer(prompt)["input_ids"]
         return ids, [-100] * len(ids)
     if not getattr(tokenizer, "is_fast", False):
-        raise DeltaAtlasError("loss_on='text' needs a fast (Rust) tokenizer, which gives character offsets; "
+        raise DeltaAtlasError(f"loss_on={loss_on!r} needs a fast (Rust) tokenizer, which gives character offsets; "
                               "use loss_on='response' with this base.")
     template = PROMPT_WITH_INPUT if ex.input else PROMPT
     head, rest = template.split("{instruction}")
@@ -269,7 +273,12 @@ PRECISIONS = ("float32", "bfloat16")
 
 
 def _autocast(device: torch.device, precision: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+    """bf16 autocast for ``precision="bfloat16"`` where the hardware computes bf16 natively; float32 elsewhere, where
+    emulated bf16 is tens of times slower (the numbers move by rounding only)."""
+    wanted = precision == "bfloat16"
+    if wanted and not fast_bfloat16(device):
+        log.info("This %s has no native bfloat16: computing in float32 instead.", device.type)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=wanted and fast_bfloat16(device))
 
 
 class _StopForward(Exception):
@@ -362,7 +371,13 @@ def save_trained(model, tokenizer, recipe: Recipe, out_dir: Path, save_dtype: to
 def example_loss(model, tokenizer, examples: list[Example], max_length: int = 256, batch_size: int = 8,
                  precision: str = "float32") -> float:
     """Mean response-token loss of ``model`` on ``examples`` (token-weighted), for evaluating merges and bases."""
-    encoded = encode(examples, tokenizer, max_length)
+    return encoded_loss(model, tokenizer, encode(examples, tokenizer, max_length), batch_size, precision)
+
+
+@torch.no_grad()
+def encoded_loss(model, tokenizer, encoded: list[tuple[list[int], list[int]]], batch_size: int = 8,
+                 precision: str = "float32") -> float:
+    """Mean loss on the labelled tokens of already encoded examples (see :func:`encode`), token-weighted."""
     device = next(model.parameters()).device
     total, count = 0.0, 0
     model.eval()

@@ -160,6 +160,15 @@ def names_from_event(event) -> list[str]:
     return list(dict.fromkeys(p["customdata"][0] for p in points if p.get("customdata")))
 
 
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
+
+
+def plain(text) -> str:
+    """``text`` (a model name, a label, a catalog's or the Hub's words) escaped so that Streamlit's markdown shows it
+    as it is: no link, emphasis, heading, HTML or formula is made from it."""
+    return MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
+
+
 def link(page: str, label: str) -> None:
     """A link to another page; plain text when the page runs on its own (no navigation to link through)."""
     try:

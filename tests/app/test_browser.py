@@ -172,10 +172,12 @@ def test_a_sample_task_finds_models(server, page, shots):
     steps.press("Enter")
     settle(page)
     page.get_by_role("button", name="Find matching models").click()
-    settle(page, "text=Models closest to")
+    settle(page, "text=Models for “")
     no_error(page)
     assert page.get_by_text("★ = your task").count() == 1
-    assert page.locator(".js-plotly-plot").count() >= 2  # the loss curve and the map with the task
+    assert page.locator(".js-plotly-plot").count() >= 1  # the map with the task
+    verdicts = ("Strong match", "Weak match", "Nothing in this pool fits your task")
+    assert sum(page.get_by_text(v, exact=False).count() for v in verdicts) >= 1      # the verdict, in words
     snap(page, shots, "find-result")
 
 
@@ -202,9 +204,9 @@ def test_two_users_queue_and_a_reload_keeps_the_result(server, page, shots):
         snap(page, shots, "find-queued")
         assert "find_job=" in page.url
         page.reload()
-        settle(page, "text=Models closest to")
+        settle(page, "text=Models for “")
         no_error(page)
-        settle(other, "text=Models closest to")
+        settle(other, "text=Models for “")
         no_error(other)
     finally:
         other.context.close()

@@ -22,6 +22,17 @@ def chart_json(at, key: str) -> dict:
     raise AssertionError(f"no chart {key}: {[e.proto.id for e in at.get('plotly_chart')]}")
 
 
+def plotly_numbers(values) -> list[float]:
+    """A trace's coordinates as numbers: plotly sends numpy arrays as {"dtype", "bdata"} (base64)."""
+    import base64
+
+    import numpy as np
+
+    if isinstance(values, dict):
+        return np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"]).tolist()
+    return [float(v) for v in values]
+
+
 def test_every_page_renders_through_the_app(app_env):
     at = app().run()
     assert problems(at) == []
@@ -94,22 +105,85 @@ def test_chart_selection_is_read_by_name():
     assert names_from_event(None) == [] and names_from_event({"selection": {}}) == []
 
 
-def test_sample_task_ranks_models_and_prefills_the_merge(app_env):
+def test_sample_task_ranks_models_and_measures_whether_they_help(app_env):
     at = app().run()
     at.switch_page("pages/find.py").run()
     at.number_input(key="find_steps").set_value(2).run()
     at.button(key="find_go").click().run()
     assert problems(at) == []
     matches = at.dataframe[-1].value
-    assert set(matches["name"]) == set(app_env["names"])
+    assert set(matches["model"]) == set(app_env["names"])
     assert list(matches["similarity"]) == sorted(matches["similarity"], reverse=True)
-    assert any(t["name"] == "your task" and t["marker"]["symbol"] == "star" for t in chart_json(at, "find_map")["data"])
+    helps = list(matches["helps with your examples?"])
+    assert all(h != "not checked" for h in helps[:5]) and all(h == "not checked" for h in helps[5:])
+    task = at.session_state["task"]["result"]
+    assert task.verdict in ("strong", "weak", "none") and task.gains is not None
+    assert any("your task" in t["name"] and t["marker"]["symbol"] == "star" for t in chart_json(at, "find_map")["data"])
     at.switch_page("pages/merge.py").run()
     assert problems(at) == []
-    prefilled = at.multiselect(key="merge_names").value
-    top = [n for n in matches["name"][:3] if n.startswith("lora")]
-    assert prefilled == top
+    from core.pool.catalog import read_catalog
+    from core.reuse.fit import merge_candidates
+
+    helping, _ = merge_candidates(task.gains, read_catalog(app_env["catalog"]))
+    assert at.multiselect(key="merge_names").value == helping[:3]       # only models that help, never the top 3 blind
     assert at.radio(key="merge_source").value == "The examples of my last task search"
+
+
+def remembered_task(app_env, verdict: str, gains: list[tuple[str, float | None]]):
+    """A finished search put into the session as the Find page keeps it, with the given measured gains."""
+    import numpy as np
+
+    from core.engine.vectors import read_vectors
+    from core.reuse.fit import HELP_MARGIN, gain_short, gain_words
+    from core.reuse.task import match_task
+
+    table = read_vectors(app_env["catalog"].with_name("vectors.parquet"))
+    frame = pd.DataFrame([{"name": n, "loss": None if g is None else 2.0 * (1 - g), "base_loss": 2.0, "gain": g,
+                           "helps": g is not None and g >= HELP_MARGIN, "verdict": "", "words": gain_words(g),
+                           "short": gain_short(g),
+                           "note": "" if g is not None else "its weights are not on this machine"}
+                          for n, g in gains])
+    result = match_task(np.asarray(table["vector"].iloc[0], np.float32), table, gains=frame)
+    result.close = verdict != "none"
+    from core.reuse.task import conclude
+
+    conclude(result)
+    assert result.verdict == verdict
+    examples = [{"instruction": "a", "response": "b"}] * 3
+    return {"catalog": str(app_env["catalog"]), "token": verdict, "title": "My task", "examples": examples,
+            "result": result}
+
+
+def test_nothing_fits_view_says_so_offers_no_merge_and_draws_the_task_apart(app_env):
+    at = app("pages/find.py")
+    at.session_state["task"] = remembered_task(app_env, "none", [("lora_0", -0.2), ("lora_1", 0.0)])
+    at.run()
+    assert problems(at) == []
+    assert any("Nothing in this pool fits your task" in w.value for w in at.warning)
+    assert any("least bad" in m.value for m in at.markdown)
+    assert not [b for b in at.button if b.key == "find_to_merge"]
+    assert any("no merge is offered" in i.value for i in at.info)
+    figure = chart_json(at, "find_map")["data"]
+    star = next(t for t in figure if t["name"] == "your task (fits no group)")
+    points = [x for t in figure if t["name"] != star["name"] for x in plotly_numbers(t["x"])]
+    assert plotly_numbers(star["x"])[0] > max(points)                   # beside the map, not inside a cluster
+
+
+def test_merge_hand_over_sends_exactly_the_models_that_help(app_env):
+    at = app()
+    at.session_state["task"] = remembered_task(
+        app_env, "strong", [("lora_0", 0.2), ("full_0", 0.3), ("lora_1", -0.1), ("lora_2", 0.05)])
+    at.run()
+    at.switch_page("pages/find.py").run()
+    assert problems(at) == []
+    assert any(s.value.startswith("Strong match") for s in at.success)
+    left_out = next(c.value for c in at.caption if c.value.startswith("Left out of a merge"))
+    assert "full\\_0" in left_out and "full finetune" in left_out and "does not help" in left_out
+    button = next(b for b in at.button if b.key == "find_to_merge")
+    assert button.label == "Merge the 2 models that help"
+    button.click().run()
+    at.switch_page("pages/merge.py").run()
+    assert at.multiselect(key="merge_names").value == ["lora_0", "lora_2"]
 
 
 def test_domain_lens_setting_says_plainly_when_the_pool_cannot_use_it(app_env):

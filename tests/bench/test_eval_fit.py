@@ -2,24 +2,13 @@
 domain group by its 3 lowest single-dataset losses, and the relative-gain flag."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import pandas as pd
 
-from tests.app.conftest import ROOT
-
-
-def load_eval_fit():
-    sys.path.insert(0, str(ROOT / "bench"))
-    spec = importlib.util.spec_from_file_location("eval_fit", ROOT / "bench" / "eval_fit.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.bench.conftest import load_bench
 
 
 def test_summary_counts_right_domains_and_flags():
-    eval_fit = load_eval_fit()
+    eval_fit = load_bench("eval_fit")
     catalog = pd.DataFrame({"name": ["m1", "m2", "l1", "l2", "ml"],
                             "domain": ["medical", "medical", "legal", "legal", "legal+medical"]})
     rows = [

@@ -23,7 +23,7 @@ def test_a_task_inside_a_cluster_is_close_and_one_outside_every_cluster_is_not()
     outside = np.random.default_rng(6).normal(size=pool.shape[1])
     assert rule.is_close(cosine_similarities(inside[None], pool)[0])
     assert not rule.is_close(cosine_similarities(outside[None], pool)[0])
-    assert "No close match" in rule.explain(cosine_similarities(outside[None], pool)[0])
+    assert "Not close by the vectors" in rule.explain(cosine_similarities(outside[None], pool)[0])
 
 
 def test_the_threshold_follows_the_pool_not_a_fixed_number():

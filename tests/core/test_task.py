@@ -119,8 +119,8 @@ def test_find_models_end_to_end(pool, tmp_path):
     assert isinstance(result, TaskResult)
     stages = [e.stage for e in events]
     task_stages = stages[stages.index("finetune"):]     # before: the engine embeds the pool (no vector file yet)
-    assert set(task_stages) == {"finetune", "embed"}
-    assert task_stages == sorted(task_stages, key=["finetune", "embed"].index)
+    assert set(task_stages) == {"finetune", "embed", "measure"}
+    assert task_stages == sorted(task_stages, key=["finetune", "embed", "measure"].index)
     finetune = [e for e in events if e.stage == "finetune"]
     assert [e.done for e in finetune] == list(range(1, STEPS + 1)) and all(e.loss is not None for e in finetune)
     assert len(result.losses) == STEPS
@@ -141,6 +141,13 @@ def test_find_models_end_to_end(pool, tmp_path):
     again = find_models(EXAMPLES, pool, vectors=table, steps=STEPS, top=2)
     assert np.allclose(again.vector, result.vector, atol=1e-5)
     assert len(again.matches) == 2 and again.adapter_dir is None
+    # "does it help?": the 4 closest models measured on the examples, in ranking order, and a verdict from both sides
+    assert list(result.gains["name"]) == list(result.matches["name"].head(4))
+    assert result.gains["loss"].notna().all() and (result.gains["base_loss"] > 0).all()
+    assert result.verdict in ("strong", "weak", "none") and result.headline.startswith(
+        {"strong": "Strong match", "weak": "Weak match", "none": "Nothing in this pool"}[result.verdict])
+    assert len(again.gains) == 4 and list(again.gains["name"][:2]) == list(again.matches["name"])   # before the cut to 2
+    assert find_models(EXAMPLES, pool, vectors=table, steps=STEPS, check_help=0).gains is None
 
 
 def test_find_models_through_the_domain_lens(pool):
@@ -233,7 +240,7 @@ def test_missing_demo_zoo_says_how_to_build_it(tmp_path, monkeypatch):
 
 
 def test_closeness_verdict_is_calibrated_on_the_pool():
-    from core.reuse.task import judge_closeness
+    from core.reuse.task import conclude, judge_closeness
     from tests.core.test_novelty import clustered_pool
 
     vectors, centres = clustered_pool()
@@ -242,8 +249,10 @@ def test_closeness_verdict_is_calibrated_on_the_pool():
     judge_closeness(near, table, rank(centres[0].astype(np.float32), table)["similarity"].to_numpy())
     far = TaskResult(vector=np.zeros(3), matches=pd.DataFrame(), group_matches=pd.DataFrame())
     judge_closeness(far, table, rank(-centres.sum(0).astype(np.float32), table)["similarity"].to_numpy())
-    assert not near.no_close_match and far.no_close_match
-    assert far.match_note.startswith("No close match") and far.to_json()["no_close_match"] is True
+    assert near.close and not far.close
+    assert far.match_note.startswith("Not close by the vectors")
+    conclude(far)                                    # no loss measured: the vectors alone decide
+    assert far.verdict == "none" and far.to_json()["no_close_match"] is True
     tiny = TaskResult(vector=np.zeros(3), matches=pd.DataFrame(), group_matches=pd.DataFrame())
     judge_closeness(tiny, table.head(2), np.array([0.1, 0.2]))
-    assert not tiny.no_close_match and "Too few models" in tiny.match_note
+    assert tiny.close and "Too few models" in tiny.match_note

@@ -80,7 +80,7 @@ def test_mixed_precision_training_is_close_to_float32(base, tmp_path):
 
 @pytest.mark.parametrize("change, message", [(dict(layers=9), "has 3 layers"), (dict(precision="fp8"), "precision"),
                                              (dict(method="prefix"), "Unknown finetuning method"),
-                                             (dict(loss_on="prompt"), "Unknown loss_on")])
+                                             (dict(loss_on="everything"), "Unknown loss_on")])
 def test_bad_recipes_are_refused_with_a_message(base, tmp_path, change, message):
     model, tokenizer, folder = base
     with pytest.raises(DeltaAtlasError, match=message):
@@ -115,3 +115,14 @@ def test_loss_on_text_labels_the_instruction_input_and_response_but_never_the_te
     assert "Instruction" not in labelled and "Response" not in labelled and "Below" not in labelled
     assert [label for label in labels if label != -100][-len([x for x in response_only if x != -100]):] == \
         [x for x in response_only if x != -100]           # the response part is labelled exactly as before
+
+
+def test_loss_on_prompt_labels_the_instruction_and_input_alone(base):
+    _, tokenizer, _ = base
+    example = Example("Summarise the clause.", "Rent is due monthly.", input="The tenant shall pay rent.")
+    (ids, labels), = encode([example], tokenizer, 256, loss_on="prompt")
+    (_, text_labels), = encode([example], tokenizer, 256, loss_on="text")
+    labelled = tokenizer.decode([i for i, label in zip(ids, labels) if label != -100]).replace(" ", "")
+    assert labelled == "Summarisetheclause.Thetenantshallpayrent."
+    response_start = len(tokenizer(example.prompt())["input_ids"])
+    assert labels[:response_start] == text_labels[:response_start] and set(labels[response_start:]) == {-100}
