@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def raw_similarities(rows: list[dict], vectors: np.ndarray) -> list[np.ndarray]:
 
 def any_helps(row: dict) -> bool | None:
     """Whether a measured model lowered the loss by HELP_MARGIN; None when nothing was measured."""
-    gains = [g["gain"] for g in row.get("gains") or [] if g.get("gain") is not None]
+    gains = [g["gain"] for g in row.get("gains") or [] if g.get("gain") is not None and math.isfinite(g["gain"])]
     return None if not gains else max(gains) >= HELP_MARGIN
 
 

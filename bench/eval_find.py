@@ -39,7 +39,8 @@ warnings.filterwarnings("ignore", category=FutureWarning)   # transformers' depr
 
 from core.pool.catalog import read_catalog  # noqa: E402
 from core.reuse.fit import HELP_MARGIN  # noqa: E402
-from core.reuse.task import COMPARISONS, find_models, match_task, pool_vectors, rank_groups, task_steps  # noqa: E402
+from core.reuse.task import (COMPARISONS, default_compare, find_models, match_task, pool_vectors,  # noqa: E402
+                             rank_groups, task_steps)
 from core.zoo import DEMO_CATALOG  # noqa: E402
 
 
@@ -89,17 +90,28 @@ def off_domain_tasks(data_dir: Path, n_examples: int, seed: int):
             demo_data.off_domain_tasks(data_dir, n_examples, seed).items()]
 
 
-def evaluate(tasks, catalog, steps: int, device=None, compare: str | None = None) -> list[dict]:
+def evaluate(tasks, catalog, steps: int, device=None, compare: str | None = None,
+             checkpoint: Path | None = None) -> list[dict]:
+    """Search every task; with ``checkpoint``, each finished row is saved there at once and a rerun with the same
+    checkpoint skips the tasks it already holds (a long run resumes where it stopped)."""
+    done = {}
+    if checkpoint is not None and checkpoint.is_file():
+        done = {row["dataset"]: row for row in json.loads(checkpoint.read_text()).get(str(steps), [])}
     rows = []
     for i, (dataset, domain, examples) in enumerate(tasks, start=1):
+        if dataset in done:
+            rows.append(done[dataset])
+            continue
         start = time.perf_counter()
         result = find_models(examples, catalog, steps=steps, device=device,   # vectors: the file beside the catalog
                              compare=compare)
         rows.append(row_of(dataset, domain, len(examples), steps, time.perf_counter() - start, result))
         row = rows[-1]
         print(f"[{i}/{len(tasks)}] {dataset:<24} top-1 {row['top1']:<32} {'ok ' if row['top1_right'] else 'NO '}"
-              f"group {row['group_top1']:<12} {'NO MATCH ' if result.no_close_match else ''}{row['seconds']:5.1f} s",
-              file=sys.stderr)
+              f"group {row['group_top1']:<12} {result.verdict:<7}{row['seconds']:5.1f} s", file=sys.stderr)
+        if checkpoint is not None:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            checkpoint.write_text(json.dumps({str(steps): rows}, default=str))
     return rows
 
 
@@ -219,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         results = {steps: replay(rows, catalog, args.compare, args.hide_labels) for steps, rows in earlier.items()}
         for steps, rows in results.items():
             print(f"\n### steps = {steps}, compare = {args.compare} (replayed from {args.replay})\n\n{table(rows)}")
-        return finish(args, results)
+        return finish(args, results, catalog)
     pool, _ = pool_vectors(catalog)
     only = [s for s in args.only.split(",") if s]
     if args.ood:
@@ -235,23 +247,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(tasks)} tasks; pool of {len(pool)} models", file=sys.stderr)
     results = {}
     for steps in [int(s) for s in (args.steps or str(task_steps(catalog.path))).split(",")]:
-        rows = evaluate(tasks, catalog, steps, args.device, args.compare)
+        rows = evaluate(tasks, catalog, steps, args.device, args.compare,
+                        Path(args.out).with_suffix(".partial.json"))
         results[steps] = rows
         print(f"\n### steps = {steps}\n\n{table(rows)}")
-    return finish(args, results)
+    return finish(args, results, catalog)
 
 
-def finish(args, results: dict) -> int:
+def finish(args, results: dict, catalog) -> int:
     """Write the rows (``--out``) and, with ``--summary``, the counts the How it works page shows."""
     if args.summary:
         path = Path(args.summary)
         known = json.loads(path.read_text()) if path.is_file() else {}
-        counts = summary(next(iter(results.values())))
-        suffix = "" if args.compare == "delta" else f"_{args.compare}"
+        rows = next(iter(results.values()))
+        compare = args.compare or rows[0]["compare"]          # None: the pool's default, which the rows record
+        suffix = "" if compare == "delta" else f"_{compare}"
+        which = "ood" if args.ood else "dev" if args.dev else "held_out"
+        counts = summary(rows)
         if "in" in counts:
-            known[("ood" if args.ood else "dev" if args.dev else "held_out") + suffix] = counts["in"]
-        if "off" in counts and not suffix:   # the "no close match" verdict reads raw similarities either way
-            known["off"] = counts["off"]
+            known[which + suffix] = counts["in"]
+        if "off" in counts:   # the verdict reads raw similarities and the saved gains, whichever comparison ranks
+            known["off" if which == "ood" else f"off_{which}"] = counts["off"]
+        known["default_compare"] = default_compare(pool_vectors(catalog)[0])
         path.write_text(json.dumps(known, indent=1))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1, default=str))

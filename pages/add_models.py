@@ -103,7 +103,7 @@ def added(pool: pools.Pool) -> None:
         return
     added_name = str(job.result["name"].iloc[0])
     ui.remember(ui.SELECTION_KEY, pool, names=[added_name])
-    st.success(f"**{added_name}** was added to your models. It is on the map now (a diamond), selected.")
+    st.success(f"**{ui.plain(added_name)}** was added to your models. It is on the map now (a diamond), selected.")
     ui.link("pages/map.py", "Map")
 
 

@@ -111,7 +111,7 @@ def show_result(pool: pools.Pool, data: pools.PoolData) -> None:
         return
     result, title = task["result"], task["title"]
     st.divider()
-    st.subheader(f"Models for “{title}”")
+    st.subheader(f"Models for “{ui.plain(title)}”")
     verdict_box(result)
     with st.expander("Details: the numbers behind this answer"):
         for line in details(result, len(task["examples"])):
@@ -186,10 +186,11 @@ def merge_offer(pool: pools.Pool, data: pools.PoolData, result, title: str) -> N
         if st.button(f"Merge the {len(names)} models that help", key="find_to_merge", type="secondary",
                      help="Sends exactly these adapters to the Merge page: " + ", ".join(names)):
             ui.remember(ui.CANDIDATES_KEY, pool, names=names, why=f"the models that help with “{title}”")
-            st.success("Ready on the Merge page: " + ", ".join(names) + ".")
+            st.success("Ready on the Merge page: " + ui.plain(", ".join(names)) + ".")
             ui.link("pages/merge.py", "Open the Merge page")
     elif len(take) == 1:
-        st.info(f"Only {take[0]} helps with your examples: use it as it is (a merge needs two adapters that help).")
+        st.info(f"Only {ui.plain(take[0])} helps with your examples: use it as it is (a merge needs two adapters "
+                "that help).")
     elif result.gains is not None:
         st.info("None of the closest models helps with your examples, so no merge is offered: merging them would "
                 "not make a model that answers your task better than the base model.")

@@ -262,27 +262,41 @@ def demo_zoo(pool: pools.Pool) -> None:
                    "dataset that it never trained on (lower is better); the drop shows each model learned its data.")
     path = pool.catalog_path.parent / SEARCH_QUALITY
     if path.is_file():
-        quality = load_report(str(path), pools.stamp(path))
-        lines = []
-        for key, what in (("ood", "tasks written by hand for this project (not from the training datasets)"),
-                          ("held_out", "tasks cut from unseen rows of the training datasets")):
-            q = quality.get(key)
-            if q:
-                lines.append(f"- On **{q['tasks']} {what}**: the best match was in the right domain for "
-                             f"**{q['top1']}**, most of the top 5 for {q['top5_majority']}, the best domain group for "
-                             f"{q['group']}; *no close match* was said wrongly for {q['in_flagged']}, "
-                             f"in a median {q['median_seconds']:.0f} s per task.")
-            lens = quality.get(f"{key}_domain-lens")
-            if lens:
-                steps = f" (task finetuned for {lens['steps']} steps)" if lens.get("steps") else ""
-                lines.append(f"  - Compared through the *domain lens*, a setting of the Find page{steps}: right "
-                             f"domain for **{lens['top1']}**, most of the top 5 for {lens['top5_majority']}, the best "
-                             f"domain group for {lens['group']}.")
-        if quality.get("off"):
-            q = quality["off"]
-            lines.append(f"- On **{q['tasks']} tasks outside the five domains** (poems, recipes, sports...): "
-                         f"*no close match* was said for **{q['flagged']}**.")
-        st.markdown("Task search, measured (`bench/eval_find.py`):\n" + "\n".join(lines))
+        lines = search_quality_lines(load_report(str(path), pools.stamp(path)))
+        if lines:
+            st.markdown("Task search, measured (`bench/eval_find.py`, `bench/sample_merge.py`):\n" + "\n".join(lines))
 
+
+COMPARE_NAMES = {"domain-lens": "through the domain lens", "cluster-lens": "through the cluster lens (no labels used)",
+                 "delta": "by the paper's own comparison"}
+
+
+def search_quality_lines(quality: dict) -> list[str]:
+    """The measured figures of search_quality.json in sentences: the default comparison first, then the others."""
+    default = quality.get("default_compare", "delta")
+    key = lambda which, compare: which if compare == "delta" else f"{which}_{compare}"   # noqa: E731
+    lines = []
+    for which, what in (("ood", "tasks written by hand for this project (never used to choose a setting)"),
+                        ("held_out", "tasks cut from unseen rows of the training datasets")):
+        q = quality.get(key(which, default))
+        if not isinstance(q, dict):
+            continue
+        lines.append(f"- On **{q['tasks']} {what}**, compared {COMPARE_NAMES.get(default, default)} (the default): "
+                     f"the best match was of the right domain for **{q['top1']}**; *nothing fits* was said wrongly "
+                     f"for {q['in_flagged']}; a median {q['median_seconds']:.0f} s per task.")
+        others = [f"{COMPARE_NAMES[c]} {quality[key(which, c)]['top1']}" for c in COMPARE_NAMES
+                  if c != default and isinstance(quality.get(key(which, c)), dict)]
+        if others:
+            lines.append("  - Right domain first " + "; ".join(others) + ".")
+    if isinstance(quality.get("off"), dict):
+        q = quality["off"]
+        lines.append(f"- On **{q['tasks']} tasks outside the five domains** (poems, jokes, finance, translation...): "
+                     f"*nothing in this pool fits* was said for **{q['flagged']}**.")
+    merges = quality.get("sample_merge")
+    if isinstance(merges, dict):
+        lines.append(f"- The {merges['tasks']} sample tasks, Find then Merge as offered: a merge was offered for "
+                     f"{merges['offered']}, and the merged model beat the base on {merges['beats_base']} of those; "
+                     f"for the others the page said that fewer than two models help.")
+    return lines
 
 main()

@@ -37,7 +37,7 @@ def main() -> None:
             missing_vectors(pool, data)
             return
         if data.missing:
-            st.info(f"{len(data.missing)} model(s) of this catalog have no vector yet (e.g. {data.missing[0]}); "
+            st.info(f"{len(data.missing)} model(s) of this catalog have no vector yet (e.g. {ui.plain(data.missing[0])}); "
                     "they are not on the map. Compute them below the map.")
         draw(pool, data)
 
@@ -165,7 +165,7 @@ def one_model(pool: pools.Pool, data: pools.PoolData, name: str, labels: list[st
     frame = data.frame
     index = int(np.flatnonzero(frame["name"].to_numpy() == name)[0])
     row = frame.iloc[index]
-    st.subheader(name)
+    st.subheader(ui.plain(name))
     facts = {c: row[c] for c in labels if str(row[c])}
     if row["origin"] == "yours":
         facts["origin"] = "added by you"
@@ -179,7 +179,7 @@ def one_model(pool: pools.Pool, data: pools.PoolData, name: str, labels: list[st
                 "(1 = changed the base in exactly the same way, 0 = unrelated).")
     st.dataframe(near, hide_index=True, width="stretch", column_config={
         "similarity": st.column_config.ProgressColumn("similarity", min_value=0.0, max_value=1.0, format="%.3f")})
-    if st.button(f"Merge {name} with its 2 closest models", key="map_to_merge"):
+    if st.button(f"Merge {ui.plain(name)} with its 2 closest models", key="map_to_merge"):
         ui.remember(ui.CANDIDATES_KEY, pool, names=[name, *list(near["name"])[:2]],
                     why=f"{name} and its two closest models on the map")
         st.success("Ready on the Merge page.")
@@ -193,7 +193,7 @@ def many_models(pool: pools.Pool, data: pools.PoolData, selected: list[str], lab
     if labels:
         column = "domain" if "domain" in labels else labels[0]
         counts = chosen[column].astype(str).replace("", "(none)").value_counts()
-        st.caption(f"By {column}: " + ", ".join(f"{v} × {k}" for k, v in counts.items()))
+        st.caption(f"By {ui.plain(column)}: " + ", ".join(f"{v} × {ui.plain(k)}" for k, v in counts.items()))
     st.dataframe(chosen[["name", *labels[:4]]], hide_index=True, width="stretch", height=260)
     if st.button(f"Use these {len(chosen):,} models on the Merge page", key="map_many_to_merge"):
         ui.remember(ui.CANDIDATES_KEY, pool, names=list(chosen["name"]), why="your selection on the map")
@@ -213,7 +213,7 @@ def quality_notes(data: pools.PoolData, embedding: np.ndarray, settings: dict) -
         for column in [c for c in data.frame.columns if c not in ("name", "origin")]:
             value = pools.label_silhouette(data, column)
             if value is not None:
-                lines.append(f"- Models with the same **{column}** {ui.words_for_silhouette(value)} "
+                lines.append(f"- Models with the same **{ui.plain(column)}** {ui.words_for_silhouette(value)} "
                              f"(silhouette {value:.2f}).")
         if lines:
             st.markdown("How well the labels group the models, in the full vectors (silhouette: 1 = perfectly "
@@ -227,12 +227,13 @@ def lineage_notes(data: pools.PoolData) -> None:
         return
     column, k, odd = check
     with st.expander("Models whose declared dataset disagrees with their neighbours", expanded=False):
-        st.markdown(f"Each model's **{column}**, as its catalog declares it, next to what its {k} closest models "
+        st.markdown(f"Each model's **{ui.plain(column)}**, as its catalog declares it, next to what its {k} closest models "
                     "(by Delta Activations) declare. A model listed here behaves like models trained on something "
                     "else: its card may be wrong, it may have learned more than it says, or two datasets teach "
                     "much the same thing.")
         if not len(odd):
-            st.success(f"Every model's declared {column} is also what most of its {k} closest models declare.")
+            st.success(f"Every model's declared {ui.plain(column)} is also what most of its {k} closest models "
+                       "declare.")
             return
         shown = odd.assign(agreement=[f"{round(a * k)} of {k}" for a in odd["agreement"]])
         st.dataframe(shown, hide_index=True, width="stretch", column_config={
@@ -330,7 +331,7 @@ def embedded(pool: pools.Pool) -> None:
     if job is None:
         return
     for failure in job.result.failures:
-        st.warning(f"{failure.name}: {failure.reason}")
+        st.warning(ui.plain(f"{failure.name}: {failure.reason}"))
     if len(job.result.table):
         st.rerun()
 

@@ -76,7 +76,7 @@ def choose_adapters(pool: pools.Pool, adapters: list[str], catalog) -> list[str]
     names = st.multiselect("Adapters to merge", adapters, key=NAMES_KEY, placeholder="Choose two or more adapters",
                            help="Only LoRA adapters of this pool's base can be merged.")
     if offer is not None:
-        st.caption(f"Pre-filled with {offer['why']}.")
+        st.caption(f"Pre-filled with {ui.plain(offer['why'])}.")
     if len(names) < 2:
         st.info("Choose at least two adapters — or find them from a task on the Find page.")
     return names
@@ -121,7 +121,7 @@ def show_result(pool: pools.Pool, data: pools.PoolData) -> None:
         return
     report = merged["result"]
     st.divider()
-    st.subheader(f"The merge of {', '.join(report.ingredients)}")
+    st.subheader(ui.plain(f"The merge of {', '.join(report.ingredients)}"))
     st.markdown(verdict(report.losses))
     left, right = st.columns([2, 3], gap="medium")
     with left:
@@ -140,20 +140,24 @@ def show_result(pool: pools.Pool, data: pools.PoolData) -> None:
 
 
 def verdict(losses: dict[str, float]) -> str:
-    """The loss comparison in one plain sentence."""
-    if "merged" not in losses:
+    """Does the merge beat the base model on the examples? In plain words; the losses are in the chart."""
+    from core.reuse.fit import HELP_MARGIN, gain_words
+
+    if "merged" not in losses or "base" not in losses:
         return ""
+    gain = (losses["base"] - losses["merged"]) / losses["base"]
     ingredients = {k: v for k, v in losses.items() if k not in ("base", "merged")}
     best = min(ingredients, key=ingredients.get) if ingredients else None
-    text = f"On your examples the merged adapter's loss is **{losses['merged']:.3f}**"
-    if "base" in losses:
-        text += f" (base model: {losses['base']:.3f}"
-        text += f"; best single adapter, {best}: {ingredients[best]:.3f})" if best else ")"
-    if best and losses["merged"] < ingredients[best]:
-        return text + " — the merge beats every ingredient alone."
-    if "base" in losses and losses["merged"] < losses["base"]:
-        return text + " — better than the base, but not better than the best ingredient alone."
-    return text + " — the merge does not help on these examples; try other adapters or weights."
+    best_gain = (losses["base"] - ingredients[best]) / losses["base"] if best else None
+    if gain >= HELP_MARGIN:
+        text = f"**The merge helps**: it {gain_words(gain)} compared with the base model"
+        if best and ingredients[best] < losses["merged"]:
+            return text + f", but {ui.plain(best)} alone does better (it {gain_words(best_gain)})."
+        return text + ", and more than any of its ingredients alone."
+    text = f"**The merge does not beat the base model** on your examples: it {gain_words(gain)}"
+    if best and best_gain is not None and best_gain >= HELP_MARGIN:
+        return text + f". {ui.plain(best)} alone {gain_words(best_gain)}: use it instead of the merge."
+    return text + ". Keep the base model, or try other adapters."
 
 
 def merge_map(data: pools.PoolData, report) -> None:

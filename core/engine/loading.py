@@ -15,6 +15,7 @@ import torch
 
 from core.errors import IncompatibleModelError, ModelSourceError
 from core.pool.catalog import Source
+from core.pool.files import check_folder_files
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ def resolve_source(source: Source, allow_pickle: bool = False) -> Path:
         if not path.is_dir():
             raise ModelSourceError(f"Model source {path} is a file, not a folder: point to the folder that holds "
                                    "config.json or adapter_config.json.")
+        check_folder_files(path)
     else:
         path = _download(source, allow_pickle)
     check_weights(path, allow_pickle)

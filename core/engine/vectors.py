@@ -5,6 +5,8 @@ Parquet is the contract between the engine, the CLI and the app; CSV export is o
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -40,22 +42,29 @@ def label_columns(table: pd.DataFrame) -> list[str]:
 
 def write_vectors(table: pd.DataFrame, path: str | Path, metadata: dict | None = None) -> Path:
     """Write a vector table to Parquet (or CSV when the suffix is .csv, with its text cells made safe for a
-    spreadsheet), atomically."""
+    spreadsheet), atomically: each writer fills a temporary file of its own, renamed into place only once complete;
+    a failure (a full disk) leaves the old file as it was and no temporary file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    if path.suffix.lower() == ".csv":
-        flat = table.copy()
-        flat["vector"] = [json.dumps([float(x) for x in v]) for v in flat["vector"]]
-        spreadsheet_safe(flat).to_csv(tmp, index=False)
-    else:
-        vectors = pa.array([np.asarray(v, dtype=np.float32) for v in table["vector"]], type=pa.list_(pa.float32()))
-        rest = pa.Table.from_pandas(table.drop(columns=["vector"]).astype(str), preserve_index=False)
-        arrow = rest.add_column(1, "vector", vectors)
-        meta = dict(arrow.schema.metadata or {})
-        meta[META_KEY] = json.dumps(metadata or {}).encode()
-        pq.write_table(arrow.replace_schema_metadata(meta), tmp)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")   # one name per writer
+    try:
+        if path.suffix.lower() == ".csv":
+            flat = table.copy()
+            flat["vector"] = [json.dumps([float(x) for x in v]) for v in flat["vector"]]
+            spreadsheet_safe(flat).to_csv(tmp, index=False)
+        else:
+            vectors = pa.array([np.asarray(v, dtype=np.float32) for v in table["vector"]], type=pa.list_(pa.float32()))
+            rest = pa.Table.from_pandas(table.drop(columns=["vector"]).astype(str), preserve_index=False)
+            arrow = rest.add_column(1, "vector", vectors)
+            meta = dict(arrow.schema.metadata or {})
+            meta[META_KEY] = json.dumps(metadata or {}).encode()
+            pq.write_table(arrow.replace_schema_metadata(meta), tmp)
+        tmp.replace(path)
+    except OSError as exc:
+        raise DeltaAtlasError(f"Cannot write the vector file {path} ({exc.strerror or exc}): free some disk space or "
+                              "choose another folder; the file there (if any) was left as it was.") from None
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -75,11 +84,36 @@ def read_vectors(path: str | Path) -> pd.DataFrame:
         raise DeltaAtlasError(f"Vector file {path} cannot be read ({exc}); recompute it with `python -m core embed`.") from None
     if "name" not in table.columns or "vector" not in table.columns:
         raise DeltaAtlasError(f"Vector file {path} lacks a 'name' or 'vector' column; recompute it with `python -m core embed`.")
+    check_table(table, path)
     return table
+
+
+def check_table(table: pd.DataFrame, path) -> None:
+    """Refuse a vector table that would rank, report or map wrongly: repeated names (rows and labels would
+    misalign), rows of different widths, or values that are not finite."""
+    repeated = table["name"][table["name"].duplicated()].unique()
+    if len(repeated):
+        raise DeltaAtlasError(f"Vector file {path} names {repeated[0]!r} more than once ({len(repeated)} repeated "
+                              "names): keep one row per model, or recompute it with `python -m core embed`.")
+    widths = {len(v) for v in table["vector"]}
+    if len(widths) > 1:
+        raise DeltaAtlasError(f"Vector file {path} mixes vectors of {len(widths)} widths ({sorted(widths)[:4]}): its "
+                              "models come from different bases; keep one base per file.")
+    bad = [n for n, v in zip(table["name"], table["vector"]) if not np.isfinite(v).all()]
+    if bad:
+        raise DeltaAtlasError(f"Vector file {path}: the vector of {bad[0]!r} holds values that are not finite (NaN "
+                              f"or infinity; {len(bad)} model(s)): recompute it with `python -m core embed`.")
 
 
 def read_metadata(path: str | Path) -> dict:
     """The engine's metadata stored with a Parquet vector file (base, probes, layer, dtype, engine version)."""
-    schema = pq.read_schema(path)
-    raw = (schema.metadata or {}).get(META_KEY)
-    return json.loads(raw) if raw else {}
+    try:
+        raw = (pq.read_schema(path).metadata or {}).get(META_KEY)
+        data = json.loads(raw) if raw else {}
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise DeltaAtlasError(f"The settings stored in vector file {path} cannot be read ({exc}); recompute it with "
+                              "`python -m core embed`.") from None
+    if not isinstance(data, dict):
+        raise DeltaAtlasError(f"The settings stored in vector file {path} are not a JSON object; recompute it with "
+                              "`python -m core embed`.")
+    return data

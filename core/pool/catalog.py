@@ -18,6 +18,7 @@ from core.errors import CatalogError, ModelSourceError
 from core.textio import read_text, spreadsheet_safe, unescape, unescape_frame
 
 REQUIRED_COLUMNS = ("name", "source", "kind", "base")
+RESERVED_COLUMNS = {"vector", "origin", "similarity", "cluster", "group", "x", "y"}   # the engine's and the app's own
 KINDS = ("lora", "full", "auto")
 BUILTIN_PREFIX = "builtin:"
 MAX_CATALOG_BYTES = 20 * 2**20   # some 100,000 models
@@ -194,6 +195,11 @@ def read_catalog(path: str | Path) -> Catalog:
     if dupes:
         raise CatalogError(f"Catalog {path}, line 1: column {dupes[0]!r} appears twice; keep one.")
     labels = [h for h in header if h not in REQUIRED_COLUMNS]
+    reserved = [h for h in labels if h.strip().lower() in RESERVED_COLUMNS]
+    if reserved:
+        raise CatalogError(f"Catalog {path}, line 1: column {reserved[0]!r} is a name the app uses for its own data "
+                           f"({', '.join(sorted(RESERVED_COLUMNS))}); rename that label column, e.g. to "
+                           f"'{reserved[0]}_label'.")
     entries, seen, bases = [], {}, {}
     for lineno, row in zip(lines[1:], rows[1:]):
         if not any(cell.strip() for cell in row):

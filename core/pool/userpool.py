@@ -40,6 +40,7 @@ import pandas as pd
 from core.engine.vectors import read_vectors, write_vectors
 from core.errors import DeltaAtlasError, ModelSourceError, PathNotAllowedError
 from core.pool.catalog import REQUIRED_COLUMNS, Catalog, check_hub_id, read_catalog, read_rows, write_catalog
+from core.pool.files import check_folder_files
 from core.progress import ProgressFn
 
 log = logging.getLogger(__name__)
@@ -231,6 +232,7 @@ class UserPool:
                   labels: dict | None = None, progress: ProgressFn | None = None, **embed_kwargs) -> pd.DataFrame:
         """Add a model folder on the server's disk (only under the allowed roots); it is read in place."""
         resolved = check_local_path(folder, self.roots)
+        check_folder_files(resolved)
         self.room()
         name = name or safe_name(resolved.name)
         return self._add(name, str(resolved), kind, base, labels, progress, embed_kwargs)

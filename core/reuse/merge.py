@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 SEARCH_BOUNDS = (-1.5, 1.5)   # LoraHub's bounds on every weight
 SEARCH_BUDGET = 30            # loss evaluations of the search
+MAX_RECIPE_BYTES = 64 * 1024  # a recipe.yaml is a few hundred bytes
 L1_PENALTY = 0.05             # LoraHub's: 0.05 * mean |w| added to the loss
 MERGED = "default"            # adapter name of the merge inside PEFT: saved at the folder's top level
 RECIPE_FILE, REPORT_FILE = "recipe.yaml", "report.json"
@@ -219,6 +220,7 @@ def _run(plan, examples, work, task_vector, vectors, budget, seed, device, measu
     else:
         result.weights = list(plan.weights)
     combine(model, plan, result.weights, MERGED, seed)
+    check_finite(model, plan)
     report(progress, 1, 1, "merge", plan.method)
     if examples:
         result.losses = evaluate(model, tokenizer, plan, examples, progress)
@@ -228,6 +230,20 @@ def _run(plan, examples, work, task_vector, vectors, budget, seed, device, measu
     if measure:
         _additivity(result, ingredients, plan, work, settings, device, progress, models)
     return result
+
+
+def check_finite(model, plan: MergePlan) -> None:
+    """Refuse to publish a merged adapter whose weights or whose update (B @ A, what the base receives) hold NaN or
+    infinity, as huge weights make them: nothing is written."""
+    params = dict(model.named_parameters())
+    for name, a in params.items():
+        if not name.endswith(f"lora_A.{MERGED}.weight"):
+            continue
+        b = params.get(name.replace(f"lora_A.{MERGED}", f"lora_B.{MERGED}"))
+        update = a if b is None else b.detach().float() @ a.detach().float()
+        if not bool(a.isfinite().all()) or not bool(update.isfinite().all()):
+            raise MergeError(f"The merge of {', '.join(plan.names)} with weights {plan.weights} changes the base by "
+                             "values that are not finite (NaN or infinity) and was not saved: use smaller weights.")
 
 
 def _ingredient_vectors(plan, known, settings, device, progress, models=None) -> np.ndarray:
@@ -268,8 +284,15 @@ def read_recipe(recipe_path: str | Path) -> dict:
     path = Path(recipe_path)
     if not path.is_file():
         raise MergeError(f"Recipe file {path} does not exist: give the recipe.yaml of an earlier merge.")
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise MergeError(f"Recipe {path} is {path.stat().st_size:,} bytes; a merge recipe is a few hundred: give the "
+                         "recipe.yaml an earlier merge wrote.")
     try:
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
+            raise MergeError(f"Recipe {path} uses YAML aliases (*name), which a merge recipe never needs and which "
+                             "can grow a few bytes into gigabytes: write every value out.")
+        recipe = yaml.safe_load(text)
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise MergeError(f"Recipe {path} is not valid YAML ({str(exc).splitlines()[0]}): give the recipe.yaml an "
                          "earlier merge wrote, or fix the line it names.") from None

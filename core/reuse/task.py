@@ -350,7 +350,12 @@ def find_models(examples: list[Example], catalog: str | Path | Catalog = DEMO_CA
         from core.reuse.fit import measure_gains
 
         names = [n for n in result.matches["name"] if n in set(catalog.names)][:check_help]
-        result.gains = measure_gains(examples, catalog, names, base, device=device, models=models, progress=progress)
+        try:
+            result.gains = measure_gains(examples, catalog, names, base, device=device, models=models,
+                                         progress=progress)
+        except DeltaAtlasError as exc:     # the ranking stands; the verdict then reads the vectors alone
+            log.warning("The closest models' loss could not be measured: %s", exc)
+            result.match_note += f" Whether the closest models help could not be measured: {exc}"
         conclude(result)
     result.matches = result.matches if top is None else result.matches.head(top)
     result.seconds = time.perf_counter() - start

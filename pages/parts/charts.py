@@ -2,6 +2,7 @@
 that explains a delta activation. Plain functions: data in, ``go.Figure`` out; nothing here touches Streamlit."""
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,12 +29,19 @@ class Mark:
     text_position: str = "top center"
 
 
+def as_text(value) -> str:
+    """A name or label as plotly shows it: its own characters, never a tag (plotly renders <a href>, <b>, <span>
+    in hover text and legends, so a label typed by a visitor or read from a catalog is escaped first)."""
+    return html.escape(str(value), quote=False)
+
+
 def hover_texts(frame: pd.DataFrame, columns: list[str]) -> list[str]:
-    """'<b>name</b><br>domain: legal<br>...' per model, skipping empty labels."""
+    """'<b>name</b><br>domain: legal<br>...' per model, skipping empty labels; every value shown as text."""
     shown = [c for c in columns if c in frame.columns][:MAX_HOVER_LABELS]
     texts = []
     for row in frame[["name", *shown]].itertuples(index=False):
-        parts = [f"<b>{row[0]}</b>"] + [f"{c}: {v}" for c, v in zip(shown, row[1:]) if str(v) not in ("", "nan")]
+        parts = [f"<b>{as_text(row[0])}</b>"] + [f"{as_text(c)}: {as_text(v)}" for c, v in zip(shown, row[1:])
+                                                 if str(v) not in ("", "nan")]
         texts.append("<br>".join(parts))
     return texts
 
@@ -89,7 +97,7 @@ def map_figure(frame: pd.DataFrame, embedding: np.ndarray, colour: list[str], co
         rows = np.flatnonzero(colour == group)
         symbol = np.where(mine[rows], "diamond", "circle") if mine[rows].any() else "circle"
         fig.add_trace(trace(
-            x=xy[rows, 0], y=xy[rows, 1], mode="markers", name=str(group), legendrank=reading[group], **hover_of(rows),
+            x=xy[rows, 0], y=xy[rows, 1], mode="markers", name=as_text(group), legendrank=reading[group], **hover_of(rows),
             marker=dict(color=hues[group], size=style["size"], opacity=style["opacity"], symbol=symbol,
                         line=dict(width=style["line"], color="white")),
         ))
@@ -105,12 +113,12 @@ def map_figure(frame: pd.DataFrame, embedding: np.ndarray, colour: list[str], co
         ))
     for mark in marks or []:
         fig.add_trace(go.Scatter(
-            x=[mark.x], y=[mark.y], mode="markers+text", name=mark.label, text=[mark.label],
-            textposition=mark.text_position, hovertemplate=f"<b>{mark.label}</b><extra></extra>",
+            x=[mark.x], y=[mark.y], mode="markers+text", name=as_text(mark.label), text=[as_text(mark.label)],
+            textposition=mark.text_position, hovertemplate=f"<b>{as_text(mark.label)}</b><extra></extra>",
             marker=dict(symbol=mark.symbol, size=mark.size, color=mark.colour, line=dict(width=1.5, color="white")),
         ))
     fig.update_layout(
-        height=MAP_HEIGHT, margin=dict(l=10, r=10, t=30, b=10), legend_title_text=colour_title,
+        height=MAP_HEIGHT, margin=dict(l=10, r=10, t=30, b=10), legend_title_text=as_text(colour_title),
         legend=dict(itemsizing="constant", orientation="h", yanchor="top", y=-0.02, xanchor="left", x=0),
         hoverlabel=dict(align="left"), plot_bgcolor="#fafafa", hovermode="closest",
         xaxis=dict(visible=False), yaxis=dict(visible=False), clickmode="event+select",
@@ -134,17 +142,21 @@ def hover_fields(names: np.ndarray, labels: dict[str, np.ndarray]) -> tuple[np.n
     """customdata [m, 1 + j] and a hovertemplate for m points: the name first (customdata[0]), then each label.
     A label every point shares goes into the template once; a label that differs goes into customdata ('–' where
     a point has none); a label no point has is left out."""
-    columns, parts = [names], ["<b>%{customdata[0]}</b>"]
+    shown = np.array([as_text(n) for n in names], dtype=object)
+    if (shown == names).all():                          # nothing to escape: the name itself is shown
+        columns, parts = [names], ["<b>%{customdata[0]}</b>"]
+    else:                                               # customdata[0] stays the raw name (read back on selection)
+        columns, parts = [names, shown], ["<b>%{customdata[1]}</b>"]
     for column, values in labels.items():
         known = values != ""
         if not known.any():
             continue
-        first = str(values[0])
+        first = as_text(values[0])
         if known.all() and (values == values[0]).all() and "%{" not in first:
-            parts.append(f"{column}: {first}")
+            parts.append(f"{as_text(column)}: {first}")
         else:
-            parts.append(f"{column}: %{{customdata[{len(columns)}]}}")
-            columns.append(np.where(known, values, "–"))
+            parts.append(f"{as_text(column)}: %{{customdata[{len(columns)}]}}")
+            columns.append(np.array([as_text(v) if k else "–" for v, k in zip(values, known)], dtype=object))
     customdata = np.empty((len(names), len(columns)), dtype=object)
     for j, values in enumerate(columns):
         customdata[:, j] = values
@@ -159,22 +171,22 @@ def _natural(value: str):
 
 
 def loss_figure(losses: dict[str, float], title: str = "Loss on your examples (lower is better)") -> go.Figure:
-    """One dot per model (base, each ingredient, merged), on an axis that spans just their range so that small
-    differences show; the merged model stands out."""
+    """One dot per model (base, each ingredient, merged), on an axis from zero, so that a 4% difference looks like
+    4%; the merged model stands out."""
     names = list(losses)[::-1]                       # base at the top, merged at the bottom
     values = [losses[n] for n in names]
     colours = ["#9e9e9e" if n == "base" else "#d62728" if n == "merged" else "#1f77b4" for n in names]
-    low, high = min(values), max(values)
-    pad = max(high - low, abs(high) * 0.01, 1e-3) * 0.35
+    high = max(max(values), 1e-3)
     fig = go.Figure()
     for name, value, colour in zip(names, values, colours):
-        fig.add_trace(go.Scatter(x=[low - pad, value], y=[name, name], mode="lines", showlegend=False,
+        fig.add_trace(go.Scatter(x=[0, value], y=[name, name], mode="lines", showlegend=False,
                                  line=dict(color="#dddddd", width=2), hoverinfo="skip"))
     fig.add_trace(go.Scatter(x=values, y=names, mode="markers+text", text=[f"{v:.3f}" for v in values],
                              textposition="middle right", marker=dict(size=16, color=colours), showlegend=False,
                              hovertemplate="%{y}: loss %{x:.4f}<extra></extra>"))
     fig.update_layout(title=title, height=90 + 45 * len(names), margin=dict(l=10, r=10, t=50, b=10),
-                      xaxis=dict(range=[low - pad, high + 2 * pad], title="loss"), yaxis=dict(type="category"))
+                      xaxis=dict(range=[0, high * 1.25], title="error on your examples (loss)"),
+                      yaxis=dict(type="category"))
     return fig
 
 

@@ -38,9 +38,11 @@ APP_KEY = "_from_app"            # set by app.py: the sidebar is drawn there, no
 STAGES = {  # progress stage -> plain words
     "finetune": "Teaching the base model your task", "base": "Reading the base model",
     "adapters": "Measuring the adapters", "full": "Measuring the full models", "merge": "Merging the adapters",
-    "search": "Searching the merge weights", "evaluate": "Measuring the loss on your examples",
-    "embed": "Measuring the merged model", "load": "Loading the models",
+    "search": "Trying merge weights on your examples", "evaluate": "Measuring the error on your examples",
+    "embed": "Measuring how the model changed", "load": "Loading the models",
+    "measure": "Checking whether the closest models help with your examples",
 }
+QUIET_ITEMS = {"embed", "finetune", "base", "search"}   # stages whose item is an internal name (a hash, "task")
 
 
 def sidebar() -> Pool:
@@ -264,13 +266,11 @@ def follow(job: Job) -> Job:
 
 
 def progress_words(p: Progress) -> str:
-    """A progress report in plain words: "Teaching the base model your task: step 3 of 40 · loss 1.234"."""
+    """A progress report in plain words: "Teaching the base model your task: step 3 of 40"."""
     words = STAGES.get(p.stage, p.stage.capitalize())
-    text = f"{words}: {'step' if p.stage == 'finetune' else ''} {p.done} of {p.total}".replace(":  ", ": ")
-    if p.item:
+    text = f"{words}: {'step ' if p.stage == 'finetune' else ''}{p.done} of {p.total}"
+    if p.item and p.stage not in QUIET_ITEMS:
         text += f" · {p.item}"
-    if p.loss is not None:
-        text += f" · loss {p.loss:.3f}"
     return text
 
 

@@ -73,7 +73,7 @@ def test_selecting_a_model_shows_its_neighbours(app_env):
     assert "Click a point" in at.info[0].value
     at.selectbox(key="map_search").set_value("lora_1").run()
     assert problems(at) == []
-    assert at.subheader[0].value == "lora_1"
+    assert at.subheader[0].value == "lora\\_1"                          # escaped: shown as text, not markdown
     neighbours = at.dataframe[1].value
     assert "lora_1" not in set(neighbours["name"]) and len(neighbours) == len(app_env["names"]) - 1
     assert list(neighbours["similarity"]) == sorted(neighbours["similarity"], reverse=True)
@@ -212,7 +212,7 @@ def test_merging_two_adapters_shows_results(app_env):
     at.radio(key="merge_weights").set_value("By hand").run()
     at.button(key="merge_go").click().run()
     assert problems(at) == []
-    assert at.subheader[0].value == "The merge of lora_0, lora_1"
+    assert at.subheader[0].value == "The merge of lora\\_0, lora\\_1"            # names escaped: shown as text
     dots = chart_json(at, "merge_losses")["data"][-1]  # one dot per model, base at the top
     assert list(dots["y"]) == ["merged", "lora_1", "lora_0", "base"] and len(dots["x"]) == 4
     marks = {t["name"] for t in chart_json(at, "merge_map")["data"]}
@@ -228,12 +228,12 @@ def test_added_local_model_appears_on_the_map(app_env):
     at.text_input(key="add_domain").set_value("b").run()
     at.button(key="add_go").click().run()
     assert problems(at) == []
-    assert "my-adapter" in at.success[0].value
+    assert "my\\-adapter" in at.success[0].value                        # escaped: shown as text
     rows = pd.read_csv(app_env["user"] / "catalog.csv")
     assert list(rows["name"]) == ["my-adapter"] and list(rows["domain"]) == ["b"]
     at.switch_page("pages/map.py").run()
     assert problems(at) == []
-    assert at.subheader[0].value == "my-adapter"  # selected on the map after adding
+    assert at.subheader[0].value == "my\\-adapter"  # selected on the map after adding (escaped: shown as text)
     assert "Where it came from" in at.selectbox(key="map_colour").options
     figure = chart_json(at, "map_chart")
     assert any(s == "diamond" for t in figure["data"] for s in (t["marker"].get("symbol") or []))
@@ -302,7 +302,7 @@ def test_a_search_waits_its_turn_and_survives_a_reload(app_env):
     reloaded.run()
     reloaded.switch_page("pages/find.py").run()
     assert problems(reloaded) == []
-    assert list(reloaded.dataframe[-1].value["name"]) == list(first["name"])
+    assert list(reloaded.dataframe[-1].value["model"]) == list(first["model"])
 
 
 def test_how_it_works_shows_the_evidence(synthetic_env):
@@ -406,3 +406,35 @@ def test_the_smollm2_zoo_opens_by_its_title_with_its_figures(demo_env, monkeypat
         text = " ".join(m.value for m in at.markdown)
         assert "SmolLM2-135M demo zoo" in text and "written by hand" in text
         assert "whole of each example" in text            # its recipe.json: loss_on "text"
+
+
+HOSTILE = ['<a href="https://evil.example">click</a>', "**loud** [link](https://evil.example)", "<b>bold</b>", "$x^2$"]
+
+
+@pytest.fixture
+def hostile_env(app_env, tmp_path, monkeypatch):
+    """The app pool with labels a visitor or a catalog could carry: HTML, markdown links, formulas."""
+    from core.engine.vectors import read_vectors, write_vectors
+    from core.pool.catalog import read_catalog, write_catalog
+
+    rows = [{"name": e.name, "source": str(e.source), "kind": e.kind, "base": str(e.base),
+             "domain": HOSTILE[i % len(HOSTILE)]} for i, e in enumerate(read_catalog(app_env["catalog"]))]
+    catalog = write_catalog(rows, tmp_path / "hostile" / "catalog.csv")
+    table = read_vectors(app_env["catalog"].with_name("vectors.parquet"))
+    table["domain"] = table["name"].map({r["name"]: r["domain"] for r in rows})
+    write_vectors(table, catalog.with_name("vectors.parquet"))
+    monkeypatch.setenv("DELTA_ATLAS_CATALOG", str(catalog))
+    return {**app_env, "catalog": catalog}
+
+
+def test_hostile_labels_are_shown_as_text_on_the_map(hostile_env):
+    at = app("pages/map.py").run()
+    assert problems(at) == []
+    figure = chart_json(at, "map")
+    shown = json.dumps([{k: t.get(k) for k in ("name", "hovertemplate", "hovertext", "customdata")}
+                        for t in figure["data"]]) + json.dumps(figure["layout"].get("legend", {}))
+    assert "<a href" not in shown and "<b>bold</b>" not in shown
+    assert "&lt;a href=" in shown                                      # there, as its own characters
+    markdown = " ".join(e.value for kind in ("markdown", "caption", "success", "info", "warning")
+                        for e in at.get(kind))
+    assert "[link](https" not in markdown and "**loud**" not in markdown

@@ -108,7 +108,8 @@ def snapshot(root: Path) -> dict[str, bytes | None]:
             path = Path(top, name)
             key = str(path.relative_to(root))
             seen[key] = (f"-> {os.readlink(path)}".encode() if path.is_symlink()
-                         else None if path.is_dir() else path.read_bytes())
+                         else None if path.is_dir() else path.read_bytes() if path.is_file()
+                         else b"<special file>")                     # a pipe: reading it would wait for ever
     return seen
 
 
@@ -154,6 +155,30 @@ def hub(hub_id: str, room: int | None = None) -> Make:
 
 def local(path: Callable[[World], str | Path], room: int | None = None) -> Make:
     return lambda w: (lambda p=path(w), pool=pool_of(w, room): pool.add_local(p, base=w.base))
+
+
+def linked_model(file: str, target: Callable[[World], Path]) -> Make:
+    """A model folder inside the allowed root whose ``file`` is a link to ``target`` (elsewhere), added in place."""
+    def make(w: World):
+        folder = model_folder(w.root / "allowed" / f"linked-{file.replace('.', '-')}")
+        (folder / file).unlink(missing_ok=True)
+        (folder / file).symlink_to(target(w))
+        return lambda: w.pool.add_local(folder, base=w.base)
+    return make
+
+
+def piped_model(file: str) -> Make:
+    """A model folder inside the allowed root whose ``file`` is a named pipe (a read would wait for ever)."""
+    def make(w: World):
+        folder = model_folder(w.root / "allowed" / "piped")
+        (folder / file).unlink()
+        os.mkfifo(folder / file)
+        return lambda: w.pool.add_local(folder, base=w.base)
+    return make
+
+
+def vectors_file(table_of: Callable[[], object]) -> Make:
+    return lambda w: (lambda p=write_vectors(table_of(), w.inputs / "v.parquet"): read_vectors(p))
 
 
 def merge(names, method="ties", weights="auto", density=None) -> Make:
@@ -483,6 +508,30 @@ BAD = [
     bad("probes-binary", probes(PNG), "probes.txt, line 3: holds a NUL byte", "save the probes as UTF-8 text"),
     bad("probes-huge", lambda w: (lambda p=w.sparse("huge.txt", 3 * 2**20): load_probes(p)), "huge.txt is 3.0 MiB",
         "the limit is 2 MiB: keep at most 1000 probes"),
+    # -- round two: links and special files inside an allowed folder, vector files, recipes, reserved labels --------
+    bad("local-weights-link-out", linked_model("adapter_model.safetensors", lambda w: w.root / "outside" / "secret.txt"),
+        "adapter_model.safetensors is a link to", "outside the model folder: copy the file into the folder"),
+    bad("local-config-link-to-system-file", linked_model("adapter_config.json", lambda w: Path("/etc/passwd")),
+        "adapter_config.json is a link to /etc/passwd", "outside the model folder"),
+    bad("local-tokenizer-broken-link", linked_model("tokenizer.json",
+                                                    lambda w: w.root / "allowed" / "linked-tokenizer-json" / "gone.json"),
+        "tokenizer.json is a broken link", "remove it or copy the file"),
+    bad("local-weights-named-pipe", piped_model("adapter_model.safetensors"),
+        "adapter_model.safetensors is not a regular file", "remove it from the model folder"),
+    bad("vectors-duplicate-name", vectors_file(lambda: make_table(["a", "a"], [[1.0, 0.0], [0.0, 1.0]])),
+        "names 'a' more than once", "keep one row per model"),
+    bad("vectors-nan", vectors_file(lambda: make_table(["a", "b"], [[math.nan, 0.0], [0.0, 1.0]])),
+        "the vector of 'a' holds values that are not finite", "recompute it"),
+    bad("vectors-infinite", vectors_file(lambda: make_table(["a", "b"], [[1.0, 0.0], [0.0, math.inf]])),
+        "the vector of 'b' holds values that are not finite", "recompute it"),
+    bad("recipe-yaml-aliases", recipe("a: &a [x, x, x]\nb: &b [*a, *a, *a]\nc: [*b, *b, *b]\n"),
+        "recipe.yaml uses YAML aliases", "write every value out"),
+    bad("recipe-huge", lambda w: (lambda p=w.sparse("recipe.yaml", 2**20): replay_recipe(p, None, w.root / "m")),
+        "recipe.yaml is 1,048,576 bytes", "give the recipe.yaml an earlier merge wrote"),
+    bad("catalog-reserved-label-vector", catalog(HEADER.strip() + ",vector\na,./a,lora,./b,x\n"),
+        "line 1: column 'vector' is a name the app uses", "rename that label column"),
+    bad("catalog-reserved-label-x", catalog(HEADER.strip() + ",X\na,./a,lora,./b,1\n"),
+        "line 1: column 'X' is a name the app uses", "rename that label column, e.g. to 'X_label'"),
 ]
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import core.engine.cache as cache_module
+from core.errors import DeltaAtlasError
 from core.engine.cache import FileHasher, VectorCache, content_key, default_cache_dir, entry_key
 
 
@@ -114,3 +115,57 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     assert default_cache_dir() == tmp_path / "here"
     monkeypatch.delenv("DELTA_ATLAS_CACHE")
     assert default_cache_dir().parts[-2:] == (".cache", "delta-atlas")
+
+
+# -- vector files are checked where they are read ---------------------------------------------------------------
+def _table(names, vectors):
+    import pandas as pd
+
+    from core.engine.vectors import make_table
+
+    return make_table(names, np.asarray(vectors, dtype=np.float32), pd.DataFrame({"name": names, "domain": "x"}))
+
+
+@pytest.mark.parametrize("names, vectors, pattern", [
+    (["a", "b", "a"], [[1, 0], [0, 1], [1, 1]], "names 'a' more than once"),
+    (["a", "b"], [[1, np.nan], [0, 1]], "not finite"),
+    (["a", "b"], [[np.inf, 0], [0, 1]], "not finite")])
+def test_vector_files_that_would_misalign_or_mislead_are_refused(tmp_path, names, vectors, pattern):
+    from core.engine.vectors import read_vectors, write_vectors
+
+    path = write_vectors(_table(names, vectors), tmp_path / "v.parquet")
+    with pytest.raises(DeltaAtlasError, match=pattern):
+        read_vectors(path)
+
+
+def test_vectors_of_two_widths_and_broken_metadata_are_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from core.engine.vectors import META_KEY, read_metadata, read_vectors, write_vectors
+
+    path = write_vectors(_table(["a", "b"], [[1, 0], [0, 1]]), tmp_path / "v.parquet")
+    arrow = pq.read_table(path)
+    wide = arrow.set_column(1, "vector", pa.array([[1.0, 0.0], [0.0, 1.0, 2.0]], type=pa.list_(pa.float32())))
+    pq.write_table(wide, tmp_path / "wide.parquet")
+    with pytest.raises(DeltaAtlasError, match="2 widths"):
+        read_vectors(tmp_path / "wide.parquet")
+    pq.write_table(arrow.replace_schema_metadata({META_KEY: b"{not json"}), tmp_path / "meta.parquet")
+    with pytest.raises(DeltaAtlasError, match="settings stored in vector file .* cannot be read"):
+        read_metadata(tmp_path / "meta.parquet")
+
+
+def test_a_failed_vector_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from core.engine.vectors import read_vectors, write_vectors
+
+    path = write_vectors(_table(["a"], [[1, 0]]), tmp_path / "v.parquet")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", full_disk)
+    with pytest.raises(DeltaAtlasError, match="No space left on device"):
+        write_vectors(_table(["b"], [[0, 1]]), path)
+    assert list(read_vectors(path)["name"]) == ["a"] and [p.name for p in tmp_path.iterdir()] == ["v.parquet"]

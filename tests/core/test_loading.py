@@ -147,3 +147,48 @@ def test_full_model_checks(tiny_pool, other, tmp_path):
     train_tokenizer(["Completely different words here.", "Nothing like the base at all!"] * 40, 320, retokenized)
     with pytest.raises(IncompatibleModelError, match="tokenizer differs"):
         check_full_fits(retokenized, base)
+
+
+# -- every file of a model folder is checked where it is opened -------------------------------------------------
+def test_a_weights_file_linked_out_of_the_folder_is_refused(tiny_pool, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.copy(tiny_pool["loras"]["lora_0"] / "adapter_model.safetensors", outside / "secret.safetensors")
+    folder = tmp_path / "linked"
+    folder.mkdir()
+    shutil.copy(tiny_pool["loras"]["lora_0"] / "adapter_config.json", folder)
+    (folder / "adapter_model.safetensors").symlink_to(outside / "secret.safetensors")
+    with pytest.raises(ModelSourceError, match="is a link to .*outside the model folder"):
+        resolve_source(parse_source(str(folder)))
+
+
+def test_a_config_linked_to_a_system_file_is_refused_before_it_is_read(tiny_pool, tmp_path):
+    folder = tmp_path / "config-link"
+    shutil.copytree(tiny_pool["loras"]["lora_0"], folder)
+    (folder / "adapter_config.json").unlink()
+    (folder / "adapter_config.json").symlink_to("/etc/passwd")
+    with pytest.raises(ModelSourceError, match="outside the model folder"):
+        resolve_source(parse_source(str(folder)))
+
+
+def test_links_inside_the_folder_and_broken_links(tiny_pool, tmp_path):
+    folder = tmp_path / "inside"
+    shutil.copytree(tiny_pool["loras"]["lora_0"], folder)
+    (folder / "weights").mkdir()
+    (folder / "adapter_model.safetensors").rename(folder / "weights" / "real.safetensors")
+    (folder / "adapter_model.safetensors").symlink_to(folder / "weights" / "real.safetensors")
+    assert resolve_source(parse_source(str(folder))) == folder             # a link that stays inside is fine
+    (folder / "dangling.json").symlink_to(folder / "nowhere.json")
+    with pytest.raises(ModelSourceError, match="broken link"):
+        resolve_source(parse_source(str(folder)))
+
+
+def test_a_named_pipe_is_refused_without_hanging(tiny_pool, tmp_path):
+    import os
+
+    folder = tmp_path / "pipe"
+    shutil.copytree(tiny_pool["loras"]["lora_0"], folder)
+    (folder / "adapter_model.safetensors").unlink()
+    os.mkfifo(folder / "adapter_model.safetensors")
+    with pytest.raises(ModelSourceError, match="not a regular file"):
+        resolve_source(parse_source(str(folder)))

@@ -250,3 +250,21 @@ def test_cli_merge_and_replay(pool, tmp_path, capsys):
     assert main(["merge", "--models", "lora_0,foreign", "--method", "svd", "--weights", "1,1", "--catalog", str(pool),
                  "--out", str(tmp_path / "f")]) == 2
     assert "different bases" in capsys.readouterr().err and not (tmp_path / "f").exists()
+
+
+def test_a_merge_that_overflows_is_refused_and_nothing_is_written(pool, tmp_path):
+    with pytest.raises(MergeError, match="not finite"):
+        merge_adapters(pool, ["lora_0", "lora_1"], "ties", [1e39, 1e39], None, tmp_path / "huge", measure=False)
+    assert not (tmp_path / "huge").exists() and [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_recipes_with_aliases_or_of_a_huge_size_are_refused_before_parsing(tmp_path):
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    (tmp_path / "bomb.yaml").write_text(bomb)
+    with pytest.raises(MergeError, match="aliases") as caught:
+        read_recipe(tmp_path / "bomb.yaml")
+    assert len(str(caught.value)) < 400
+    (tmp_path / "big.yaml").write_text("method: ties\n" + "# padding\n" * 20_000)
+    with pytest.raises(MergeError, match="a merge recipe is a few hundred"):
+        read_recipe(tmp_path / "big.yaml")

@@ -60,3 +60,42 @@ def test_a_pool_may_ship_its_own_settings(tmp_path):
     (tmp_path / "novelty.json").write_text('{"quantile": "high"}')
     with pytest.raises(DeltaAtlasError, match="novelty.json cannot be read"):
         load_rule(tmp_path / "novelty.json")
+
+
+# -- the verdict from both sides ---------------------------------------------------------------------------------
+def gains_frame(values):
+    import pandas as pd
+
+    from core.reuse.fit import HELP_MARGIN
+
+    return pd.DataFrame({"gain": values, "helps": [v is not None and v >= HELP_MARGIN for v in values]})
+
+
+@pytest.mark.parametrize("close, gains, combine, expected", [
+    (True, [0.10, -0.2], "both", "strong"), (True, [-0.1], "both", "weak"), (False, [0.10], "both", "weak"),
+    (False, [-0.1, 0.0], "both", "none"), (True, [-0.1], "either", "none"), (False, [0.2], "either", "none"),
+    (True, [0.2], "either", "strong"), (False, [0.2], "vectors", "none"), (True, [-0.3], "help", "none"),
+    (True, None, "both", "strong"), (False, None, "both", "none"), (False, [None], "both", "none")])
+def test_verdict_combines_the_vectors_and_the_measured_gain(close, gains, combine, expected):
+    from core.reuse.novelty import verdict
+
+    assert verdict(close, None if gains is None else gains_frame(gains), combine) == expected
+
+
+def test_verdict_words_say_what_was_measured():
+    from core.reuse.novelty import verdict_words
+
+    strong = verdict_words("strong", True, "math", gains_frame([0.12, -0.3]))
+    assert strong.startswith("Strong match") and "math models" in strong and "1 of the 2 closest lowers" in strong \
+        and "12%" in strong
+    weak = verdict_words("weak", True, "legal", gains_frame([-0.01, -0.2]))
+    assert weak.startswith("Weak match") and "none of the 2 closest answers your examples better" in weak
+    none = verdict_words("none", False, None, gains_frame([-0.2]))
+    assert none.startswith("Nothing in this pool fits your task") and none.endswith("only the least bad.")
+
+
+def test_unknown_combine_is_refused():
+    from core.reuse.novelty import verdict
+
+    with pytest.raises(DeltaAtlasError, match="Unknown combine"):
+        verdict(True, gains_frame([0.1]), "sometimes")

@@ -256,3 +256,26 @@ def test_closeness_verdict_is_calibrated_on_the_pool():
     tiny = TaskResult(vector=np.zeros(3), matches=pd.DataFrame(), group_matches=pd.DataFrame())
     judge_closeness(tiny, table.head(2), np.array([0.1, 0.2]))
     assert tiny.close and "Too few models" in tiny.match_note
+
+
+def test_default_comparison_is_the_domain_lens_only_where_the_labels_allow_one():
+    from core.reuse.task import LABEL_FREE_COMPARE, default_compare
+
+    assert default_compare(synthetic_table()) == LABEL_FREE_COMPARE          # two domains: no lens
+    rng = np.random.default_rng(0)
+    names = [f"m{i}" for i in range(9)]
+    labels = pd.DataFrame({"name": names, "domain": ["x", "x", "y", "y", "z", "z", "x+y", "", "w"]})
+    table = make_table(names, rng.normal(size=(9, 6)).astype(np.float32), labels)
+    assert default_compare(table) == "domain-lens"
+    assert default_compare(table.drop(columns=["domain"])) == LABEL_FREE_COMPARE
+
+
+def test_cluster_lens_needs_no_labels_and_ranks_every_model():
+    from core.reuse.task import similarities
+
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(3, 8))
+    vectors = np.concatenate([c + 0.05 * rng.normal(size=(4, 8)) for c in centres]).astype(np.float32)
+    table = make_table([f"m{i}" for i in range(12)], vectors)                 # no label column at all
+    sims = similarities(centres[1].astype(np.float32), table, "cluster-lens")
+    assert sims.shape == (12,) and set(np.argsort(-sims)[:4]) == {4, 5, 6, 7}
