@@ -116,7 +116,7 @@ def show_result(pool: pools.Pool, data: pools.PoolData) -> None:
     with st.expander("Details: the numbers behind this answer"):
         for line in details(result, len(task["examples"])):
             st.caption(line)
-    table_col, map_col = st.columns([7, 5], gap="medium")
+    table_col, map_col = st.columns([3, 2], gap="medium")
     with table_col:
         if result.verdict == "none":
             st.markdown("**The least bad matches** (none of them fits your task well)")
@@ -124,12 +124,13 @@ def show_result(pool: pools.Pool, data: pools.PoolData) -> None:
             st.markdown("**The closest models**")
         st.dataframe(matches_table(result), hide_index=True, width="stretch", column_config={
             "model": st.column_config.TextColumn("model", width="medium"),
+            "domain": st.column_config.TextColumn("domain", width="small"),
             "helps with your examples?": st.column_config.TextColumn(
                 "helps with your examples?", width="medium",
                 help="Measured on your examples for the closest models: how much lower (or higher) their error is "
                      "than the untouched base model's."),
             "similarity": st.column_config.NumberColumn(
-                "similarity", format="%.2f", help="How alike the model's change and your task's are: 1 = the same "
+                "similarity", format="%.2f", width="small", help="How alike the model's change and your task's are: 1 = the same "
                                                   "change, 0 = unrelated.")})
         merge_offer(pool, data, result, title)
     with map_col:
@@ -179,7 +180,7 @@ def merge_offer(pool: pools.Pool, data: pools.PoolData, result, title: str) -> N
     catalog = pools.combined_catalog(pool, data)
     take, left_out = merge_candidates(result.gains, catalog)
     take = [name for name in take if name in set(data.frame["name"])]
-    if left_out:
+    if left_out and take:
         st.caption("Left out of a merge: " + "; ".join(f"{ui.plain(n)} ({why})" for n, why in left_out.items()) + ".")
     if len(take) >= 2:
         names = take[:TO_MERGE]
@@ -214,7 +215,9 @@ def task_map(data: pools.PoolData, result, title: str) -> None:
     labels = [c for c in frame.columns if c not in ("name", "origin")]
     colour_by = "domain" if "domain" in labels else (labels[0] if labels else None)
     colour = list(frame[colour_by].astype(str)) if colour_by else ["model"] * len(frame)
-    marks = [] if position is None else [charts.Mark(float(position[0]), float(position[1]), label)]
+    side = "top left" if result.verdict == "none" else "top center"      # apart: the label stays inside the chart
+    marks = [] if position is None else [charts.Mark(float(position[0]), float(position[1]), label,
+                                                     text_position=side)]
     focus = [] if result.verdict == "none" else list(result.matches["name"].head(TO_MERGE))
     fig = charts.map_figure(frame, embedding, colour, colour_by or "", charts.hover_texts(frame, labels),
                             focus=focus, marks=marks, focus_label="closest models")
