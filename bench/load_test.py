@@ -472,7 +472,9 @@ def map_session(url: str, deadline: Deadline, s: MapSession, go: threading.Event
         s.click_s, s.click_end = clicked.seconds, time.monotonic()
         if clicked.errors:
             raise RuntimeError(f"error after the click: {clicked.errors[0][:200]}")
-        s.answered = clicked.has("markdown", MAP_TEXT) and clicked.has("heading", s.model)
+        from core.textio import markdown_literal     # core is importable once main() has set the path
+
+        s.answered = clicked.has("markdown", MAP_TEXT) and clicked.has("heading", markdown_literal(s.model))
         if not s.answered:
             s.error = f"no '{MAP_TEXT}' for {s.model} after the click"
     except Exception as exc:  # noqa: BLE001 - recorded: a session that failed is what the test reports

@@ -76,3 +76,12 @@ def unescape_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """The inverse of :func:`spreadsheet_safe` for a frame read back with ``dtype=str``."""
     frame = frame.rename(columns=unescape)
     return frame.map(unescape) if len(frame.columns) else frame
+
+
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
+
+
+def markdown_literal(text) -> str:
+    """``text`` (a model name, a label, a catalog's or the Hub's words) escaped so that a markdown renderer shows it
+    as it is: no link, emphasis, heading, HTML or formula is made from it."""
+    return MARKDOWN_SPECIAL.sub(r"\\\1", str(text))

@@ -18,7 +18,7 @@ from core.errors import CatalogError, ModelSourceError
 from core.textio import read_text, spreadsheet_safe, unescape, unescape_frame
 
 REQUIRED_COLUMNS = ("name", "source", "kind", "base")
-RESERVED_COLUMNS = {"vector", "origin", "similarity", "cluster", "group", "x", "y"}   # the engine's and the app's own
+RESERVED_COLUMNS = {"vector", "origin", "similarity", "cluster", "x", "y"}   # the engine's and the app's own
 KINDS = ("lora", "full", "auto")
 BUILTIN_PREFIX = "builtin:"
 MAX_CATALOG_BYTES = 20 * 2**20   # some 100,000 models

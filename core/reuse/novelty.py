@@ -128,5 +128,5 @@ def verdict_words(kind: str, close: bool, group: str | None, gains: pd.DataFrame
         helped = f"none of the {n} closest answers your examples better than the base model does"
     joined = sits + ((", and " if close == bool(helping) else ", but ") + helped if helped else "")
     if kind == "none":
-        return f"{VERDICTS['none']}: {joined}. The list below is only the least bad."
+        return f"{VERDICTS['none']}: {joined}. The closest models are only the least bad."
     return f"{VERDICTS[kind]}: {joined}."

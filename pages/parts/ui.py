@@ -21,6 +21,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 from core.errors import DeltaAtlasError
 from core.jobs import Job, JobQueue, noun
 from core.progress import Progress
+from core.textio import markdown_literal
 from pages.parts import pools as _pools
 from pages.parts.pools import Pool, find_catalogs, load_catalog, stamp, title_of, user_pool, vectors_path_for
 
@@ -162,13 +163,9 @@ def names_from_event(event) -> list[str]:
     return list(dict.fromkeys(p["customdata"][0] for p in points if p.get("customdata")))
 
 
-MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
-
-
 def plain(text) -> str:
-    """``text`` (a model name, a label, a catalog's or the Hub's words) escaped so that Streamlit's markdown shows it
-    as it is: no link, emphasis, heading, HTML or formula is made from it."""
-    return MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
+    """``text`` from a user, a catalog or the Hub, shown by Streamlit's markdown as it is (core.textio)."""
+    return markdown_literal(text)
 
 
 def link(page: str, label: str) -> None:
