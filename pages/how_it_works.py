@@ -283,7 +283,7 @@ def search_quality_lines(quality: dict) -> list[str]:
             continue
         lines.append(f"- On **{q['tasks']} {what}**, compared {COMPARE_NAMES.get(default, default)} (the default): "
                      f"the best match was of the right domain for **{q['top1']}**; *nothing fits* was said wrongly "
-                     f"for {q['in_flagged']}; a median {q['median_seconds']:.0f} s per task.")
+                     f"for {q['in_flagged']}.")
         others = [f"{COMPARE_NAMES[c]} {quality[key(which, c)]['top1']}" for c in COMPARE_NAMES
                   if c != default and isinstance(quality.get(key(which, c)), dict)]
         if others:
@@ -292,6 +292,11 @@ def search_quality_lines(quality: dict) -> list[str]:
         q = quality["off"]
         lines.append(f"- On **{q['tasks']} tasks outside the five domains** (poems, jokes, finance, translation...): "
                      f"*nothing in this pool fits* was said for **{q['flagged']}**.")
+    verdicts = quality.get("ood_verdicts")
+    if isinstance(verdicts, dict) and {"in", "off"} <= set(verdicts):
+        lines.append(f"- *Strong match* (close, and a model lowers the error on the examples) was said for "
+                     f"{verdicts['in'].get('strong', 0)} of the in-domain tasks written by hand and for "
+                     f"**{verdicts['off'].get('strong', 0)}** of the tasks outside the five domains.")
     merges = quality.get("sample_merge")
     if isinstance(merges, dict):
         lines.append(f"- The {merges['tasks']} sample tasks, Find then Merge as offered: a merge was offered for "
