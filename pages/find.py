@@ -51,8 +51,9 @@ def main() -> None:
                                     "domain labels. The cluster lens does the same with the map's own groups.")
             for line in measured_lines(pool):
                 st.caption(line)
-        st.caption("This runs a short finetune of the base model: on a laptop CPU, under a minute for the demo zoo "
-                   "with 20 examples (fewer steps under Settings is faster, and a little less precise).")
+        st.caption("This teaches the base model your task for a short moment, then checks the closest models on "
+                   "your examples: on a 2-core laptop CPU about one to two minutes for the demo zoo (measured in "
+                   "bench/README.md; fewer steps under Settings is faster, and a little less precise).")
         if st.button("Find matching models", type="primary", disabled=not examples, key="find_go"):
             search(pool, data, title, examples, int(steps), compare)
         ui.keep_result(ui.finished_job(FIND_JOB), ui.TASK_KEY, pool)
