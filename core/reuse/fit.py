@@ -116,7 +116,8 @@ def _borrow(base_dir: Path, device, models):
 
 def _measure(model, tokenizer, encoded, examples, entries, progress) -> tuple[dict, dict]:
     """{"": base loss, name: loss} and {name: why not measured}."""
-    total, done = len(entries) + 1, 0
+    total = len(entries) + 1
+    report(progress, 0, total, "measure", "the base model and the closest adapters")
     stacked, alone, notes = {}, [], {}
     for entry in entries:
         folder, problem = _local_folder(entry)
