@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from core.engine.vectors import matrix  # noqa: E402
 from core.pool.catalog import read_catalog  # noqa: E402
-from core.reuse.fit import HELP_MARGIN  # noqa: E402
+from core.reuse.fit import helps  # noqa: E402
 from core.reuse.novelty import COMBINE, CloseMatchRule, verdict  # noqa: E402
 from core.reuse.task import pool_vectors  # noqa: E402
 from core.zoo import DEMO_CATALOG  # noqa: E402
@@ -51,7 +51,7 @@ def raw_similarities(rows: list[dict], vectors: np.ndarray) -> list[np.ndarray]:
 def any_helps(row: dict) -> bool | None:
     """Whether a measured model lowered the loss by HELP_MARGIN; None when nothing was measured."""
     gains = [g["gain"] for g in row.get("gains") or [] if g.get("gain") is not None and math.isfinite(g["gain"])]
-    return None if not gains else max(gains) >= HELP_MARGIN
+    return None if not gains else any(helps(g) for g in gains)
 
 
 def flags(rows: list[dict], sims: list[np.ndarray], rule: CloseMatchRule) -> tuple[int, int, int, int]:

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore", category=FutureWarning)   # transformers' deprecation notes inside PEFT
 
 from core.pool.catalog import read_catalog  # noqa: E402
-from core.reuse.fit import HELP_MARGIN  # noqa: E402
+from core.reuse.fit import helps  # noqa: E402
 from core.reuse.task import (COMPARISONS, default_compare, find_models, match_task, pool_vectors,  # noqa: E402
                              rank_groups, task_steps)
 from core.zoo import DEMO_CATALOG  # noqa: E402
@@ -128,7 +128,7 @@ def replay(rows: list[dict], catalog, compare: str | None, hide_labels: bool = F
     for row in rows:
         vector = np.asarray(row["vector"], dtype=np.float32)
         gains = pd.DataFrame(row.get("gains") or [], columns=["name", "loss", "base_loss", "gain"])
-        gains["helps"] = gains["gain"] >= HELP_MARGIN
+        gains["helps"] = gains["gain"].map(helps)
         result = match_task(vector, seen, compare=compare, catalog_path=catalog.path,
                             gains=gains if row.get("gains") else None)
         if hide_labels:

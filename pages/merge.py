@@ -141,7 +141,7 @@ def show_result(pool: pools.Pool, data: pools.PoolData) -> None:
 
 def verdict(losses: dict[str, float]) -> str:
     """Does the merge beat the base model on the examples? In plain words; the losses are in the chart."""
-    from core.reuse.fit import HELP_MARGIN, gain_words
+    from core.reuse.fit import gain_words, helps
 
     if "merged" not in losses or "base" not in losses:
         return ""
@@ -149,13 +149,13 @@ def verdict(losses: dict[str, float]) -> str:
     ingredients = {k: v for k, v in losses.items() if k not in ("base", "merged")}
     best = min(ingredients, key=ingredients.get) if ingredients else None
     best_gain = (losses["base"] - ingredients[best]) / losses["base"] if best else None
-    if gain >= HELP_MARGIN:
+    if helps(gain):
         text = f"**The merge helps**: it {gain_words(gain)} compared with the base model"
         if best and ingredients[best] < losses["merged"]:
             return text + f", but {ui.plain(best)} alone does better (it {gain_words(best_gain)})."
         return text + ", and more than any of its ingredients alone."
     text = f"**The merge does not beat the base model** on your examples: it {gain_words(gain)}"
-    if best and best_gain is not None and best_gain >= HELP_MARGIN:
+    if best and helps(best_gain):
         return text + f". {ui.plain(best)} alone {gain_words(best_gain)}: use it instead of the merge."
     return text + ". Keep the base model, or try other adapters."
 

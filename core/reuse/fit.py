@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import re
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -57,14 +58,19 @@ class Gain:
     def verdict(self) -> str:
         if self.gain is None:
             return VERDICTS["unmeasured"]
-        return VERDICTS["helps"] if self.gain >= HELP_MARGIN else VERDICTS["no"]
+        return VERDICTS["helps"] if helps(self.gain) else VERDICTS["no"]
+
+
+def helps(gain: float | None) -> bool:
+    """Whether a relative gain counts as helping: measured, finite, and at least HELP_MARGIN."""
+    return gain is not None and math.isfinite(gain) and gain >= HELP_MARGIN
 
 
 def gain_words(gain: float | None) -> str:
     """One plain phrase for a person: "lowers the error on your examples by 12%" / "does not help"."""
     if gain is None:
         return "could not be measured"
-    if gain >= HELP_MARGIN:
+    if helps(gain):
         return f"lowers the error on your examples by {100 * gain:.0f}%"
     if gain > -HELP_MARGIN:
         return "does not help (about as good as the base model)"
@@ -75,7 +81,7 @@ def gain_short(gain: float | None) -> str:
     """The same in a few words, for a table cell: "yes, 12% lower error" / "no" / "no, 30% higher error"."""
     if gain is None:
         return "not measured"
-    if gain >= HELP_MARGIN:
+    if helps(gain):
         return f"yes, {100 * gain:.0f}% lower error"
     return "no" if gain > -HELP_MARGIN else f"no, {100 * -gain:.0f}% higher error"
 
