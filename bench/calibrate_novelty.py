@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +29,12 @@ from core.engine.vectors import matrix  # noqa: E402
 from core.pool.catalog import read_catalog  # noqa: E402
 from core.reuse.fit import helps  # noqa: E402
 from core.reuse.novelty import COMBINE, CloseMatchRule, verdict  # noqa: E402
-from core.reuse.task import pool_vectors  # noqa: E402
+from core.reuse.references import load_references  # noqa: E402
+from core.reuse.task import default_compare, pool_vectors, similarities  # noqa: E402
 from core.zoo import DEMO_CATALOG  # noqa: E402
 
 QUANTILES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.86, 0.87, 0.88, 0.89, 0.9, 0.95)
+MARGINS = tuple(round(m, 3) for m in np.arange(-0.30, 0.101, 0.02))   # with reference tasks (novelty.py)
 MAX_IN_FLAGGED = 1          # the choice: the most off-domain flags with at most this many in-domain flags
 
 
@@ -40,12 +43,23 @@ def rows_of(paths: list[str]) -> list[dict]:
     return [row for path in paths for row in next(iter(json.loads(Path(path).read_text()).values()))]
 
 
-def raw_similarities(rows: list[dict], vectors: np.ndarray) -> list[np.ndarray]:
-    """Each task's raw cosine to every pool model (the rows' own ``matches`` may be through a lens)."""
-    from core.map.geometry import cosine_similarities
+@dataclass
+class Sims:
+    """One task's similarities: raw to the pool [n]; as the search compares, to the pool [n] and the references [r]."""
+    raw: np.ndarray
+    space: np.ndarray
+    references: np.ndarray | None
 
-    tasks = np.asarray([row["vector"] for row in rows], dtype=np.float64)
-    return list(cosine_similarities(tasks, vectors))
+
+def task_similarities(rows: list[dict], table: pd.DataFrame, references: pd.DataFrame | None) -> list[Sims]:
+    """Each task's similarities, replayed from its saved vector with the pool's default comparison."""
+    compare = default_compare(table)
+    out = []
+    for row in rows:
+        vector = np.asarray(row["vector"], dtype=np.float64)
+        refs = None if references is None else similarities(vector, table, compare, others=matrix(references))
+        out.append(Sims(similarities(vector, table), similarities(vector, table, compare), refs))
+    return out
 
 
 def any_helps(row: dict) -> bool | None:
@@ -54,7 +68,7 @@ def any_helps(row: dict) -> bool | None:
     return None if not gains else any(helps(g) for g in gains)
 
 
-def flags(rows: list[dict], sims: list[np.ndarray], rule: CloseMatchRule) -> tuple[int, int, int, int]:
+def flags(rows: list[dict], sims: list[Sims], rule: CloseMatchRule) -> tuple[int, int, int, int]:
     """(off-domain flagged, off-domain tasks, in-domain flagged, in-domain tasks) under ``rule`` and its combine."""
     flagged = [verdict_of(rule, s, row) == "none" for row, s in zip(rows, sims)]
     off = [f for f, row in zip(flagged, rows) if row["domain"] == "off"]
@@ -62,10 +76,12 @@ def flags(rows: list[dict], sims: list[np.ndarray], rule: CloseMatchRule) -> tup
     return sum(off), len(off), sum(inside), len(inside)
 
 
-def verdict_of(rule: CloseMatchRule, sims: np.ndarray, row: dict) -> str:
+def verdict_of(rule: CloseMatchRule, sims: Sims, row: dict) -> str:
     helps = any_helps(row)
     gains = None if helps is None else pd.DataFrame({"gain": [1.0 if helps else -1.0], "helps": [helps]})
-    return verdict(rule.is_close(sims), gains, rule.combine)
+    close = rule.is_close(sims.space, sims.references) if rule.uses_references(sims.references) else \
+        rule.is_close(sims.raw)
+    return verdict(close, gains, rule.combine)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,42 +97,65 @@ def main(argv: list[str] | None = None) -> int:
                         help="replay the chosen rule on both sets and write the How it works counts "
                              "(calibration -> held_out, --check -> ood)")
     args = parser.parse_args(argv)
-    vectors = matrix(pool_vectors(read_catalog(args.catalog))[0])
+    catalog = read_catalog(args.catalog)
+    table = pool_vectors(catalog)[0]
+    vectors = matrix(table)
+    references = load_references(catalog.path, width=vectors.shape[1])
     calibration = rows_of(args.calibration)
     check = rows_of([args.check]) if args.check else None
-    cal_sims = raw_similarities(calibration, vectors)
-    check_sims = raw_similarities(check, vectors) if check else None
-    print("| combine | quantile | threshold | calibration: off-domain flagged | calibration: in-domain flagged wrongly |"
+    cal_sims = task_similarities(calibration, table, references)
+    check_sims = task_similarities(check, table, references) if check else None
+    print("| combine | vectors' side | calibration: off-domain flagged | calibration: in-domain flagged wrongly |"
           + (" check: off-domain flagged | check: in-domain flagged wrongly |" if check else ""))
-    print("|---|---|---|---|---|" + ("---|---|" if check else ""))
+    print("|---|---|---|---|" + ("---|---|" if check else ""))
     best = None
-    for combine in COMBINE:
-        for q in QUANTILES if combine != "help" else QUANTILES[:1]:
-            rule = CloseMatchRule(quantile=q, top=args.top, combine=combine).fit(vectors)
-            a, n_off, b, n_in = flags(calibration, cal_sims, rule)
-            if b <= MAX_IN_FLAGGED and (best is None or a > best[2] or (a == best[2] and b < best[3])):
-                best = (combine, q, a, b)
-            line = f"| {combine} | {q:.2f} | {rule.threshold_:.3f} | {a}/{n_off} | {b}/{n_in} |"
-            if check:
-                c, m_off, d, m_in = flags(check, check_sims, rule)
-                line += f" {c}/{m_off} | {d}/{m_in} |"
-            print(line)
+    for rule in candidate_rules(args.top, references is not None):
+        rule.fit(vectors)
+        a, n_off, b, n_in = flags(calibration, cal_sims, rule)
+        if b <= MAX_IN_FLAGGED and (best is None or a > best[1] or (a == best[1] and b < best[2])):
+            best = (rule, a, b)
+        line = f"| {rule.combine} | {side(rule)} | {a}/{n_off} | {b}/{n_in} |"
+        if check:
+            c, m_off, d, m_in = flags(check, check_sims, rule)
+            line += f" {c}/{m_off} | {d}/{m_in} |"
+        print(line)
     if best is not None:
-        print(f"chosen on the calibration tasks: combine {best[0]}, quantile {best[1]} ({best[2]} off-domain flagged, "
-              f"{best[3]} in-domain flagged)")
+        print(f"chosen on the calibration tasks: combine {best[0].combine}, {side(best[0])} ({best[1]} off-domain "
+              f"flagged, {best[2]} in-domain flagged)")
     if args.write_settings and best is not None:
+        rule = best[0]
         Path(args.write_settings).write_text(json.dumps({
-            "quantile": best[1], "top": args.top, "combine": best[0],
+            "quantile": rule.quantile, "top": rule.top, "combine": rule.combine,
+            **({"margin": rule.margin} if rule.margin is not None else {}),
             "chosen_on": f"{', '.join(Path(p).name for p in args.calibration)}: the most off-domain flags with at "
                          f"most {MAX_IN_FLAGGED} in-domain flag"}, indent=1))
         print(f"-> {args.write_settings}")
     if args.write_summary:
-        write_summary(Path(args.write_summary), vectors, calibration, check, Path(args.write_settings or ""))
+        write_summary(Path(args.write_summary), table, references, calibration, check,
+                      Path(args.write_settings or ""))
     return 0
 
 
-def write_summary(path: Path, vectors: np.ndarray, calibration: list[dict], check: list[dict] | None,
-                  settings: Path | None = None) -> None:
+def candidate_rules(top: int, with_references: bool) -> list[CloseMatchRule]:
+    """Every rule tried: each combination with each quantile of the pool's own pairs, and (where the pool keeps
+    reference tasks) with each margin over the closest reference task."""
+    rules = []
+    for combine in COMBINE:
+        quantiles = QUANTILES if combine != "help" else QUANTILES[:1]
+        rules += [CloseMatchRule(quantile=q, top=top, combine=combine) for q in quantiles]
+        if with_references and combine != "help":
+            rules += [CloseMatchRule(top=top, combine=combine, margin=m) for m in MARGINS]
+    return rules
+
+
+def side(rule: CloseMatchRule) -> str:
+    if rule.margin is not None:
+        return f"lead over the closest reference task >= {rule.margin:+.2f}"
+    return f"pool quantile {rule.quantile:.2f} (similarity {rule.threshold_:.3f})"
+
+
+def write_summary(path: Path, table: pd.DataFrame, references: pd.DataFrame | None, calibration: list[dict],
+                  check: list[dict] | None, settings: Path | None = None) -> None:
     """eval_find's counts with the verdicts of the pool's rule (the runs may have used another quantile).
 
     Only the keys this tool owns are replaced; the rest of the summary (e.g. ``loss_on``) stays as it was."""
@@ -124,14 +163,14 @@ def write_summary(path: Path, vectors: np.ndarray, calibration: list[dict], chec
 
     from core.reuse.novelty import load_rule
 
-    rule = load_rule(settings if settings and settings.is_file() else None).fit(vectors)
+    rule = load_rule(settings if settings and settings.is_file() else None).fit(matrix(table))
     out = json.loads(path.read_text()) if path.is_file() else {}  # keep the keys other tools wrote (loss_on, lens)
     for key in ("held_out", "off", "ood"):
         out.pop(key, None)
     for key, rows in (("held_out", calibration), ("ood", check)):
         if not rows:
             continue
-        for row, sims in zip(rows, raw_similarities(rows, vectors)):
+        for row, sims in zip(rows, task_similarities(rows, table, references)):
             row["no_close_match"] = verdict_of(rule, sims, row) == "none"
         counts = summary(rows)
         if "in" in counts:
@@ -139,7 +178,8 @@ def write_summary(path: Path, vectors: np.ndarray, calibration: list[dict], chec
         if "off" in counts and (key == "ood" or "off" not in out):
             out["off"] = counts["off"]
     out["rule"] = {"quantile": rule.quantile, "top": rule.top, "combine": rule.combine,
-                   "threshold": round(rule.threshold_, 4)}
+                   "threshold": round(rule.threshold_, 4), "margin": rule.margin,
+                   "reference_tasks": 0 if references is None else len(references)}
     path.write_text(json.dumps(out, indent=1))
 
 

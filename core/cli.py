@@ -22,11 +22,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "map": ("core.map.projection", "project a vector file to 2-D and cluster it"),
     "find": ("core.reuse.task", "find the models that fit a task, from a few examples"),
     "merge": ("core.reuse.merge", "merge adapters for a task and evaluate the result"),
+    "references": ("core.reuse.reference_build", "train the everyday reference tasks that tell 'nothing fits' apart"),
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one more hint: a value that starts with '-' (a negative number) is read as an option."""
+
+    def error(self, message: str):
+        if "expected one argument" in message:
+            option = message.split(":")[0].replace("argument ", "").split("/")[-1].strip()
+            message += (f" (a value that starts with '-', such as a negative number, must be joined to its option: "
+                        f"write {option}=-3, not {option} -3)")
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m core", description="Delta Atlas: map, search and merge finetuned LLMs "
+    parser = Parser(prog="python -m core", description="Delta Atlas: map, search and merge finetuned LLMs "
                                      "by their Delta Activations.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
+from core.map.projection import one_point_note  # noqa: E402
 from pages.parts import charts  # noqa: E402
 from pages.parts import pools  # noqa: E402
 from pages.parts import ui  # noqa: E402
@@ -204,6 +205,9 @@ def many_models(pool: pools.Pool, data: pools.PoolData, selected: list[str], lab
 # ---- plain-words quality, exports, missing vectors -------------------------------------------------------------
 
 def quality_notes(data: pools.PoolData, embedding: np.ndarray, settings: dict) -> None:
+    if note := one_point_note(data.X):             # nothing to measure: say why the map is one dot
+        st.info(note)
+        return
     if len(data.X) < 4:
         return
     with st.expander("How faithful is this map?", expanded=False):

@@ -52,6 +52,7 @@ from core.progress import ProgressFn, report
 log = logging.getLogger(__name__)
 
 ADAPTER_BATCH = 8  # adapters per forward pass (x the number of probes = rows in the batch)
+SAME_AS_BASE = 1e-6   # a delta no larger than this (relative to the base's states) is no change at all
 
 __all__ = ["Failure", "EmbedResult", "embed_catalog", "embed_adapters", "vector_table", "default_cache_dir"]
 
@@ -391,6 +392,10 @@ def _finish(s: _Settings, job: _Job, states: torch.Tensor, base_mean: torch.Tens
     """v = mean over probes of h_model - h_base; checked, cached, recorded."""
     check_finite(states, f"Model {job.name}")
     vector = (states.mean(dim=0) - base_mean).numpy().astype(np.float32)             # [d]
+    if float(np.abs(vector).max(initial=0.0)) <= SAME_AS_BASE * max(1.0, float(base_mean.abs().max())):
+        raise ComputationError(f"Model {job.name} changes nothing at the probes (its activations equal its base's): "
+                               "it is the base itself or holds no trained weights; remove it from the catalog or "
+                               "give the finetuned weights.")
     s.cache.put(job.key, vector, {"name": job.name, "source": job.source.text, "kind": job.kind})
     out.vectors[job.name] = vector
     out.computed.append(job.name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json")
 HUB_PATTERNS = [*SAFE_WEIGHTS, "*.json", "tokenizer*", "*.model", "*.tiktoken", "merges.txt", "vocab.txt"]
 ADAPTER_CONFIG = "adapter_config.json"
+MAX_CONFIG_BYTES = 4 * 2**20     # config.json / adapter_config.json: kilobytes in practice
 
 
 def quiet_transformers() -> None:
@@ -52,7 +54,7 @@ def resolve_source(source: Source, allow_pickle: bool = False) -> Path:
         path = source.local
         if not path.exists():
             raise ModelSourceError(f"Model folder {path} does not exist: fix the path (relative paths are relative "
-                                   "to the catalog file's folder).")
+                                   "to the catalog file's folder)." + source.missing_hint())
         if not path.is_dir():
             raise ModelSourceError(f"Model source {path} is a file, not a folder: point to the folder that holds "
                                    "config.json or adapter_config.json.")
@@ -124,12 +126,23 @@ def check_kind(path: Path, declared: str) -> str:
 
 
 def read_json(path: Path) -> dict:
+    """A model's config file (config.json, adapter_config.json): a JSON object of bounded size, else a clear error."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        size = Path(path).stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ModelSourceError(f"{path} is {size:,} bytes; a model's config is a few kilobytes (the limit is "
+                                   f"{MAX_CONFIG_BYTES:,}): the model folder is damaged or not a model.")
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ModelSourceError(f"{path} is missing: the model folder is incomplete.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelSourceError(f"{path} is not valid JSON ({exc}): the model folder is damaged.") from None
+    except RecursionError:
+        raise ModelSourceError(f"{path} nests too deeply to read: the model folder is damaged.") from None
+    if not isinstance(data, dict):
+        raise ModelSourceError(f"{path} holds a JSON {type(data).__name__}, not an object of settings: the model folder "
+                               "is damaged; save the model again with save_pretrained.")
+    return data
 
 
 # ---------------------------------------------------------------------------------------------------------- loading
@@ -169,22 +182,104 @@ def _first_line(exc: BaseException) -> str:
 
 # ---------------------------------------------------------------------------------------------------------- fit checks
 def check_adapter_fits(adapter_dir: Path, base_dir: Path, base_model) -> None:
-    """Refuse an adapter that was made for another base: every module it touches must exist in ``base_model``
-    with the shapes its weights expect. (Reads safetensors headers only; no weight is loaded.)"""
+    """Refuse an adapter that was made for another base or changes nothing: the base it names must be this one
+    (where both have a model name), every module it touches must exist in ``base_model`` with the shapes its weights
+    expect, its weights must sit on the layers its config names, and it must change something (a scale of 0 or
+    all-zero weights would give a vector of float noise). Reads safetensors headers and the small LoRA tensors."""
     from safetensors import safe_open
 
     adapter_dir, base_dir = Path(adapter_dir), Path(base_dir)
-    made_for = read_json(adapter_dir / ADAPTER_CONFIG).get("base_model_name_or_path") or "an unnamed base"
+    config = read_json(adapter_dir / ADAPTER_CONFIG)
+    made_for = config.get("base_model_name_or_path") or "an unnamed base"
+
+    def refuse(problem: str) -> None:
+        raise IncompatibleModelError(f"Adapter {adapter_dir} does not fit base {base_dir}: {problem} "
+                                     f"(the adapter was made for {made_for}); embed it against its own base.")
+
+    if (other := declared_base_problem(config.get("base_model_name_or_path"), base_dir)) is not None:
+        refuse(other)
     modules = plain_modules(base_model)
     params = {name.replace(".base_layer.", "."): p for name, p in base_model.named_parameters()}
+    layers, tensors, lora_halves, other_change = _named_layers(config), 0, {}, False
     for file in weight_files(adapter_dir):
         with safe_open(file, "pt") as handle:
             for key in handle.keys():
+                tensors += 1
                 shape = tuple(handle.get_slice(key).get_shape())
-                problem = _adapter_tensor_problem(key, shape, modules, params)
-                if problem:
-                    raise IncompatibleModelError(f"Adapter {adapter_dir} does not fit base {base_dir}: {problem} "
-                                                 f"(the adapter was made for {made_for}); embed it against its own base.")
+                if problem := _adapter_tensor_problem(key, shape, modules, params):
+                    refuse(problem)
+                if layers is not None and (layer := _layer_of(key)) is not None and layer not in layers:
+                    refuse(f"{ADAPTER_CONFIG} names layers {sorted(layers)} but the weights change layer {layer} "
+                           f"({key}); fix layers_to_transform or the weights")
+                if half := re.search(r"^(.+)\.lora_(?:embedding_)?([AB])\b", key):   # LoRA: B @ A is the change
+                    if _nonzero(handle, key):
+                        lora_halves.setdefault(half.group(1), set()).add(half.group(2))
+                else:
+                    other_change = other_change or bool(handle.get_slice(key).get_shape())
+    nonzero = other_change or any(halves == {"A", "B"} for halves in lora_halves.values())
+    scale = config.get("lora_alpha")
+    if tensors == 0 or not nonzero or (str(config.get("peft_type", "")).upper() == "LORA" and scale == 0):
+        raise IncompatibleModelError(
+            f"Adapter {adapter_dir} changes nothing: " + ("it holds no tensors" if tensors == 0 else
+                                                          "its lora_alpha is 0" if nonzero else
+                                                          "its weights are all zero") +
+            ", so its Delta Activation would be float noise; train it (or give the right weights file) before "
+            "adding it.")
+
+
+def declared_base_problem(declared: str | None, base_dir: Path) -> str | None:
+    """Why an adapter whose config names ``declared`` as its base does not belong on ``base_dir``, or None.
+    Only model names are compared (the last part of a hub id, case-folded); where either side has none (a local
+    path, a base folder with no recorded name), shapes alone decide."""
+    mine = _model_name(declared) if declared and not _looks_like_path(declared) else None
+    names = base_names(base_dir)
+    if mine is None or not names or mine in names:
+        return None
+    return f"it names {declared} as its base, but this base is {sorted(names)[0]}"
+
+
+def base_names(base_dir: Path) -> set[str]:
+    """The model names a base folder is known by: a built-in base's cache folder, a hub snapshot's repository, the
+    hub id its config records."""
+    base_dir, names = Path(base_dir), set()
+    if re.fullmatch(r".+-[0-9a-f]{16}", base_dir.name):                     # core.zoo.bases: <name>-<digest>
+        names.add(_model_name(base_dir.name[:-17]))
+    repo = next((p for p in base_dir.parts if p.startswith("models--")), None)   # the hub cache's layout
+    if repo:
+        names.add(_model_name(repo.split("--")[-1]))
+    config = read_json(base_dir / "config.json") if (base_dir / "config.json").is_file() else {}
+    recorded = config.get("_name_or_path")
+    if isinstance(recorded, str) and recorded and not _looks_like_path(recorded):
+        names.add(_model_name(recorded))
+    return names
+
+
+def _model_name(text: str) -> str:
+    return str(text).strip().rstrip("/").split("/")[-1].removeprefix("builtin:").lower()
+
+
+def _looks_like_path(text: str) -> bool:
+    text = str(text).strip()
+    return text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1 or Path(text).exists()
+
+
+def _named_layers(config: dict) -> set[int] | None:
+    layers = config.get("layers_to_transform")
+    if isinstance(layers, int) and not isinstance(layers, bool):
+        return {layers}
+    if isinstance(layers, list) and layers and all(isinstance(x, int) and not isinstance(x, bool) for x in layers):
+        return set(layers)
+    return None
+
+
+def _layer_of(key: str) -> int | None:
+    match = re.search(r"\.layers\.(\d+)\.", key)
+    return int(match.group(1)) if match else None
+
+
+def _nonzero(handle, key: str) -> bool:
+    tensor = handle.get_tensor(key)
+    return bool(tensor.numel()) and bool(torch.any(tensor != 0))
 
 
 def plain_modules(model) -> dict:

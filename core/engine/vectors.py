@@ -95,7 +95,15 @@ def check_table(table: pd.DataFrame, path) -> None:
     if len(repeated):
         raise DeltaAtlasError(f"Vector file {path} names {repeated[0]!r} more than once ({len(repeated)} repeated "
                               "names): keep one row per model, or recompute it with `python -m core embed`.")
+    blank = [i for i, n in enumerate(table["name"]) if not str(n).strip() or str(n).lower() == "nan"]
+    if blank:
+        raise DeltaAtlasError(f"Vector file {path}: row {blank[0] + 1} has no model name ({len(blank)} such rows): "
+                              "name every row after its model in the catalog, or recompute it with "
+                              "`python -m core embed`.")
     widths = {len(v) for v in table["vector"]}
+    if widths == {0}:
+        raise DeltaAtlasError(f"Vector file {path} holds empty vectors (no numbers): recompute it with "
+                              "`python -m core embed`.")
     if len(widths) > 1:
         raise DeltaAtlasError(f"Vector file {path} mixes vectors of {len(widths)} widths ({sorted(widths)[:4]}): its "
                               "models come from different bases; keep one base per file.")

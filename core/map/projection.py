@@ -70,7 +70,7 @@ class Projector:
         self._X = self._prepare(X)
         if n > 1 and np.ptp(self._X, axis=0).max() < 1e-12:   # one direction only (t-SNE would even crash)
             self.method_ = "pca"
-            self.note_ = f"All {n} models point the same way: they sit on one point of the map."
+            self.note_ = one_point_note(X) or f"All {n} models sit on one point of the map."
         fit = {"umap": self._fit_umap, "pca": self._fit_pca, "tsne": self._fit_tsne}[self.method_]
         self.embedding_ = np.asarray(fit(self._X), dtype=np.float64)            # [n, n_components]
         return self
@@ -83,7 +83,7 @@ class Projector:
 
         if np.ptp(X, axis=0).max() < 1e-12:               # one model, or one direction: the origin
             self._pca = None
-            return np.zeros((1, self.n_components))
+            return np.zeros((len(X), self.n_components))
         k = min(self.n_components, X.shape[0], X.shape[1])
         self._pca = PCA(n_components=k, random_state=self.random_state).fit(X)
         return self._pad(self._pca.transform(X))
@@ -134,6 +134,19 @@ class Projector:
 
     def fit_transform(self, X: np.ndarray) -> np.ndarray:
         return self.fit(X).embedding_
+
+
+def one_point_note(X: np.ndarray) -> str:
+    """Why every model of ``X`` [n, d] sits on one point of the map, in plain words ("" when they do not)."""
+    X = np.asarray(X, dtype=np.float64)
+    if len(X) < 2:
+        return ""
+    if not np.abs(X).max(initial=0.0):
+        return (f"All {len(X)} models have a zero vector (they change nothing the probes can see): they sit on one "
+                "point of the map.")
+    if np.ptp(normalize_rows(X), axis=0).max() < 1e-12:
+        return f"All {len(X)} models point the same way: they sit on one point of the map."
+    return ""
 
 
 def warm_up(random_state: int = 0) -> float:

@@ -112,7 +112,7 @@ def build_report(catalog_path, vectors_path=None, *, baselines: bool = True, lab
     if label not in catalog.label_columns:
         raise DeltaAtlasError(f"Catalog {catalog.path} has no {label!r} column to judge the clustering by: "
                               f"choose one of {', '.join(catalog.label_columns) or '(no label columns)'}.")
-    table = read_vectors(vectors_path)
+    table = catalog.align(read_vectors(vectors_path), vectors_path)
     frame = catalog.labels_frame().fillna("")
     have = set(table["name"].astype(str))
     missing = [n for n in frame["name"] if n not in have]

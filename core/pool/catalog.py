@@ -68,6 +68,11 @@ class Source:
     hub_id: str | None = None
     revision: str | None = None
     builtin: str | None = None     # name of a built-in base
+    hub_problem: str | None = None  # a missing local path that reads like a hub id: why it is not one
+
+    def missing_hint(self) -> str:
+        """What to add to "folder not found" where the text may have been meant as a hub id."""
+        return f" If {self.text!r} was meant as a hub id, it is not one: {self.hub_problem}." if self.hub_problem else ""
 
     @property
     def is_local(self) -> bool:
@@ -98,9 +103,10 @@ def parse_source(text: str, root: Path | None = None) -> Source:
     looks_like_path = text.startswith((".", "/", "~")) or "\\" in text or _exists(candidate)
     if not looks_like_path and "@" in text:  # meant as hub id@revision
         check_hub_id(text)
-    if looks_like_path or hub_id_problem(text):
+    if looks_like_path or (problem := hub_id_problem(text)):
+        meant_as_hub = not looks_like_path and text.count("/") == 1
         try:
-            return Source(text=text, local=candidate.resolve())
+            return Source(text=text, local=candidate.resolve(), hub_problem=problem if meant_as_hub else None)
         except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long for the file system
             raise ModelSourceError(f"Model source {text!r} cannot be resolved as a folder ({exc}): fix the "
                                    "path.") from None
@@ -161,6 +167,21 @@ class Catalog:
         """One row per model: ``name`` and every label column (strings), in catalog order."""
         rows = [{"name": e.name, **e.labels} for e in self.entries]
         return pd.DataFrame(rows, columns=["name", *self.label_columns])
+
+    def align(self, table: pd.DataFrame, source) -> pd.DataFrame:
+        """A vector table read from ``source``, checked against this catalog before any ranking, report or map:
+        every model it holds must be one of the catalog's, and its labels become the catalog's (the catalog is
+        what people edit; a vector file may be older). Rows keep the table's order."""
+        known = set(self.names)
+        unknown = [str(n) for n in table["name"] if str(n) not in known]
+        if unknown:
+            listed = ", ".join(repr(n) for n in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            raise CatalogError(f"The vector file {source} holds {len(unknown)} model(s) that catalog {self.path} "
+                               f"does not list ({listed}): it was made for another catalog. Recompute it with "
+                               f"`python -m core embed --catalog {self.path}`, or add those models to the catalog.")
+        names = table[["name"]].astype(str)
+        return names.assign(vector=table["vector"].to_numpy()).merge(self.labels_frame(), on="name", how="left",
+                                                                      sort=False)
 
 
 def read_catalog(path: str | Path) -> Catalog:

@@ -55,6 +55,8 @@ DEFAULT_USER_DIR = Path(__file__).resolve().parents[2] / "data" / "user"
 MAX_ZIP_BYTES = 512 * 2**20          # the uploaded file itself; .streamlit/config.toml's server.maxUploadSize agrees
 MAX_UNPACKED_BYTES = 2 * 2**30       # every file of the archive together, counted while extracting
 MAX_FILES = 200
+MAX_DEPTH = 12                       # folders inside the archive (a model folder is one or two deep)
+MAX_NAME_BYTES = 255                 # one file or folder name, as most file systems allow
 ALLOWED_SUFFIXES = (".safetensors", ".json", ".txt", ".md", ".model", ".jinja", ".tiktoken")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".zst")
@@ -367,8 +369,14 @@ def extract_zip(data: bytes, out_dir: Path, room: int | None = None) -> Path:
     except (zipfile.BadZipFile, EOFError, ValueError):
         raise ModelSourceError("The upload is not a zip file (or it is damaged or cut short): zip the folder that "
                                "save_pretrained wrote, and upload it again.") from None
-    members = [(info, _member_path(info)) for info in archive.infolist() if not info.is_dir()]
-    members = [(info, path) for info, path in members if not _is_junk(path)]
+    every = [(info, _member_path(info)) for info in archive.infolist() if not info.is_dir()]
+    members = [(info, path) for info, path in every if not _is_junk(path)]
+    if every and not members:
+        hidden = sorted({path.parts[0] for _, path in every if path.parts[0].startswith(".")})
+        if hidden:
+            raise ModelSourceError(f"Every file of the zip sits in the folder {hidden[0]!r}, whose name starts with a "
+                                   "dot (a hidden folder, skipped like the files archivers add): rename the folder "
+                                   "without the dot and zip it again.")
     if len(members) > MAX_FILES:
         raise ModelSourceError(f"The zip holds {len(members)} files, over the limit of {MAX_FILES}: zip only the model folder.")
     for info, path in members:
@@ -377,6 +385,7 @@ def extract_zip(data: bytes, out_dir: Path, room: int | None = None) -> Path:
             raise ModelSourceError(f"The zip entry {info.filename!r} is encrypted: zip the folder again without a "
                                    "password.")
     files, paths = [m[0] for m in members], [m[1] for m in members]
+    _check_layout(paths)
     prefix = _common_folder(paths)
     if not any(p.suffix == ".safetensors" for p in paths):
         raise ModelSourceError("The zip holds no .safetensors file: save the model with safe_serialization=True "
@@ -406,7 +415,31 @@ def extract_zip(data: bytes, out_dir: Path, room: int | None = None) -> Path:
         except NotImplementedError:
             raise ModelSourceError(f"The zip entry {info.filename!r} uses a compression this server cannot read: "
                                    "zip the folder again with ordinary (deflate) compression.") from None
+        except OSError as exc:             # the disk is full, or the file system refuses the name
+            raise ModelSourceError(f"The zip entry {info.filename!r} cannot be written here ({exc.strerror or exc}): "
+                                   "free some disk space, or zip the folder again with shorter names.") from None
     return out_dir
+
+
+def _check_layout(paths: list[PurePosixPath]) -> None:
+    """Refuse what the disk cannot hold as the archive says: a name twice, a file and a folder of one name, names
+    too long for a file system, folders nested too deep."""
+    seen: set[PurePosixPath] = set()
+    folders = {parent for path in paths for parent in path.parents if parent != PurePosixPath(".")}
+    for path in paths:
+        if path in seen:
+            raise ModelSourceError(f"The zip holds {str(path)!r} twice: zip the folder again so that each file is in "
+                                   "it once.")
+        seen.add(path)
+        if path in folders:
+            raise ModelSourceError(f"The zip holds both a file and a folder named {str(path)!r}: rename one of them "
+                                   "and zip the folder again.")
+        if len(path.parts) > MAX_DEPTH:
+            raise ModelSourceError(f"The zip entry {str(path)[:80]!r}... is nested {len(path.parts) - 1} folders deep; "
+                                   f"the limit is {MAX_DEPTH}: zip the model folder itself, not a folder far above it.")
+        if long := next((part for part in path.parts if len(part.encode()) > MAX_NAME_BYTES), None):
+            raise ModelSourceError(f"The zip entry {long[:40]!r}... has a name of {len(long.encode())} bytes; the "
+                                   f"limit is {MAX_NAME_BYTES}: rename it and zip the folder again.")
 
 
 def _too_big(size: int | None, room: int | None) -> ModelSourceError:

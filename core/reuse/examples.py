@@ -1,4 +1,5 @@
-"""Task examples in: JSON Lines, JSON (a list), CSV and plain text, turned into :class:`core.reuse.train.Example` pairs.
+"""Task examples in: JSON Lines, JSON (a list), CSV and plain text, turned into :class:`Example` pairs (no torch
+needed: parsing an upload loads no model library).
 
 A person uploads a handful of examples of their task; everything is validated before any model is touched, and a
 file that fails says which line is at fault and what to change. Accepted field names (case-insensitive):
@@ -13,15 +14,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import ExamplesError
-from core.reuse.train import Example
 from core.textio import check_size, decode_text
 
 MIN_EXAMPLES = 2                 # a task needs at least two examples (10-50 is the useful range)
 MAX_EXAMPLES = 1000
 MAX_FILE_BYTES = 5 * 2**20       # 5 MiB
+SURROGATE = re.compile("[\ud800-\udfff]")   # lone surrogates: valid JSON escapes, not text a tokenizer can take
 MAX_EXAMPLE_CHARS = 20_000       # prompt + response of one example; training truncates to 256 tokens anyway
 TOO_BIG = f"upload fewer or shorter examples (at most {MAX_EXAMPLES})."
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "data" / "sample_tasks"
@@ -34,6 +37,27 @@ ACCEPTED = ("instruction/response, prompt/completion, input/output, question/ans
             "(Alpaca) or a single text field")
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
             ".txt": "text", ".text": "text", ".md": "text"}
+
+# The Alpaca template a model is finetuned and measured with (core.reuse.train, core.reuse.fit).
+PROMPT = ("Below is an instruction that describes a task. Write a response that appropriately completes the request."
+          "\n\n### Instruction:\n{instruction}\n\n### Response:\n")
+PROMPT_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
+                     "Write a response that appropriately completes the request."
+                     "\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One example of a task: what is asked (``instruction``, optional ``input``) and the answer (``response``)."""
+
+    instruction: str
+    response: str
+    input: str = ""
+
+    def prompt(self) -> str:
+        if self.input:
+            return PROMPT_WITH_INPUT.format(instruction=self.instruction, input=self.input)
+        return PROMPT.format(instruction=self.instruction)
 
 
 # -- bytes to text ----------------------------------------------------------------------------------------------
@@ -170,7 +194,12 @@ def _field(record: dict, names: tuple[str, ...], where: str) -> tuple[str | None
             value = lowered[name]
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
                 raise ExamplesError(f"{where}: field {name!r} holds {type(value).__name__}; it must be text.")
-            return name, str(value).strip()
+            text = str(value).strip()
+            if lone := SURROGATE.search(text):     # a JSON escape like \ud800 without its pair: not a character
+                raise ExamplesError(f"{where}: field {name!r} holds the escape \\u{ord(lone.group()):04x} at "
+                                    f"character {lone.start() + 1}, half of a character pair: fix or remove that "
+                                    "escape (save the file as UTF-8 text instead).")
+            return name, text
     return None, ""
 
 

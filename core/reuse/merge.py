@@ -280,6 +280,17 @@ def write_outputs(result: MergeReport, plan: MergePlan, work: Path, seed: int) -
     (work / REPORT_FILE).write_text(json.dumps(result.to_json(), indent=1))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader, except that a mapping naming one key twice is an error (the last value would win unseen)."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        twice = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
+        if twice is not None:
+            raise yaml.constructor.ConstructorError(None, None, f"the key {twice!r} is given twice", node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_recipe(recipe_path: str | Path) -> dict:
     path = Path(recipe_path)
     if not path.is_file():
@@ -292,10 +303,13 @@ def read_recipe(recipe_path: str | Path) -> dict:
         if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
             raise MergeError(f"Recipe {path} uses YAML aliases (*name), which a merge recipe never needs and which "
                              "can grow a few bytes into gigabytes: write every value out.")
-        recipe = yaml.safe_load(text)
+        recipe = yaml.load(text, Loader=_UniqueKeyLoader)       # a safe loader that refuses a key given twice
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise MergeError(f"Recipe {path} is not valid YAML ({str(exc).splitlines()[0]}): give the recipe.yaml an "
                          "earlier merge wrote, or fix the line it names.") from None
+    except RecursionError:
+        raise MergeError(f"Recipe {path} nests lists or mappings too deeply to read: a merge recipe is flat; give "
+                         "the recipe.yaml an earlier merge wrote.") from None
     needed = ("base", "method", "weights", "ingredients")
     missing = [k for k in needed if not isinstance(recipe, dict) or k not in recipe]
     if missing:

@@ -11,6 +11,13 @@ closest models) falls below it is flagged. The threshold moves with the pool's o
 does not carry over between pools as well as hoped (bench/README.md): a pool may ship its own (``novelty.json``
 beside its catalog, see ``load_rule``). Quantiles are chosen on calibration tasks cut from the datasets (in-domain)
 and from general text (off-domain), never on the hand-written evaluation tasks.
+
+A pool may also keep *reference tasks* beside its catalog (core.reuse.references: everyday tasks that fit none of
+its models, trained with the pool's own task recipe). Where it does and its ``novelty.json`` sets a ``margin``,
+the vectors' side reads: the task's closest models must stand at least ``margin`` above its closest reference task,
+compared as the search compares (through the lens where the search uses one). A few-shot task adapter shares much
+with any other few-shot task adapter, so the reference tasks are the fair background for a user's task; the pool's
+own pairs are not (bench/README.md, "Answers you can trust").
 """
 from __future__ import annotations
 
@@ -34,6 +41,7 @@ class CloseMatchRule:
     quantile: float = QUANTILE
     top: int = TOP
     combine: str = "both"     # with the measured loss: when a task is "nothing fits" (COMBINE)
+    margin: float | None = None   # with reference tasks: how far the closest models must lead the closest reference
 
     def fit(self, vectors: np.ndarray) -> "CloseMatchRule":
         """Learn the pool's background similarity from its vectors [n, d]."""
@@ -45,6 +53,8 @@ class CloseMatchRule:
         if not 0.0 < self.quantile < 1.0 or self.top < 1:
             raise DeltaAtlasError(f"CloseMatchRule(quantile={self.quantile}, top={self.top}): the quantile must lie "
                                   "strictly between 0 and 1 and top must be at least 1.")
+        if self.margin is not None and not np.isfinite(self.margin):
+            raise DeltaAtlasError(f"CloseMatchRule(margin={self.margin}): give a finite number (or none).")
         sims = cosine_similarities(vectors, vectors)                   # [n, n]
         pairs = sims[np.triu_indices(len(vectors), k=1)]               # [n (n - 1) / 2]
         self.threshold_ = float(np.quantile(pairs, self.quantile))
@@ -56,14 +66,34 @@ class CloseMatchRule:
         sims = np.sort(np.asarray(similarities, dtype=np.float64))[::-1]
         return float(sims[: min(self.top, len(sims))].mean()) if len(sims) else float("nan")
 
-    def is_close(self, similarities: np.ndarray) -> bool:
+    def uses_references(self, references: np.ndarray | None) -> bool:
+        return self.margin is not None and references is not None and len(references) > 0
+
+    def lead(self, similarities: np.ndarray, references: np.ndarray) -> float:
+        """How far the task's closest models stand above its closest reference task."""
+        return self.strength(similarities) - float(np.max(references))
+
+    def is_close(self, similarities: np.ndarray, references: np.ndarray | None = None) -> bool:
+        """Close by the vectors: against the reference tasks' similarities [r] where the rule uses them, else against
+        the pool's own background (``fit``)."""
+        if self.uses_references(references):
+            return bool(self.lead(similarities, references) >= self.margin)
         if not hasattr(self, "threshold_"):
             raise DeltaAtlasError("CloseMatchRule is not fitted: call fit(pool_vectors) first.")
         return bool(self.strength(similarities) >= self.threshold_)
 
-    def explain(self, similarities: np.ndarray) -> str:
+    def explain(self, similarities: np.ndarray, references: np.ndarray | None = None,
+                reference_names: list[str] | None = None) -> str:
         """One sentence on the vectors' side of the verdict, with its numbers."""
         strength = self.strength(similarities)
+        if self.uses_references(references):
+            best = int(np.argmax(references))
+            name = f"'{reference_names[best]}'" if reference_names else "one"
+            lead = self.lead(similarities, references)
+            side = "Close" if lead >= self.margin else "Not close"
+            return (f"{side} by the vectors: the task's {self.top} closest models have similarity {strength:.2f}, "
+                    f"{abs(lead):.2f} {'above' if lead >= 0 else 'below'} its closest everyday reference task "
+                    f"({name}, {float(references[best]):.2f}); a match needs a lead of at least {self.margin:+.2f}.")
         if self.is_close(similarities):
             return (f"Close by the vectors: the task's {self.top} closest models have similarity {strength:.2f}, above "
                     f"the {self.threshold_:.2f} that {100 * self.quantile:.0f}% of this pool's model pairs stay under.")
@@ -73,14 +103,16 @@ class CloseMatchRule:
 
 
 def load_rule(path: Path | None) -> CloseMatchRule:
-    """The rule with the settings chosen for a pool (``novelty.json`` beside its catalog: quantile, top), else the
-    defaults. bench/calibrate_novelty.py --write-settings writes that file from the pool's calibration tasks."""
+    """The rule with the settings chosen for a pool (``novelty.json`` beside its catalog: quantile, top, combine,
+    margin), else the defaults. bench/calibrate_novelty.py --write-settings writes that file from the pool's calibration tasks."""
     if path is None or not Path(path).is_file():
         return CloseMatchRule()
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
+        margin = data.get("margin")
         return CloseMatchRule(quantile=float(data.get("quantile", QUANTILE)), top=int(data.get("top", TOP)),
-                              combine=str(data.get("combine", "both")))
+                              combine=str(data.get("combine", "both")),
+                              margin=None if margin is None else float(margin))
     except (ValueError, TypeError, AttributeError) as exc:
         raise DeltaAtlasError(f"{path} cannot be read ({exc}): fix it or delete it to use the default settings.") from None
 
@@ -110,15 +142,22 @@ def verdict(close: bool, gains: pd.DataFrame | None, combine: str = "both") -> s
     return "strong" if close and helps else "weak"
 
 
-def verdict_words(kind: str, close: bool, group: str | None, gains: pd.DataFrame | None) -> str:
-    """The verdict in plain words, for the page and the command line."""
+def verdict_words(kind: str, close: bool, group: str | None, gains: pd.DataFrame | None,
+                  reference: str = "") -> str:
+    """The verdict in plain words, for the page and the command line; ``reference``: the everyday reference task
+    the examples sit closest to, where the pool keeps them."""
     measured = gains[gains["gain"].notna()] if gains is not None else gains
     n = 0 if measured is None else len(measured)
     helping = 0 if measured is None else int(measured["helps"].sum())
     best = float(measured["gain"].max()) if n else 0.0
     where = f"the {group} models" if group else "some of the models"
-    sits = f"your task sits {'with' if close else 'closest to'} {where}" if close else \
-        "no model changed the base much the way your examples do"
+    if close:
+        sits = f"your task sits with {where}"
+    elif reference:
+        sits = (f"your examples look more like everyday tasks (such as '{reference.replace('-', ' ')}') than like "
+                "any model here")
+    else:
+        sits = "no model changed the base much the way your examples do"
     if not n:
         helped = ""
     elif helping:

@@ -24,6 +24,7 @@ from core.errors import DeltaAtlasError
 from core.pool.catalog import Catalog, Source, read_catalog
 from core.progress import Progress, ProgressFn, TextBar, report
 from core.reuse.examples import check_count, load_examples
+from core.reuse.references import load_references
 from core.reuse.train import Example, Recipe, finetune, load_recipe
 from core.zoo import DEMO_CATALOG
 
@@ -63,6 +64,7 @@ class TaskResult:
     gains: pd.DataFrame | None = None   # the closest models' loss on the examples against the base (reuse.fit)
     combine: str = "both"               # when the two sides make "none" (the pool's novelty.json)
     verdict: str = ""                   # "strong", "weak" or "none" (core.reuse.novelty.verdict)
+    nearest_reference: str = ""         # the closest everyday reference task, where the pool keeps them
     headline: str = ""                  # the verdict in plain words
 
     def to_json(self) -> dict:
@@ -70,7 +72,7 @@ class TaskResult:
         return {"matches": _records(self.matches), "groups": _records(self.group_matches),
                 "verdict": self.verdict, "headline": self.headline, "no_close_match": self.no_close_match,
                 "close": self.close, "match_strength": round(self.match_strength, 4),
-                "match_note": self.match_note, "compare": self.compare,
+                "match_note": self.match_note, "compare": self.compare, "nearest_reference": self.nearest_reference,
                 "seconds": round(self.seconds, 3), "steps": len(self.losses),
                 "final_loss": float(np.mean(self.losses[-10:])) if self.losses else None,
                 "adapter_dir": str(self.adapter_dir) if self.adapter_dir else None,
@@ -137,7 +139,7 @@ def stored_vectors(catalog: Catalog) -> tuple[pd.DataFrame | None, dict]:
     path = vectors_file(catalog.path) if catalog.path else None
     if path is None:
         return None, {}
-    return read_vectors(path), (read_metadata(path) if path.suffix == ".parquet" else {})
+    return catalog.align(read_vectors(path), path), (read_metadata(path) if path.suffix == ".parquet" else {})
 
 
 def pool_vectors(catalog: Catalog, progress: ProgressFn | None = None) -> tuple[pd.DataFrame, dict]:
@@ -250,20 +252,30 @@ def check_compare(compare: str) -> str:
     return compare
 
 
-def similarities(vector: np.ndarray, table: pd.DataFrame, compare: str = "delta") -> np.ndarray:
-    """Similarity [n] of ``vector`` [d] to each model of ``table``, by the named comparison (COMPARISONS)."""
+def comparison_space(table: pd.DataFrame, compare: str = "delta"):
+    """The map from vectors [m, d] to what the comparison ``compare`` compares [m, k]: the vectors themselves for the
+    paper's cosine, else a lens fitted on the pool ``table``."""
+    check_compare(compare)
+    if compare == "delta":
+        return lambda rows: np.asarray(rows, dtype=np.float64)
+    from core.map.lens import DomainLens
+
+    vectors = matrix(table).astype(np.float64)
+    return DomainLens().fit(vectors, lens_classes(table, vectors, compare)).transform
+
+
+def similarities(vector: np.ndarray, table: pd.DataFrame, compare: str = "delta",
+                 others: np.ndarray | None = None) -> np.ndarray:
+    """Similarity [n] of ``vector`` [d] to each model of ``table``, by the named comparison (COMPARISONS); with
+    ``others`` [m, d], to those rows instead [m], seen as the comparison fitted on ``table`` sees them."""
     check_compare(compare)
     vectors = matrix(table).astype(np.float64)
     if vectors.shape[1] != len(vector):
         raise DeltaAtlasError(f"The task vector has {len(vector)} dimensions but the pool's have {vectors.shape[1]}: "
                               "the vector file was made with another base; recompute it with `python -m core embed`.")
-    vector = np.asarray(vector, dtype=np.float64)
-    if compare == "delta":
-        return cosine_to(vector, vectors)
-    from core.map.lens import DomainLens
-
-    lens = DomainLens().fit(vectors, lens_classes(table, vectors, compare))
-    return cosine_to(lens.transform(vector)[0], lens.transform(vectors))
+    space = comparison_space(table, compare)
+    targets = vectors if others is None else np.asarray(others, dtype=np.float64)
+    return cosine_to(space(np.asarray(vector, dtype=np.float64)[None, :])[0], space(targets))
 
 
 def lens_classes(table: pd.DataFrame, vectors: np.ndarray, compare: str) -> list[str]:
@@ -373,8 +385,9 @@ def match_task(vector: np.ndarray, vectors: pd.DataFrame, *, compare: str | None
                         group_matches=rank_groups(matches), compare=compare, gains=gains, **fields)
     # the "no close match" rule is calibrated on raw similarities, whichever comparison ranked the models
     raw = matches["similarity"].to_numpy() if compare == "delta" else similarities(vector, vectors)
-    judge_closeness(result, vectors, raw, catalog_path)
-    if compare != "delta" and result.match_note:
+    references = load_references(catalog_path, width=len(vector))
+    judge_closeness(result, vectors, raw, catalog_path, references=references)
+    if compare != "delta" and result.match_note and not result.nearest_reference:
         result.match_note += " (This judgement reads the paper's similarities, not the lens's shown in the table.)"
     conclude(result)
     return result
@@ -389,23 +402,32 @@ def conclude(result: TaskResult) -> None:
     groups = result.group_matches
     domains = groups[groups["group_by"] == "domain"] if len(groups) else groups
     group = str(domains["group"].iloc[0]) if len(domains) else None
-    result.headline = verdict_words(result.verdict, result.close, group, result.gains)
+    result.headline = verdict_words(result.verdict, result.close, group, result.gains, result.nearest_reference)
 
 
-def judge_closeness(result: TaskResult, vectors: pd.DataFrame, similarities: np.ndarray,
-                    catalog_path: Path | None = None) -> None:
-    """Fill in the "no close match" verdict, from a rule fitted on the pool's own vectors (core.reuse.novelty), with the
-    settings chosen for this pool when a ``novelty.json`` lies beside its catalog. A pool of fewer than 3 models
-    has no background to calibrate on: no verdict then."""
+def judge_closeness(result: TaskResult, vectors: pd.DataFrame, raw: np.ndarray, catalog_path: Path | None = None,
+                    references: pd.DataFrame | None = None) -> None:
+    """Fill in the vectors' side of the verdict (``result.close``), from the rule chosen for this pool (its
+    ``novelty.json``; core.reuse.novelty). With the pool's reference tasks (core.reuse.references) and a margin, the
+    task is compared with them as the search compared it with the models; otherwise its ``raw`` similarities [n]
+    are held against the pool's own pairs. A pool of fewer than 3 models has no background: no judgement then."""
     from core.reuse.novelty import load_rule
 
     if len(vectors) < 3:
         result.match_note = "Too few models in this pool to judge how close the best match is."
         return
     rule = load_rule(Path(catalog_path).parent / "novelty.json" if catalog_path else None).fit(matrix(vectors))
-    result.close, result.combine = rule.is_close(similarities), rule.combine
-    result.match_strength = rule.strength(similarities)
-    result.match_note = rule.explain(similarities)
+    result.combine = rule.combine
+    if rule.margin is not None and references is not None:
+        sims = result.matches["similarity"].to_numpy()                           # [n] as the search compared
+        ref_sims = similarities(result.vector, vectors, result.compare, others=matrix(references))   # [r]
+        names = [str(n) for n in references["name"]]
+        result.nearest_reference = names[int(np.argmax(ref_sims))]
+    else:
+        sims, ref_sims, names = raw, None, None
+    result.close = rule.is_close(sims, ref_sims)
+    result.match_strength = rule.strength(sims)
+    result.match_note = rule.explain(sims, ref_sims, names)
 
 
 def prepare_out_dir(out_dir: str | Path | None, overwrite: bool = False, what: str = "the output",

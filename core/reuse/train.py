@@ -20,28 +20,12 @@ import torch
 
 from core.engine.device import fast_bfloat16
 from core.errors import DeltaAtlasError
+from core.reuse.examples import PROMPT, PROMPT_WITH_INPUT, Example  # noqa: F401  (Example: re-exported)
 
 log = logging.getLogger(__name__)
 
-PROMPT = ("Below is an instruction that describes a task. Write a response that appropriately completes the request."
-          "\n\n### Instruction:\n{instruction}\n\n### Response:\n")
-PROMPT_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
-                     "Write a response that appropriately completes the request."
-                     "\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
 PROMPT_TAIL_TOKENS = 12  # tokens of the prompt's end kept when a long prompt is cut
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj")  # the paper's: no o_proj
-
-
-@dataclass(frozen=True)
-class Example:
-    instruction: str
-    response: str
-    input: str = ""
-
-    def prompt(self) -> str:
-        if self.input:
-            return PROMPT_WITH_INPUT.format(instruction=self.instruction, input=self.input)
-        return PROMPT.format(instruction=self.instruction)
 
 
 @dataclass(frozen=True)

@@ -151,7 +151,7 @@ def _load_pool_data(catalog: str, vectors: str, base: str | None, key: str) -> P
     if not Path(vectors).is_file():
         return PoolData(pd.DataFrame(columns=["name", "origin"]), np.zeros((0, 0), np.float32), base, bases,
                         tuple(names), key, "")
-    table = read_vectors(vectors)
+    table = cat.align(read_vectors(vectors), Path(vectors).name)
     table = table[table["name"].isin(names)].assign(origin="pool")
     users = user_pool()
     if Path(catalog).resolve() != users.catalog_path.resolve():

@@ -438,3 +438,39 @@ def test_hostile_labels_are_shown_as_text_on_the_map(hostile_env):
     markdown = " ".join(e.value for kind in ("markdown", "caption", "success", "info", "warning")
                         for e in at.get(kind))
     assert "[link](https" not in markdown and "**loud**" not in markdown
+
+
+@pytest.mark.parametrize("kind", ["identical", "zero", "width-1"])
+def test_a_degenerate_pool_draws_a_map_with_a_plain_note(app_env, tmp_path, monkeypatch, kind):
+    """Vectors that all point one way (or nowhere) sit on one point: a note, never a traceback."""
+    import numpy as np
+
+    from core.engine.vectors import make_table, write_vectors
+    from core.pool.catalog import read_catalog, write_catalog
+
+    entries = list(read_catalog(app_env["catalog"]))
+    rows = [{"name": e.name, "source": str(e.source), "kind": e.kind, "base": str(e.base), "domain": "ab"[i % 2]}
+            for i, e in enumerate(entries)]
+    catalog = write_catalog(rows, tmp_path / kind / "catalog.csv")
+    X = {"identical": np.ones((len(rows), 8)), "zero": np.zeros((len(rows), 8)),
+         "width-1": np.arange(1.0, len(rows) + 1)[:, None]}[kind]
+    write_vectors(make_table([r["name"] for r in rows], X), catalog.with_name("vectors.parquet"))
+    monkeypatch.setenv("DELTA_ATLAS_CATALOG", str(catalog))
+    at = app("pages/map.py").run()
+    assert problems(at) == [] and len(at.exception) == 0
+    shown = " ".join(e.value for kind_ in ("markdown", "caption", "info", "warning") for e in at.get(kind_))
+    assert "sit on one point of the map" in shown
+
+
+def test_a_vector_file_of_another_catalog_is_a_message(app_env, tmp_path, monkeypatch):
+    from core.engine.vectors import read_vectors, write_vectors
+    from core.pool.catalog import read_catalog, write_catalog
+
+    entries = list(read_catalog(app_env["catalog"]))
+    rows = [{"name": e.name, "source": str(e.source), "kind": e.kind, "base": str(e.base)} for e in entries[:-1]]
+    catalog = write_catalog(rows, tmp_path / "short" / "catalog.csv")        # one model fewer than the vectors
+    write_vectors(read_vectors(app_env["catalog"].with_name("vectors.parquet")), catalog.with_name("vectors.parquet"))
+    monkeypatch.setenv("DELTA_ATLAS_CATALOG", str(catalog))
+    at = app("pages/map.py").run()
+    assert len(at.exception) == 0
+    assert any(f"'{entries[-1].name}'" in e.value and "made for another catalog" in e.value for e in at.error)

@@ -5,6 +5,8 @@ import json
 
 import numpy as np
 
+from core.engine.vectors import make_table
+
 from tests.bench.conftest import load_bench
 
 
@@ -21,10 +23,11 @@ def test_write_summary_keeps_keys_it_does_not_own(tmp_path):
     summary_file.write_text(json.dumps({"loss_on": {"top1": "9/10"}, "ood": {"top1": "stale"}}))
     calibration = [row("legal", vectors[:3].mean(0), True), row("off", -vectors.sum(0), False)]
     check = [row("math", vectors[3:6].mean(0), False, gain=0.2), row("math", vectors[5:8].mean(0), True)]
-    calibrate.write_summary(summary_file, vectors, calibration, check)
+    table = make_table([f"m{i}" for i in range(8)], vectors)
+    calibrate.write_summary(summary_file, table, None, calibration, check)
     out = json.loads(summary_file.read_text())
     assert out["loss_on"] == {"top1": "9/10"}
     assert out["ood"]["top1"] == "1/2" and out["ood"]["in_flagged"] == "0/2"
     assert out["held_out"]["top1"] == "1/1"
     assert out["off"] == {"tasks": 1, "flagged": "1/1"}
-    assert set(out["rule"]) == {"quantile", "top", "combine", "threshold"}
+    assert set(out["rule"]) == {"quantile", "top", "combine", "threshold", "margin", "reference_tasks"}

@@ -29,7 +29,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from core.engine.probes import MAX_PROBES, load_probes
-from core.engine.vectors import make_table, read_vectors, write_vectors
+import numpy as np
+import pandas as pd
+
+from core.engine.loading import resolve_source
+from core.engine.vectors import META_KEY, make_table, read_metadata, read_vectors, write_vectors
 from core.errors import DeltaAtlasError
 from core.pool import userpool
 from core.pool.catalog import Source, hub_id_problem, parse_source, read_catalog, write_catalog
@@ -38,6 +42,9 @@ from core.reuse import examples
 from core.reuse.examples import MAX_EXAMPLES, load_examples, parse_examples
 from core.reuse.merge import replay_recipe
 from core.reuse.merge_plan import plan_merge
+from core.reuse.novelty import load_rule
+from core.reuse.references import reference_tasks
+from core.reuse.task import pool_recipe, task_steps
 from core.textio import FORMULA_START, NUMBER
 from tests.core.test_userpool import GOOD, fake_embed, model_folder, zip_bytes
 
@@ -82,6 +89,11 @@ class World:
 
 @pytest.fixture
 def world(tmp_path) -> World:
+    return make_world(tmp_path)
+
+
+def make_world(tmp_path: Path) -> World:
+    """The world of one row (bench/hostile_replay.py builds it too, outside pytest)."""
     user, allowed, outside = tmp_path / "user", tmp_path / "allowed", tmp_path / "outside"
     (allowed / "base").mkdir(parents=True)
     model_folder(allowed / "legal-lora")
@@ -221,6 +233,18 @@ def patched(data: bytes, member: str, offset: int, value: int, size: int = 4) ->
     raise AssertionError(f"no member {member}")
 
 
+def stored_zip_pairs(files: list[tuple[str, str]]) -> bytes:
+    """A zip that may hold one name twice (archivers warn, but write it)."""
+    import warnings
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), zipfile.ZipFile(buffer, "w") as archive:
+        warnings.simplefilter("ignore", UserWarning)
+        for name, content in files:
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
 def stored_zip(files: dict) -> bytes:
     """A zip whose members are stored uncompressed (so a byte of their content can be flipped)."""
     buffer = io.BytesIO()
@@ -245,6 +269,62 @@ def flipped() -> bytes:
 
 CENTRAL_FLAGS, CENTRAL_METHOD, CENTRAL_SIZE = 8, 10, 24   # offsets in a central-directory record
 OUT = "outside"   # the folder next to the user folder that zip-slip entries aim at (see World)
+
+
+def aligned(table_of: Callable[[], object], catalog_text: str = HEADER + "a,./a,lora,./base\nb,./b,lora,./base\n") -> Make:
+    """A vector file checked against the catalog beside it, as find, report and the map do before any ranking."""
+    def make(w: World):
+        path = w.write("pool/catalog.csv", catalog_text)
+        vectors = write_vectors(table_of(), w.inputs / "pool" / "vectors.parquet")
+        return lambda: read_catalog(path).align(read_vectors(vectors), vectors)
+    return make
+
+
+def vector_bytes(name: str, data: Callable[[Path], None]) -> Make:
+    """A vector file written by ``data`` (raw bytes, other columns, broken settings), then read with its settings."""
+    def make(w: World):
+        path = w.inputs / name
+        data(path)
+        return lambda: (read_vectors(path), read_metadata(path))
+    return make
+
+
+def parquet_with(columns: dict, meta: bytes | None = None) -> Callable[[Path], None]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def write(path: Path) -> None:
+        table = pa.table(columns)
+        pq.write_table(table.replace_schema_metadata({META_KEY: meta}) if meta is not None else table, path)
+    return write
+
+
+def source(text: str) -> Make:
+    """A catalog's model source, resolved as the engine does before it embeds."""
+    return lambda w: (lambda: resolve_source(parse_source(text, w.inputs)))
+
+
+def settings_file(name: str, text: str, read: Callable[[Path], object]) -> Make:
+    """One of a pool's settings files beside its catalog (search.json, novelty.json, recipe.json)."""
+    def make(w: World):
+        w.write(f"pool/{name}", text)
+        return lambda: read(w.inputs / "pool" / "catalog.csv")
+    return make
+
+
+def reference_folder(files: dict) -> Make:
+    def make(w: World):
+        folder = w.inputs / "references"
+        folder.mkdir()
+        for name, text in files.items():
+            (folder / name).write_text(text)
+        return lambda: reference_tasks(folder)
+    return make
+
+
+def surrogate(field: str = "instruction", code: str = "\\ud800") -> str:
+    other = "response" if field == "instruction" else "instruction"
+    return f'{{"{field}": "a{code}b", "{other}": "c"}}\n{{"instruction": "x", "response": "y"}}\n'
 
 
 def bad(id_: str, make: Make, value: str, fix: str):
@@ -532,8 +612,86 @@ BAD = [
         "line 1: column 'vector' is a name the app uses", "rename that label column"),
     bad("catalog-reserved-label-x", catalog(HEADER.strip() + ",X\na,./a,lora,./b,1\n"),
         "line 1: column 'X' is a name the app uses", "rename that label column, e.g. to 'X_label'"),
+    # -- round two, continued: a vector file against its catalog, surrogates, zip layouts, sources, settings --------
+    bad("vectors-unknown-model", aligned(lambda: make_table(["a", "c"], [[1.0, 0.0], [0.0, 1.0]])),
+        "holds 1 model(s) that catalog", r"\('c'\).*Recompute it with `python -m core embed --catalog"),
+    bad("vectors-of-another-catalog", aligned(lambda: make_table([f"x{i}" for i in range(7)], [[1.0, 0.0]] * 7)),
+        "holds 7 model(s) that catalog", r"'x4' \.\.\.\).*made for another catalog"),
+    bad("vectors-ragged-widths", vectors_file(lambda: pd.DataFrame({"name": ["a", "b"],
+                                                                    "vector": [np.ones(2), np.ones(1)]})),
+        "mixes vectors of 2 widths", "keep one base per file"),
+    bad("vectors-empty-vectors", vectors_file(lambda: make_table(["a", "b"], [[], []])),
+        "holds empty vectors", "recompute it"),
+    bad("vectors-blank-name", vectors_file(lambda: make_table(["a", " "], [[1.0, 0.0], [0.0, 1.0]])),
+        "row 2 has no model name", "name every row after its model"),
+    bad("vectors-not-parquet", vector_bytes("v.parquet", lambda p: p.write_text("name,vector\na,[1]\n")),
+        "v.parquet cannot be read", "recompute it with `python -m core embed`"),
+    bad("vectors-no-name-column", vector_bytes("v.parquet", parquet_with({"model": ["a"], "vector": [[1.0]]})),
+        "v.parquet lacks a 'name' or 'vector' column", "recompute it"),
+    bad("vectors-settings-not-json", vector_bytes("v.parquet", parquet_with({"name": ["a"], "vector": [[1.0]]},
+                                                                             b"{not json")),
+        "The settings stored in vector file", "cannot be read .*recompute it"),
+    bad("vectors-settings-a-list", vector_bytes("v.parquet", parquet_with({"name": ["a"], "vector": [[1.0]]},
+                                                                           b"[1, 2]")),
+        "The settings stored in vector file", "are not a JSON object"),
+    bad("vectors-csv-cell-not-a-list", vector_bytes("v.csv", lambda p: p.write_text('name,vector\na,"[1, 2"\n')),
+        "v.csv cannot be read", "recompute it"),
+    bad("examples-lone-surrogate-jsonl", task(surrogate(), "t.jsonl"),
+        "t.jsonl, line 1: field 'instruction' holds the escape \\ud800", "half of a character pair: fix or remove"),
+    bad("examples-lone-low-surrogate-response", task(surrogate("response", "\\udc41"), "t.jsonl"),
+        "field 'response' holds the escape \\udc41 at character 2", "fix or remove that escape"),
+    bad("examples-lone-surrogate-json-list", task("[" + surrogate().strip().replace("\n", ",") + "]", "t.json"),
+        "t.json, line 1: field 'instruction' holds the escape", "fix or remove"),
+    bad("zip-file-and-folder-one-name", upload(a_zip({"notes.txt": "a", "notes.txt/inner.txt": "b"})),
+        "both a file and a folder named 'notes.txt'", "rename one of them"),
+    bad("zip-same-file-twice", upload(lambda: stored_zip_pairs([("adapter_config.json", "{}"),
+                                                                ("adapter_model.safetensors", "x"),
+                                                                ("adapter_config.json", "{}")])),
+        "holds 'adapter_config.json' twice", "so that each file is in it once"),
+    bad("zip-name-too-long", upload(a_zip({"a" * 300 + ".txt": "x"})), "has a name of 304 bytes",
+        "the limit is 255: rename it"),
+    bad("zip-nested-too-deep", upload(a_zip({"/".join(["d"] * 30) + "/x.txt": "y"})), "is nested 30 folders deep",
+        "the limit is 12: zip the model folder itself"),
+    bad("zip-hidden-top-folder", upload(lambda: stored_zip({".model/adapter_config.json": "{}",
+                                                           ".model/adapter_model.safetensors": "x"})),
+        "sits in the folder '.model', whose name starts with a dot", "rename the folder without the dot"),
+    bad("catalog-hub-id-with-space", source("org/my model"), "does not exist",
+        "If 'org/my model' was meant as a hub id, it is not one: only letters"),
+    bad("hub-id-with-space", hub("org/my model"), "'org/my model' is not a hub id", "only letters, digits"),
+    bad("hub-id-two-slashes", hub("org/team/model"), "'org/team/model' is not a hub id", "exactly one '/'"),
+    bad("hub-id-empty-revision", hub("org/model@"), "'org/model@' is not a hub id", "nothing follows '@'"),
+    bad("catalog-reserved-label-similarity", catalog(HEADER.strip() + ",similarity\na,./a,lora,./b,0.9\n"),
+        "column 'similarity' is a name the app uses", "rename that label column"),
+    bad("catalog-reserved-label-cluster", catalog(HEADER.strip() + ",cluster\na,./a,lora,./b,3\n"),
+        "column 'cluster' is a name the app uses", "rename that label column"),
+    bad("catalog-reserved-label-origin", catalog(HEADER.strip() + ",origin\na,./a,lora,./b,hub\n"),
+        "column 'origin' is a name the app uses", "rename that label column"),
+    bad("catalog-reserved-label-y", catalog(HEADER.strip() + ",y\na,./a,lora,./b,1\n"),
+        "column 'y' is a name the app uses", "rename that label column"),
+    bad("recipe-yaml-merge-key", recipe("base: &b {x: 1}\nmethod: ties\nother:\n  <<: *b\n"),
+        "recipe.yaml uses YAML aliases", "write every value out"),
+    bad("recipe-yaml-deep-nesting", recipe("a: " + "[" * 5000 + "]" * 5000 + "\n"),
+        "recipe.yaml nests lists or mappings too deeply", "a merge recipe is flat"),
+    bad("recipe-key-twice", recipe("base: a\nbase: b\nmethod: ties\nweights: auto\ningredients: []\n"),
+        "recipe.yaml is not valid YAML (the key 'base' is given twice)", "fix the line it names"),
+    bad("search-settings-negative-steps", settings_file("search.json", '{"steps": -3}', task_steps),
+        "search.json cannot be read (steps must be a positive whole number, got -3)", "fix or delete it"),
+    bad("search-settings-not-json", settings_file("search.json", "steps = 3", task_steps),
+        "search.json cannot be read", "fix or delete it"),
+    bad("novelty-settings-margin-text", settings_file("novelty.json", '{"margin": "wide"}',
+                                                      lambda c: load_rule(c.parent / "novelty.json")),
+        "novelty.json cannot be read", "fix it or delete it to use the default settings"),
+    bad("novelty-settings-margin-nan", settings_file("novelty.json", '{"margin": NaN}',
+                                                     lambda c: load_rule(c.parent / "novelty.json").fit(np.eye(4))),
+        "CloseMatchRule(margin=nan)", "give a finite number"),
+    bad("pool-recipe-not-json", settings_file("recipe.json", "{rank: 8", pool_recipe),
+        "recipe.json cannot be read", "fix or delete it"),
+    bad("reference-tasks-too-few", reference_folder({"a.jsonl": surrogate().replace("\\ud800", ""),
+                                                     "b.jsonl": surrogate().replace("\\ud800", "")}),
+        "holds 2 reference tasks", "give at least 3 .jsonl files of tasks that fit none"),
+    bad("reference-task-bad-file", reference_folder({"a.jsonl": "x", "b.jsonl": "y", "c.jsonl": "z"}),
+        "a.jsonl, line 1", ""),
 ]
-
 
 def test_the_table_is_big_and_distinct():
     ids = [p.id for p in BAD]
@@ -771,3 +929,110 @@ def test_a_full_folder_takes_nothing_until_a_model_is_removed(world):
     full.remove("zipped")                                # frees the unpacked upload
     full.add_hub("org/three", base="org/base")
     assert [r["name"] for r in full.rows()] == ["legal-lora", "three"]
+
+
+# ---- fuzzing, round two: vector files, recipes, zip layouts, adapter configs ----------------------------------------
+
+FLOAT = st.one_of(st.floats(width=32), st.sampled_from([math.nan, math.inf, -math.inf, 0.0]))
+NAME = st.one_of(st.text(max_size=6), st.sampled_from(["a", "a", "", " ", "nan", "=1+1", "<b>x</b>"]))
+
+
+@FUZZ
+@given(rows=st.lists(st.tuples(NAME, st.lists(FLOAT, max_size=3)), max_size=5), suffix=st.sampled_from([".parquet",
+                                                                                                      ".csv"]))
+def test_fuzz_vector_files(scratch, rows, suffix):
+    import numpy as np
+    import pandas as pd
+
+    table = pd.DataFrame({"name": [n for n, _ in rows], "vector": [np.asarray(v, dtype=np.float32) for _, v in rows]})
+    path = result_or_refusal(lambda: write_vectors(table, scratch / f"fuzz{suffix}"))
+    result = None if path is None else result_or_refusal(lambda: read_vectors(path))
+    if result is not None:                         # what is read back can be ranked, reported and mapped safely
+        assert result["name"].is_unique and all(str(n).strip() for n in result["name"])
+        assert len({len(v) for v in result["vector"]}) <= 1 and all(np.isfinite(v).all() for v in result["vector"])
+
+
+@FUZZ
+@given(data=st.one_of(st.binary(max_size=400), st.text(max_size=200).map(str.encode)))
+def test_fuzz_vector_file_bytes(scratch, data):
+    for name in ("raw.parquet", "raw.csv"):
+        (scratch / name).write_bytes(data)
+        result_or_refusal(lambda: read_vectors(scratch / name))
+
+
+YAMLISH = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                       lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+                           st.sampled_from(["base", "method", "weights", "ingredients", "name", "source", "seed",
+                                            "density", "x"]), inner, max_size=5), max_leaves=10)
+
+
+@FUZZ
+@given(text=st.one_of(st.text(max_size=200), YAMLISH.map(lambda v: __import__("yaml").safe_dump(v)),
+                      st.sampled_from(["a: &x [1]\nb: *x\n", "!!python/object/apply:os.system ['true']\n",
+                                       "a: 1\na: 2\n", "[" * 300 + "]" * 300])))
+def test_fuzz_recipes(scratch, text):
+    from core.reuse.merge import read_recipe
+
+    (scratch / "recipe.yaml").write_text(text, encoding="utf-8", errors="surrogatepass")
+    recipe = result_or_refusal(lambda: read_recipe(scratch / "recipe.yaml"))
+    assert recipe is None or {"base", "method", "weights", "ingredients"} <= set(recipe)
+
+
+PART = st.one_of(st.text("ab.", min_size=1, max_size=4), st.sampled_from(["..", ".", ".hidden", "__MACOSX", "a" * 300,
+                                                                          "adapter_config.json"]))
+MEMBER = st.lists(PART, min_size=1, max_size=14).map("/".join)
+
+
+@FUZZ
+@given(extra=st.lists(MEMBER.map(lambda p: p + st_suffix(p)), max_size=6), top=st.sampled_from(["", "model/", ".x/"]))
+def test_fuzz_zip_layouts(scratch, extra, top):
+    import shutil
+
+    from core.pool.userpool import extract_zip
+
+    files = [(top + "adapter_config.json", "{}"), (top + "adapter_model.safetensors", "x"),
+             *((top + name, "y") for name in extra)]
+    out = scratch / "unzipped"
+    shutil.rmtree(out, ignore_errors=True)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)           # "Duplicate name": the archive may hold a name twice
+        data = stored_zip_pairs(files)
+    result = result_or_refusal(lambda: extract_zip(data, out))
+    if result is not None:                                     # everything written stays inside the folder
+        for path in out.rglob("*"):
+            assert path.resolve().is_relative_to(out.resolve())
+
+
+def st_suffix(path: str) -> str:
+    return "" if path.endswith((".json", ".safetensors")) else ".txt"
+
+
+CONFIG_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-3, 40), st.floats(), st.text(max_size=30),
+                         st.lists(st.integers(-2, 4), max_size=3), st.sampled_from(["HuggingFaceTB/SmolLM2-135M",
+                                                                                    "/tmp", "org/x y", "LORA"]))
+
+
+@FUZZ
+@given(config=st.one_of(st.dictionaries(st.sampled_from(["peft_type", "base_model_name_or_path", "lora_alpha", "r",
+                                                          "layers_to_transform", "target_modules", "bias",
+                                                          "use_dora", "init_lora_weights"]), CONFIG_VALUE, max_size=6),
+                        JSON))
+def test_fuzz_adapter_configs(tiny_pool, scratch, config):
+    import shutil
+
+    import torch
+
+    from core.engine.loading import check_adapter_fits, load_model
+
+    base_model = FUZZ_BASE.setdefault("model", load_model(tiny_pool["base"], "cpu", torch.float32)[0])
+    folder = scratch / "adapter"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(tiny_pool["loras"]["lora_0"], folder)
+    original = json.loads((folder / "adapter_config.json").read_text())
+    merged = {**original, **config} if isinstance(config, dict) else config
+    (folder / "adapter_config.json").write_text(json.dumps(merged))
+    result_or_refusal(lambda: check_adapter_fits(folder, tiny_pool["base"], base_model))
+
+
+FUZZ_BASE: dict = {}      # the tiny base, loaded once for every fuzzed adapter config

@@ -71,6 +71,11 @@ def bad(tiny_pool, tmp_path_factory) -> dict:
     (arch / "config.json").write_text(json.dumps({**config, "architectures": ["GPT2LMHeadModel"]}))
     tok = shutil.copytree(fulls["full_1"], root / "other_tok")
     train_tokenizer(["Entirely unrelated sentences go here.", "Zebras quietly juggle."] * 40, 320, tok)
+    same = shutil.copytree(base, root / "same_as_base")                # a "finetune" that is its base
+    zero = shutil.copytree(loras["lora_3"], root / "zero")
+    weights = load_file(zero / "adapter_model.safetensors")
+    save_file({k: v.zero_() if "lora_A" in k else v for k, v in weights.items()}, zero / "adapter_model.safetensors",
+              metadata={"format": "pt"})
     pickled = shutil.copytree(loras["lora_3"], root / "pickled")
     torch.save(load_file(pickled / "adapter_model.safetensors"), pickled / "adapter_model.bin")
     (pickled / "adapter_model.safetensors").unlink()
@@ -85,7 +90,10 @@ def bad(tiny_pool, tmp_path_factory) -> dict:
         "other_tok": ("./other_tok", "full", "tokenizer differs"),
         "pickled": ("./pickled", "lora", "pickle weights"),
         "wrong_kind": (str(loras["lora_0"]), "full", "declared 'full'"),
+        "same_as_base": ("./same_as_base", "full", "changes nothing at the probes"),
+        "zero": ("./zero", "lora", "changes nothing: its weights are all zero"),
     }
+    del same
     rows = [{"name": "good_lora", "source": str(loras["lora_0"]), "kind": "lora", "base": str(base), "note": "ok"}]
     rows += [{"name": n, "source": src, "kind": kind, "base": str(base), "note": "bad"}
              for n, (src, kind, _) in expected.items()]

@@ -192,3 +192,68 @@ def test_a_named_pipe_is_refused_without_hanging(tiny_pool, tmp_path):
     os.mkfifo(folder / "adapter_model.safetensors")
     with pytest.raises(ModelSourceError, match="not a regular file"):
         resolve_source(parse_source(str(folder)))
+
+
+# -- round two: an adapter that names another base, names other layers, or changes nothing --------------------------
+def edited_adapter(src: Path, dst: Path, config: dict | None = None, tensors=None) -> Path:
+    """A copy of adapter ``src`` with its config updated by ``config`` and its weights mapped by ``tensors``."""
+    from safetensors.torch import save_file
+
+    shutil.copytree(src, dst)
+    if config is not None:
+        data = json.loads((dst / "adapter_config.json").read_text())
+        (dst / "adapter_config.json").write_text(json.dumps({**data, **config}))
+    if tensors is not None:
+        weights = dst / "adapter_model.safetensors"
+        save_file(tensors(load_file(weights)), weights)
+    return dst
+
+
+@pytest.mark.parametrize("declared, refused", [
+    ("HuggingFaceTB/SmolLM2-135M", True),            # another model of the same width
+    ("HuggingFaceTB/SmolLM2-135M-Instruct", False),   # the base's own hub id
+    ("smollm2-135m-instruct", False),
+    ("/somewhere/else/base", False),                  # a local path: only the shapes can tell
+])
+def test_an_adapter_naming_another_base_is_refused(tiny_pool, tmp_path, declared, refused):
+    base_model, _ = load_model(tiny_pool["base"], "cpu", torch.float32)
+    named_base = tmp_path / "bases" / "smollm2-135m-instruct-0123456789abcdef"      # a built-in base's cache folder
+    shutil.copytree(tiny_pool["base"], named_base)
+    adapter = edited_adapter(tiny_pool["loras"]["lora_0"], tmp_path / "adapter", {"base_model_name_or_path": declared})
+    if not refused:
+        check_adapter_fits(adapter, named_base, base_model)
+        return
+    with pytest.raises(IncompatibleModelError, match=f"it names {declared} as its base, but this base is "
+                                                     "smollm2-135m-instruct"):
+        check_adapter_fits(adapter, named_base, base_model)
+
+
+def test_base_names_come_from_the_cache_folder_the_hub_layout_and_the_config(tmp_path):
+    from core.engine.loading import base_names
+
+    snapshot = tmp_path / "models--HuggingFaceTB--SmolLM2-360M" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps({"_name_or_path": "HuggingFaceTB/SmolLM2-360M"}))
+    assert base_names(snapshot) == {"smollm2-360m"}
+    plain = tmp_path / "my-model"
+    plain.mkdir()
+    assert base_names(plain) == set()                  # no recorded name: the check is left to the shapes
+
+
+def test_an_adapter_whose_config_names_other_layers_is_refused(tiny_pool, tmp_path):
+    base_model, _ = load_model(tiny_pool["base"], "cpu", torch.float32)
+    adapter = edited_adapter(tiny_pool["loras"]["lora_0"], tmp_path / "adapter", {"layers_to_transform": [0]})
+    with pytest.raises(IncompatibleModelError, match=r"names layers \[0\] but the weights change layer 1"):
+        check_adapter_fits(adapter, tiny_pool["base"], base_model)
+
+
+@pytest.mark.parametrize("config, tensors, why", [
+    (None, lambda t: {k: torch.zeros_like(v) if "lora_B" in k else v for k, v in t.items()}, "its weights are all zero"),
+    ({"lora_alpha": 0}, None, "its lora_alpha is 0"),
+    (None, lambda t: {}, "it holds no tensors"),
+])
+def test_an_adapter_that_changes_nothing_is_refused(tiny_pool, tmp_path, config, tensors, why):
+    base_model, _ = load_model(tiny_pool["base"], "cpu", torch.float32)
+    adapter = edited_adapter(tiny_pool["loras"]["lora_0"], tmp_path / "adapter", config, tensors)
+    with pytest.raises(IncompatibleModelError, match=f"changes nothing: {why}.*train it"):
+        check_adapter_fits(adapter, tiny_pool["base"], base_model)

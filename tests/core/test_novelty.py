@@ -92,6 +92,8 @@ def test_verdict_words_say_what_was_measured():
     assert weak.startswith("Weak match") and "none of the 2 closest answers your examples better" in weak
     none = verdict_words("none", False, None, gains_frame([-0.2]))
     assert none.startswith("Nothing in this pool fits your task") and none.endswith("only the least bad.")
+    everyday = verdict_words("none", False, "math", gains_frame([-0.2]), reference="pet-care")
+    assert "look more like everyday tasks (such as 'pet care') than like any model here" in everyday
 
 
 def test_unknown_combine_is_refused():

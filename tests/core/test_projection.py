@@ -123,3 +123,23 @@ def test_map_core_calls_scale_to_20000_models():
     assert groups.n_clusters_ == 5 and len(groups.sample_) == 4000 and groups.silhouette_ > 0.5
     assert len(near) == 8 and all(y[i] == y[0] for i, _ in near)
     assert len(odd) == 0                                                  # every model agrees with its neighbours
+
+
+@pytest.mark.parametrize("X, words", [
+    (np.ones((6, 4)), "All 6 models point the same way"),
+    (np.zeros((6, 4)), "All 6 models have a zero vector"),
+    (np.arange(1.0, 7.0)[:, None], "All 6 models point the same way"),      # width 1: every vector points one way
+])
+def test_a_pool_on_one_point_is_mapped_with_a_note_not_a_crash(X, words, tmp_path, capsys):
+    from core.cli import main
+    from core.engine.vectors import make_table, write_vectors
+    from core.map.projection import one_point_note, project_table
+
+    table = make_table([f"m{i}" for i in range(len(X))], X)
+    points, summary = project_table(table)
+    assert len(points) == len(X) and np.allclose(points[["x", "y"]].to_numpy(), 0.0)
+    assert summary["note"].startswith(words) and one_point_note(X).startswith(words)
+    path = write_vectors(table, tmp_path / "v.parquet")
+    assert main(["map", "--vectors", str(path), "--out", str(tmp_path / "map.csv")]) == 0
+    assert words in capsys.readouterr().out and (tmp_path / "map.csv").is_file()
+    assert one_point_note(np.eye(3)) == ""
