@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build-demo": ("core.zoo.demo_build", "train the built-in demo zoo from the datasets folder"),
     "report": ("core.map.report", "measure a pool: clustering against baselines, additivity, robustness"),
     "map": ("core.map.projection", "project a vector file to 2-D and cluster it"),
+    "describe": ("core.map.describe", "say what each model learned: its answers to the probes and the words it leans towards"),
     "find": ("core.reuse.task", "find the models that fit a task, from a few examples"),
     "merge": ("core.reuse.merge", "merge adapters for a task and evaluate the result"),
     "references": ("core.reuse.reference_build", "train the everyday reference tasks that tell 'nothing fits' apart"),

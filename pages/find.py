@@ -201,14 +201,13 @@ def merge_offer(pool: pools.Pool, data: pools.PoolData, result, title: str) -> N
 def task_map(data: pools.PoolData, result, title: str) -> None:
     """The pool's map (as drawn on the Map page) with the task as a star and its best matches ringed; a task that
     fits nothing is drawn apart, beside the map, not inside a cluster it does not belong to."""
-    settings = pools.map_settings()
-    projector = pools.projector(data, settings)
-    embedding = np.asarray(projector.embedding_)
+    layout = pools.map_layout(data)
+    embedding = layout.embedding
     if result.verdict == "none":
         position, label = apart_from(embedding), "your task (fits no group)"
     else:
         try:
-            position = np.asarray(projector.transform(result.vector[None, :]))[0]
+            position = layout.place(result.vector)[0]
         except Exception:  # noqa: BLE001 - a layout without transform: fall back to where the search placed it
             position = result.position
         label = "your task"

@@ -49,7 +49,7 @@ def draw(pool: pools.Pool, data: pools.PoolData) -> None:
     settings = controls(frame, labels)
     with st.spinner("Drawing the map (the first time for this pool takes a few seconds)..."):
         embedding = pools.map_embedding(data, settings)
-        colour, colour_title, group_note = colouring(data, settings)
+        colour, colour_title, group_note = colouring(pool, data, settings)
     shown = filtered(frame, settings)
     selected = selection(pool, frame)
     chart_col, side_col = st.columns([3, 2], gap="medium")
@@ -60,6 +60,9 @@ def draw(pool: pools.Pool, data: pools.PoolData) -> None:
                         selection_mode=("points", "box", "lasso"),
                         config={"displaylogo": False, "toImageButtonOptions": {"filename": "delta-atlas-map"}})
         st.caption(f"{int(shown.sum()):,} of {len(frame):,} models shown · {group_note}")
+        if data.has_mine and not st.session_state.get(pools.REFIT_KEY):
+            st.caption("Models added by visitors are placed on this pool's map (the pool's own models keep their "
+                       "places); colour by 'where it came from' to see them.")
         quality_notes(data, embedding, settings)
         lineage_notes(data)
     with side_col:
@@ -76,7 +79,8 @@ def controls(frame: pd.DataFrame, labels: list[str]) -> dict:
                                       index=list(pools.LAYOUTS).index(settings["layout"]),
                                       help="UMAP keeps neighbourhoods and groups; PCA is the simplest straight "
                                            "projection; t-SNE separates tight groups.")
-    options = [COLOUR_GROUPS, *labels, *([COLOUR_ORIGIN] if has_mine else [])]
+    telling, other = colour_choices(frame, labels)
+    options = [COLOUR_GROUPS, *telling, *([COLOUR_ORIGIN] if has_mine else []), *other]
     default = "domain" if "domain" in labels else COLOUR_GROUPS
     settings["colour"] = top[1].selectbox("Colour by", options, index=options.index(settings.get("colour", default))
                                           if settings.get("colour", default) in options else 0, key="map_colour")
@@ -95,6 +99,11 @@ def controls(frame: pd.DataFrame, labels: list[str]) -> dict:
                                        "size of the pool (10 to 10,000 models).")
         settings["seed"] = st.number_input("Random seed", 0, 9999, int(settings["seed"]), key="map_seed",
                                            help="The same seed always draws the same map.")
+        if has_mine:
+            st.toggle("Re-draw the map around the added models too", key=pools.REFIT_KEY,
+                      help="The map is drawn from this pool's own models; models added later are placed on it, so "
+                           "that nobody's map moves when someone adds a model. This re-draws it from every model, "
+                           "for you only.")
         column = st.selectbox("Show only models whose label...", ["(show all)", *labels], key="map_filter_column")
         settings["filter_column"] = None if column == "(show all)" else column
         settings["filter_values"] = []
@@ -105,12 +114,30 @@ def controls(frame: pd.DataFrame, labels: list[str]) -> dict:
     return settings
 
 
-def colouring(data: pools.PoolData, settings: dict) -> tuple[list[str], str, str]:
+def colour_choices(frame: pd.DataFrame, labels: list[str]) -> tuple[list[str], list[str]]:
+    """Label columns worth colouring by first (a few named groups: domain, format, method), then the rest (numbers
+    such as a learning rate or a loss, yes/no flags, one value for nearly every model, one value per model)."""
+    telling, other = [], []
+    for column in labels:
+        values = frame[column].astype(str).str.strip()
+        values = values[values != ""]
+        numbers = pd.to_numeric(values, errors="coerce").notna().mean() if len(values) else 1.0
+        flag = set(values.str.lower()) <= {"yes", "no", "true", "false"}
+        mostly_one = len(values) and values.value_counts(normalize=True).iloc[0] >= 0.9
+        (telling if 2 <= values.nunique() <= 20 and numbers < 0.5 and not flag and not mostly_one
+         else other).append(column)
+    return telling, other
+
+
+def colouring(pool: pools.Pool, data: pools.PoolData, settings: dict) -> tuple[list[str], str, str]:
     colour = settings["colour"]
     if colour == COLOUR_GROUPS:
         names, k, silhouette = pools.clusters(data, settings.get("groups", "auto"))
         how = "chosen automatically" if settings.get("groups", "auto") == "auto" else "set by you"
-        return names, "group", f"{k} groups ({how}), silhouette {silhouette:.2f}"
+        named = pools.group_names(pool, data, names)
+        note = " · groups named by the words their models lean towards" if named else ""
+        return [f"{g}: {named[g]}" if named.get(g) else g for g in names], "group", \
+            f"{k} groups ({how}): the models {ui.words_for_silhouette(silhouette)} (silhouette {silhouette:.2f}){note}"
     if colour == COLOUR_ORIGIN:
         return [{"yours": "added by you"}.get(o, "this pool") for o in data.frame["origin"]], "origin", ""
     values = data.frame[colour].astype(str).replace("", "(none)")
@@ -172,12 +199,13 @@ def one_model(pool: pools.Pool, data: pools.PoolData, name: str, labels: list[st
         facts["origin"] = "added by you"
     st.dataframe(pd.DataFrame({"label": list(facts), "value": list(facts.values())}), hide_index=True,
                  width="stretch")
+    learned(pools.descriptions(pool), name)
     k = min(NEIGHBOURS, len(frame) - 1)
     pairs = nearest_neighbours(data.X, index, k)
     near = frame.iloc[[i for i, _ in pairs]][["name", *labels[:3]]].copy()
     near.insert(1, "similarity", [float(s) for _, s in pairs])
-    st.markdown(f"**Closest models** — measured on the full {data.X.shape[1]}-number vectors, not on the map "
-                "(1 = changed the base in exactly the same way, 0 = unrelated).")
+    st.markdown("**Closest models** — measured on each model's full description (its Delta Activation), not on the "
+                "map (1 = changed the base in exactly the same way, 0 = unrelated).")
     st.dataframe(near, hide_index=True, width="stretch", column_config={
         "similarity": st.column_config.ProgressColumn("similarity", min_value=0.0, max_value=1.0, format="%.3f")})
     if st.button(f"Merge {ui.plain(name)} with its 2 closest models", key="map_to_merge"):
@@ -185,6 +213,27 @@ def one_model(pool: pools.Pool, data: pools.PoolData, name: str, labels: list[st
                     why=f"{name} and its two closest models on the map")
         st.success("Ready on the Merge page.")
         ui.link("pages/merge.py", "Merge")
+
+
+def learned(found: dict, name: str) -> None:
+    """What the model learned, in words: the words it leans towards, and its answers beside the base's."""
+    about = found.get("models", {}).get(name)
+    if not about:
+        st.caption("What this model learned has not been described yet: run `python -m core describe` for this pool.")
+        return
+    if about.get("words"):
+        st.markdown("**What it learned** — the words it leans towards more than the other models do: "
+                    + ui.plain(", ".join(about["words"])))
+    answers, base = about.get("answers"), found.get("base", {}).get("answers") or []
+    if not answers:
+        st.caption(ui.plain(about.get("note") or "Its answers are not available (its weights are not on this disk)."))
+        return
+    with st.expander("What it says, beside the base model"):
+        st.caption("Its first words after each of the five fixed prompts that all models are compared on "
+                   "(\"Please provide a response. Input: Input.\", worded five ways), and what the untouched base "
+                   "model says to the same prompt.")
+        st.dataframe(pd.DataFrame({"this model says": answers, "the base model says": base[:len(answers)]
+                                   + [""] * max(0, len(answers) - len(base))}), hide_index=True, width="stretch")
 
 
 def many_models(pool: pools.Pool, data: pools.PoolData, selected: list[str], labels: list[str]) -> None:

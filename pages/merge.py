@@ -97,7 +97,9 @@ def choose_method(names: list[str]) -> tuple[str, str | list[float], int]:
                    for col, name in zip(cols, names)]
         return method, weights, budget
     if mode == "search":
-        budget = int(right.number_input("Search budget (loss evaluations)", 5, 200, SEARCH_BUDGET, key="merge_budget"))
+        budget = int(right.number_input("How many weightings to try", 5, 200, SEARCH_BUDGET, key="merge_budget",
+                                        help="Each try merges the adapters with other weights and measures the "
+                                             "result on your examples; more tries take longer."))
     return method, mode, budget
 
 
@@ -164,14 +166,14 @@ def merge_map(data: pools.PoolData, report) -> None:
     """Where the merged adapter should land (the weighted sum of its ingredients) and where it did land."""
     if report.measured_vector is None:
         return
-    projector = pools.projector(data)
-    embedding = np.asarray(projector.embedding_)
+    layout = pools.map_layout(data)
+    embedding = layout.embedding
     marks = []
     for vector, label, symbol, colour, where in [
             (report.predicted_vector, "predicted", "diamond-open", "#d62728", "bottom center"),
             (report.measured_vector, "merged", "star", "#111111", "top center")]:
         if vector is not None:
-            x, y = np.asarray(projector.transform(np.asarray(vector)[None, :]))[0]
+            x, y = layout.place(np.asarray(vector))[0]
             marks.append(charts.Mark(float(x), float(y), label, symbol=symbol, colour=colour, text_position=where))
     frame = data.frame
     labels = [c for c in frame.columns if c not in ("name", "origin")]

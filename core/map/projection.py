@@ -75,6 +75,23 @@ class Projector:
         self.embedding_ = np.asarray(fit(self._X), dtype=np.float64)            # [n, n_components]
         return self
 
+    @classmethod
+    def fitted_on(cls, X: np.ndarray, embedding: np.ndarray, method: str = "umap",
+                  metric: str = "cosine") -> "Projector":
+        """A projector for a map already drawn (``embedding`` [n, 2] of ``X`` [n, d], e.g. from a cache): it places new
+        vectors without fitting the map again. PCA is refitted (cheap and exact); UMAP and t-SNE place by neighbours
+        (see ``transform``), which needs only the points."""
+        if method == "pca":
+            return cls(method="pca", metric=metric).fit(X)
+        projector = cls(method=method, metric=metric)
+        projector._X = projector._prepare(_check_matrix(X))
+        projector.embedding_ = np.asarray(embedding, dtype=np.float64)
+        if projector.embedding_.shape != (len(projector._X), projector.n_components):
+            raise DeltaAtlasError(f"A map of {projector.embedding_.shape} points does not belong to {len(projector._X)} "
+                                  "vectors: draw the map again.")
+        projector.method_, projector.note_ = method, ""
+        return projector
+
     def _prepare(self, X: np.ndarray) -> np.ndarray:
         return normalize_rows(X) if self.metric == "cosine" else X
 

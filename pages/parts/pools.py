@@ -111,6 +111,20 @@ def catalog_of(pool: Pool) -> Catalog:
     return load_catalog(str(pool.catalog_path), stamp(pool.catalog_path))
 
 
+@st.cache_data(show_spinner=False, max_entries=8)
+def _descriptions(path: str, mtime: int) -> dict:
+    from core.map.describe import load_descriptions
+
+    return load_descriptions(path)
+
+
+def descriptions(pool: Pool) -> dict:
+    """What each model of the pool learned (core.map.describe: answers and words), {} when not computed yet."""
+    from core.map.describe import descriptions_path
+
+    return _descriptions(str(pool.catalog_path), stamp(descriptions_path(pool.catalog_path)))
+
+
 @dataclass(frozen=True)
 class PoolData:
     """The models of one base that have vectors: labels (one row per model) and the matrix [n, d], read-only."""
@@ -122,6 +136,12 @@ class PoolData:
     missing: tuple[str, ...]  # catalog models without a vector yet
     key: str                 # identifies this data in other caches (paths and modification times)
     digest: str = ""         # identifies the content (names and vectors), stable across restarts and copies
+    pool_digest: str = ""    # the same for the pool's own models only (what the map is fitted on)
+
+    @property
+    def own(self) -> np.ndarray:
+        """[n] True for the pool's own models, False for models a visitor added."""
+        return (self.frame["origin"] == "pool").to_numpy() if len(self.frame) else np.zeros(0, bool)
 
     @property
     def has_mine(self) -> bool:
@@ -169,8 +189,13 @@ def _load_pool_data(catalog: str, vectors: str, base: str | None, key: str) -> P
     frame[label_columns(frame)] = frame[label_columns(frame)].fillna("").astype(str)
     have = set(frame["name"])
     missing = tuple(n for n in names if n not in have)
-    digest = hashlib.sha256("\n".join(frame["name"]).encode() + X.tobytes()).hexdigest()[:24]
-    return PoolData(frame, X, base, bases, missing, key, digest)
+    own = (frame["origin"] == "pool").to_numpy()
+    return PoolData(frame, X, base, bases, missing, key, _digest(frame["name"], X),
+                    _digest(frame["name"][own], X[own]))
+
+
+def _digest(names: pd.Series, X: np.ndarray) -> str:
+    return hashlib.sha256("\n".join(names).encode() + np.ascontiguousarray(X).tobytes()).hexdigest()[:24]
 
 
 def pool_data(pool: Pool) -> PoolData:
@@ -222,24 +247,54 @@ def map_settings() -> dict:
     return {**MAP_DEFAULTS, **st.session_state.get(MAP_SETTINGS_KEY, {})}
 
 
-@st.cache_resource(show_spinner=False, max_entries=16)
-def _projector(key: str, method: str, n_neighbors: int | None, min_dist: float, seed: int, _X: np.ndarray):
+REFIT_KEY = "map_refit"  # session flag: this visitor asked for a map fitted on every model, added ones too
+
+
+@dataclass(frozen=True)
+class MapLayout:
+    """Where every model of ``PoolData`` sits on the map ([n, 2], the data's row order) and the projector that
+    places new vectors (a task, a merge) on it. The pool's own models are fitted once, keyed by their content; models
+    visitors add later are placed by that fit and marked, so that nobody's map moves when someone adds a model.
+    ``refitted``: this session asked for a map fitted on every model instead (REFIT_KEY)."""
+
+    embedding: np.ndarray
+    projector: object
+    refitted: bool = False
+
+    def place(self, vectors: np.ndarray) -> np.ndarray:
+        return np.asarray(self.projector.transform(np.atleast_2d(vectors)))
+
+
+def map_layout(data: PoolData, settings: dict | None = None) -> MapLayout:
+    """The map of this pool: from memory, disk or a fresh fit (see MapLayout)."""
     from core.map.projection import Projector
 
-    return Projector(method=method, n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed).fit(_X)
+    settings = settings or map_settings()
+    refit = bool(st.session_state.get(REFIT_KEY)) and data.has_mine
+    rows = np.ones(len(data.X), bool) if refit or not data.own.any() else data.own
+    digest = data.digest if rows.all() else data.pool_digest
+    X = data.X[rows]
+    args = _layout_args(len(X), settings)
+    fitted = _map_embedding(digest, *args, _X=X)
+    projector = Projector.fitted_on(X, fitted, method=args[0])
+    embedding = np.empty((len(data.X), 2))
+    embedding[rows] = fitted
+    if not rows.all():
+        embedding[~rows] = projector.transform(data.X[~rows])
+    return MapLayout(embedding, projector, refit)
 
 
 def projector(data: PoolData, settings: dict | None = None):
-    """The fitted map projector of this pool (shared by every session; ``transform`` places new points)."""
-    return _projector(data.key, *_layout_args(data, settings or map_settings()), data.X)
+    """The projector of the pool's map (``transform`` places new points); see MapLayout."""
+    return map_layout(data, settings).projector
 
 
-def _layout_args(data: PoolData, settings: dict) -> tuple[str, int | None, float, int]:
-    """(method, n_neighbors, min_dist, seed) for the Projector. Small pools get a larger min_dist, so that models of
-    one group spread into a clickable cloud instead of a single blot."""
+def _layout_args(n: int, settings: dict) -> tuple[str, int | None, float, int]:
+    """(method, n_neighbors, min_dist, seed) for the Projector of ``n`` models. Small pools get a larger min_dist, so
+    that models of one group spread into a clickable cloud instead of a single blot."""
     neighbours = settings["neighbours"]
-    n_neighbors = None if neighbours == "auto" else min(int(neighbours), max(len(data.X) - 1, 2))
-    min_dist = SPREAD_MIN_DIST if len(data.X) <= SPREAD_UP_TO else 0.1
+    n_neighbors = None if neighbours == "auto" else min(int(neighbours), max(n - 1, 2))
+    min_dist = SPREAD_MIN_DIST if n <= SPREAD_UP_TO else 0.1
     return LAYOUTS[settings["layout"]], n_neighbors, min_dist, int(settings["seed"])
 
 
@@ -276,18 +331,20 @@ def _json_on_disk(name: str | None, compute):
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _map_embedding(digest: str, method: str, n_neighbors: int | None, min_dist: float, seed: int,
-                   _data: PoolData) -> np.ndarray:
-    """The 2-D points of the map. Kept on disk too (``$DELTA_ATLAS_CACHE/maps``), keyed by the vectors' content, so
+                   _X: np.ndarray) -> np.ndarray:
+    """The 2-D points of ``_X`` (whose content ``digest`` names). Kept on disk too (``$DELTA_ATLAS_CACHE/maps``), so
     that a restarted server opens a known pool's map without computing it again (UMAP compiles for seconds)."""
+    from core.map.projection import Projector
+
     path = _disk_file(f"{digest}-{method}-{n_neighbors or 'auto'}-{min_dist}-{seed}.npy")
     try:
         embedding = np.load(path)
-        if embedding.shape == (len(_data.X), 2):
+        if embedding.shape == (len(_X), 2):
             return embedding
     except (OSError, ValueError):
         pass
-    projector = _projector(_data.key, method, n_neighbors, min_dist, seed, _data.X)
-    embedding = np.asarray(projector.embedding_, dtype=np.float64)
+    fitted = Projector(method=method, n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed).fit(_X)
+    embedding = np.asarray(fitted.embedding_, dtype=np.float64)
     buffer = io.BytesIO()
     np.save(buffer, embedding)
     _keep_on_disk(path, buffer.getvalue())
@@ -295,8 +352,8 @@ def _map_embedding(digest: str, method: str, n_neighbors: int | None, min_dist: 
 
 
 def map_embedding(data: PoolData, settings: dict | None = None) -> np.ndarray:
-    """[n, 2] map coordinates, from memory, disk or a fresh fit."""
-    return _map_embedding(data.digest, *_layout_args(data, settings or map_settings()), data)
+    """[n, 2] map coordinates of the data's rows (see MapLayout)."""
+    return map_layout(data, settings).embedding
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -328,6 +385,15 @@ def clusters(data: PoolData, k: str | int = "auto") -> tuple[list[str], int, flo
     return [f"group {int(label) + 1}" for label in labels], n, silhouette
 
 
+def group_names(pool: Pool, data: PoolData, groups: list[str]) -> dict[str, str]:
+    """A name for each group of the map, from the words its models lean towards (core.map.describe.group_names);
+    {} when the pool has no descriptions yet. No label is read."""
+    from core.map.describe import group_names as name_groups
+
+    found = descriptions(pool)
+    return name_groups(found, dict(zip(data.frame["name"], groups))) if found else {}
+
+
 @st.cache_data(show_spinner=False, max_entries=32)
 def _quality(key: str, layout: tuple, digest: str, _X: np.ndarray, _embedding: np.ndarray) -> tuple[dict, str]:
     """The map's faithfulness, in numbers and words; kept on disk beside the map's points."""
@@ -347,7 +413,8 @@ def _quality(key: str, layout: tuple, digest: str, _X: np.ndarray, _embedding: n
 
 
 def quality(data: PoolData, embedding: np.ndarray, settings: dict) -> tuple[dict, str]:
-    layout = (settings["layout"], settings["neighbours"], settings["seed"])
+    layout = (settings["layout"], settings["neighbours"], settings["seed"],
+              "refit" if st.session_state.get(REFIT_KEY) and data.has_mine else "kept")
     return _quality(data.key, layout, data.digest, data.X, embedding)
 
 

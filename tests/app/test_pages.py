@@ -474,3 +474,69 @@ def test_a_vector_file_of_another_catalog_is_a_message(app_env, tmp_path, monkey
     at = app("pages/map.py").run()
     assert len(at.exception) == 0
     assert any(f"'{entries[-1].name}'" in e.value and "made for another catalog" in e.value for e in at.error)
+
+
+def map_points(at) -> dict[str, tuple[float, float]]:
+    """Every model's place on the Map page's chart, by name (customdata[0] of each point)."""
+    points = {}
+    for trace in chart_json(at, "map_chart")["data"]:
+        names = [row[0] if isinstance(row, list) else row for row in trace.get("customdata") or []]
+        for name, x, y in zip(names, plotly_numbers(trace.get("x", [])), plotly_numbers(trace.get("y", []))):
+            points[name] = (x, y)
+    return points
+
+
+def test_a_model_added_in_one_session_does_not_move_anyone_elses_map(app_env):
+    first = app("pages/map.py").run()                       # a visitor looking at the map
+    before = map_points(first)
+    assert problems(first) == [] and len(before) >= 4
+    other = app().run()                                     # another visitor adds a model
+    other.switch_page("pages/add_models.py").run()
+    other.text_input(key="add_folder").set_value(str(copy_model(app_env, "lora_2", "added-later"))).run()
+    other.button(key="add_go").click().run()
+    assert problems(other) == []
+    for at in (first.run(), app("pages/map.py").run()):     # the first visitor's next rerun, and a new visitor
+        after = map_points(at)
+        assert "added-later" in after
+        assert same_places(after, before)                   # every pool model where it was
+        assert any("placed on this pool's map" in c.value for c in at.caption)
+    refit = app("pages/map.py").run()                       # re-drawing around every model is one visitor's choice
+    refit.toggle(key="map_refit").set_value(True).run()
+    assert problems(refit) == [] and "added-later" in map_points(refit)
+    assert same_places(map_points(app("pages/map.py").run()), {**before, "added-later": after["added-later"]})
+
+
+def same_places(now: dict, then: dict) -> bool:
+    import numpy as np
+
+    return set(then) <= set(now) and np.allclose([now[n] for n in then], [then[n] for n in then], atol=1e-6)
+
+
+def test_a_model_shows_what_it_learned_and_groups_have_names(app_env):
+    from core.map.describe import describe_pool, descriptions_path, write_descriptions
+    from core.pool.catalog import read_catalog
+    from core.reuse.task import pool_vectors
+
+    catalog = read_catalog(app_env["catalog"])
+    found = describe_pool(catalog, pool_vectors(catalog)[0])
+    found["models"]["lora_1"]["words"] = ["<b>court</b>", "clause"]           # hostile text stays text
+    write_descriptions(catalog.path, found)
+    try:
+        at = app().run()
+        at.selectbox(key="map_search").set_value("lora_1").run()
+        assert problems(at) == []
+        learned = [m.value for m in at.markdown if m.value.startswith("**What it learned**")]
+        assert learned and "\\<b\\>court\\</b\\>" in learned[0].replace("&lt;", "\\<")
+        table = next(d.value for d in at.dataframe if "this model says" in d.value.columns)
+        assert list(table["this model says"]) == found["models"]["lora_1"]["answers"]
+        assert list(table["the base model says"]) == found["base"]["answers"]
+        at.selectbox(key="map_colour").set_value("Groups found automatically").run()
+        assert any("groups named by the words their models lean towards" in c.value for c in at.caption)
+    finally:
+        descriptions_path(catalog.path).unlink()
+
+
+def test_a_pool_not_described_yet_says_how_to_describe_it(app_env):
+    at = app().run()
+    at.selectbox(key="map_search").set_value("lora_1").run()
+    assert any("python -m core describe" in c.value for c in at.caption)
