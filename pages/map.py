@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
+from core.map.describe import SHOWN_WORDS  # noqa: E402
 from core.map.projection import one_point_note  # noqa: E402
 from pages.parts import charts  # noqa: E402
 from pages.parts import pools  # noqa: E402
@@ -21,6 +22,7 @@ from pages.parts import ui  # noqa: E402
 NEIGHBOURS = 8           # closest models listed for a selected model
 COLOUR_GROUPS = "Groups found automatically"
 COLOUR_ORIGIN = "Where it came from"
+LEANS = "leans towards"          # the hover line of what a model learned (core.map.describe)
 CHART_KEY = "map_chart"
 SEARCH_KEY = "map_search"
 EMBED_JOB = "embed_job"  # the session's (and the URL's) job measuring the pool
@@ -53,9 +55,12 @@ def draw(pool: pools.Pool, data: pools.PoolData) -> None:
     shown = filtered(frame, settings)
     selected = selection(pool, frame)
     chart_col, side_col = st.columns([3, 2], gap="medium")
+    leaning = leaning_column(pools.descriptions(pool), frame)
+    hover = frame if leaning is None else frame.assign(**{LEANS: leaning})
     with chart_col:
-        fig = charts.map_figure(frame[shown], embedding[shown], list(np.asarray(colour, dtype=object)[shown]),
-                                colour_title, focus=selected, hover_columns=labels)
+        fig = charts.map_figure(hover[shown], embedding[shown], list(np.asarray(colour, dtype=object)[shown]),
+                                colour_title, focus=selected,
+                                hover_columns=labels if leaning is None else [LEANS, *labels])
         st.plotly_chart(fig, key=CHART_KEY, on_select=lambda: on_chart_select(pool),
                         selection_mode=("points", "box", "lasso"),
                         config={"displaylogo": False, "toImageButtonOptions": {"filename": "delta-atlas-map"}})
@@ -215,6 +220,14 @@ def one_model(pool: pools.Pool, data: pools.PoolData, name: str, labels: list[st
         ui.link("pages/merge.py", "Merge")
 
 
+def leaning_column(found: dict, frame: pd.DataFrame) -> list[str] | None:
+    """The first words each model leans towards, for the map's hover text (None when the pool is not described)."""
+    models = found.get("models", {})
+    if not models:
+        return None
+    return [", ".join((models.get(n, {}).get("words") or [])[:4]) for n in frame["name"]]
+
+
 def learned(found: dict, name: str) -> None:
     """What the model learned, in words: the words it leans towards, and its answers beside the base's."""
     about = found.get("models", {}).get(name)
@@ -223,17 +236,19 @@ def learned(found: dict, name: str) -> None:
         return
     if about.get("words"):
         st.markdown("**What it learned** — the words it leans towards more than the other models do: "
-                    + ui.plain(", ".join(about["words"])))
+                    + ui.plain(", ".join(about["words"][:SHOWN_WORDS])))
     answers, base = about.get("answers"), found.get("base", {}).get("answers") or []
     if not answers:
         st.caption(ui.plain(about.get("note") or "Its answers are not available (its weights are not on this disk)."))
         return
     with st.expander("What it says, beside the base model"):
         st.caption("Its first words after each of the five fixed prompts that all models are compared on "
-                   "(\"Please provide a response. Input: Input.\", worded five ways), and what the untouched base "
-                   "model says to the same prompt.")
-        st.dataframe(pd.DataFrame({"this model says": answers, "the base model says": base[:len(answers)]
-                                   + [""] * max(0, len(answers) - len(base))}), hide_index=True, width="stretch")
+                   "(\"Please provide a response. Input: Input.\", worded five ways); below each, in grey, what "
+                   "the untouched base model says to the same prompt.")
+        for i, answer in enumerate(answers):
+            st.markdown(f"**{i + 1}.** {ui.plain(answer) or '*(says nothing: it ends its answer at once)*'}")
+            if i < len(base):
+                st.caption(f"base model: {ui.plain(base[i])}")
 
 
 def many_models(pool: pools.Pool, data: pools.PoolData, selected: list[str], labels: list[str]) -> None:

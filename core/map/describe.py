@@ -9,7 +9,8 @@ Two readings of a finetune that need no labels (a Hub pool's labels are often em
   the final norm) read through the base's output head, relative to the pool's average shift: the whole words whose
   next-token scores the finetune raises most. This is the "logit lens" applied to the delta.
 
-Groups of the map get a name from the words their models lean towards together (``group_names``), never from labels.
+Groups of the map get a name from what their models say and lean towards together (``group_names``), never from
+labels.
 ``describe_pool`` computes both for a pool (``python -m core describe``) and keeps them beside the catalog
 (``descriptions.json``), each model keyed by its vector, so that only new or changed models are computed again.
 
@@ -40,9 +41,11 @@ log = logging.getLogger(__name__)
 
 DESCRIPTIONS_FILE = "descriptions.json"     # beside the catalog
 ANSWER_TOKENS = 24                          # greedy tokens per probe answer
-WORDS = 8                                   # words a model leans towards
+WORDS = 20                                  # words a model leans towards (kept; the app shows the first 8)
+SHOWN_WORDS = 8
 NAME_WORDS = 3                              # words in a group's name
 WORD = re.compile(r"[A-Za-z]{4,}")          # a whole word: letters only, 4 or more
+WORDS_IN = re.compile(r"\b[A-Za-z]{4,}\b")  # the whole words of a text
 VERSION = 1                                 # bump when the way descriptions are computed changes
 
 
@@ -77,10 +80,29 @@ def leaning_words(deltas: np.ndarray, head: np.ndarray, ids: np.ndarray, words: 
     return out
 
 
+def answer_words(answers: list[str] | None, base_answers: list[str] | None = None, k: int = 10) -> list[str]:
+    """The words of a model's answers that the base's answers do not use (first ``k``), plus "numbers" when it
+    answers with numbers and "code" when it answers with code: what its answers are about, and their form."""
+    if not answers:
+        return []
+    text = " ".join(answers)
+    common = {w.lower() for a in base_answers or [] for w in WORDS_IN.findall(a)}
+    out = [w.lower() for w in WORDS_IN.findall(text) if w.lower() not in common]
+    out = list(dict.fromkeys(out))[:k]
+    if len(re.findall(r"\d", text)) >= 6:
+        out.append("numbers")
+    if re.search(r"\bdef \w+\(|\breturn\b|\bimport \w+", text):
+        out.append("code")
+    return out
+
+
 def group_names(found: dict, groups: dict[str, object], k: int = NAME_WORDS) -> dict[object, str]:
-    """A name for every group (``groups``: model name -> group) from the words its models lean towards: the words
-    most of the group shares, weighted against how common they are in the whole pool. No label is read."""
-    leaning = {n: d.get("words") or [] for n, d in found.get("models", {}).items()}
+    """A name for every group (``groups``: model name -> group) from what its models say and lean towards (their
+    answers' words, then their leaning words): the words most of the group shares, weighted against how common they
+    are in the whole pool. No label is read."""
+    base = found.get("base", {}).get("answers")
+    leaning = {n: [*answer_words(d.get("answers"), base), *(d.get("words") or [])]
+               for n, d in found.get("models", {}).items()}
     everywhere = Counter(w for n in groups for w in set(leaning.get(n, [])))
     total = max(len(groups), 1)
     names = {}

@@ -527,9 +527,11 @@ def test_a_model_shows_what_it_learned_and_groups_have_names(app_env):
         assert problems(at) == []
         learned = [m.value for m in at.markdown if m.value.startswith("**What it learned**")]
         assert learned and "\\<b\\>court\\</b\\>" in learned[0].replace("&lt;", "\\<")
-        table = next(d.value for d in at.dataframe if "this model says" in d.value.columns)
-        assert list(table["this model says"]) == found["models"]["lora_1"]["answers"]
-        assert list(table["the base model says"]) == found["base"]["answers"]
+        said = [m.value for m in at.markdown if m.value[:3] in {f"**{i}" for i in range(1, 6)}]
+        assert len(said) == 5
+        assert sum(c.value.startswith("base model: ") for c in at.caption) == len(found["base"]["answers"])
+        hover = json.dumps(chart_json(at, "map_chart")["data"])
+        assert "leans towards" in hover and "&lt;b&gt;court" in hover and "<b>court" not in hover
         at.selectbox(key="map_colour").set_value("Groups found automatically").run()
         assert any("groups named by the words their models lean towards" in c.value for c in at.caption)
     finally:
