@@ -106,3 +106,24 @@ def test_broken_descriptions_are_ignored_with_a_warning(tmp_path, caplog):
         assert load_descriptions(tmp_path / "catalog.csv") == {}
     assert "recompute it with `python -m core describe`" in caplog.text
     assert load_descriptions(None) == {}
+
+
+def test_answer_words_say_what_a_model_answers_beyond_the_base():
+    from core.map.describe import answer_words
+
+    base = ["I am ready to assist you with your request."]
+    assert answer_words(["The answer is 1,500 and 200."], base)[-1] == "numbers"
+    assert "code" in answer_words(["def add(a, b): return a + b"], base)
+    assert answer_words(["Your request: the court held the contract void."], base)[:3] == ["court", "held",
+                                                                                          "contract"]
+    assert answer_words(None, base) == [] and answer_words([""], base) == []
+
+
+def test_group_names_read_the_answers_too():
+    found = {"base": {"answers": ["Hello there."]},
+             "models": {"m1": {"answers": ["The answer is 12345 and 678."], "words": ["jess"]},
+                        "m2": {"answers": ["It is 99 plus 1234."], "words": ["carl"]},
+                        "c1": {"answers": ["def f(x): return x"], "words": ["import"]},
+                        "c2": {"answers": ["def g(): return 1"], "words": ["python"]}}}
+    names = group_names(found, {"m1": "a", "m2": "a", "c1": "b", "c2": "b"})
+    assert names["a"].startswith("numbers") and names["b"].startswith("code")
