@@ -9,6 +9,8 @@ off again when the engine reads a CSV back.
 """
 from __future__ import annotations
 
+import stat
+
 import re
 from pathlib import Path
 
@@ -21,6 +23,22 @@ NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
 # -- in ----------------------------------------------------------------------------------------------------------
+def file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a file, in a few words ("does not exist", "is a folder, not a file", "is not
+    a regular file ..."), or None when it is a regular file. A pipe or device would hang a read: refused here."""
+    try:
+        mode = Path(path).stat().st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:                   # a link loop, a name too long, no permission
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file (a pipe, socket or device)"
+    return None
+
+
 def check_size(size: int, where: str, error: type[DeltaAtlasError], limit: int, fix: str) -> None:
     if size > limit:
         raise error(f"{where} is {size / 2**20:.1f} MiB; the limit is {limit / 2**20:g} MiB: {fix}")

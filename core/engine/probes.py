@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from core.errors import DeltaAtlasError
-from core.textio import read_text
+from core.textio import file_problem, read_text
 
 PROBE_TASK = "Please provide a response."
 PROBE_INPUT = "Input."
@@ -39,8 +39,8 @@ def load_probes(path: str | Path | None) -> tuple[str, ...]:
     if path is None:
         return DEFAULT_PROBES
     path = Path(path)
-    if not path.is_file():
-        raise DeltaAtlasError(f"Probe file {path} does not exist: pass a text file (one probe per blank-line block) or a JSON list.")
+    if problem := file_problem(path):
+        raise DeltaAtlasError(f"Probe file {path} {problem}: pass a text file (one probe per blank-line block) or a JSON list.")
     text = read_text(path, DeltaAtlasError, MAX_PROBE_FILE_BYTES, f"keep at most {MAX_PROBES} probes (each is cut "
                      f"to {MAX_PROBE_TOKENS} tokens anyway).", "save the probes as UTF-8 text")
     if path.suffix.lower() == ".json":

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.errors import DeltaAtlasError
-from core.textio import spreadsheet_safe, unescape_frame
+from core.textio import file_problem, spreadsheet_safe, unescape_frame
 
 META_KEY = b"delta_atlas"
 
@@ -71,8 +71,8 @@ def write_vectors(table: pd.DataFrame, path: str | Path, metadata: dict | None =
 def read_vectors(path: str | Path) -> pd.DataFrame:
     """Read a vector table written by :func:`write_vectors` (Parquet or CSV)."""
     path = Path(path)
-    if not path.is_file():
-        raise DeltaAtlasError(f"Vector file {path} does not exist: run `python -m core embed` to make it.")
+    if problem := file_problem(path):
+        raise DeltaAtlasError(f"Vector file {path} {problem}: run `python -m core embed` to make it.")
     try:
         if path.suffix.lower() == ".csv":
             table = unescape_frame(pd.read_csv(path, dtype=str, keep_default_na=False))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.errors import CatalogError, ModelSourceError
-from core.textio import read_text, spreadsheet_safe, unescape, unescape_frame
+from core.textio import file_problem, read_text, spreadsheet_safe, unescape, unescape_frame
 
 REQUIRED_COLUMNS = ("name", "source", "kind", "base")
 RESERVED_COLUMNS = {"vector", "origin", "similarity", "cluster", "x", "y"}   # the engine's and the app's own
@@ -187,8 +187,8 @@ class Catalog:
 def read_catalog(path: str | Path) -> Catalog:
     """Read and validate a catalog CSV. Everything is checked before any model is touched."""
     path = Path(path)
-    if not path.is_file():
-        raise CatalogError(f"Catalog file {path} does not exist: give the path of a CSV file with columns "
+    if problem := file_problem(path):
+        raise CatalogError(f"Catalog file {path} {problem}: give the path of a CSV file with columns "
                            f"{', '.join(REQUIRED_COLUMNS)}.")
     text = read_text(path, CatalogError, MAX_CATALOG_BYTES, "split the pool into several catalogs.",
                      "save the catalog as CSV UTF-8")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import ExamplesError
-from core.textio import check_size, decode_text
+from core.textio import check_size, decode_text, file_problem
 
 MIN_EXAMPLES = 2                 # a task needs at least two examples (10-50 is the useful range)
 MAX_EXAMPLES = 1000
@@ -257,8 +257,8 @@ def parse_examples(data: bytes, filename: str) -> list[Example]:
 def load_examples(path: str | Path) -> list[Example]:
     """Examples from a file on disk (its size is checked before it is read)."""
     path = Path(path)
-    if not path.is_file():
-        raise ExamplesError(f"Examples file {path} does not exist: give a JSON Lines, JSON, CSV or text file.")
+    if problem := file_problem(path):
+        raise ExamplesError(f"Examples file {path} {problem}: give a JSON Lines, JSON, CSV or text file.")
     check_size(path.stat().st_size, str(path), ExamplesError, MAX_FILE_BYTES, TOO_BIG)
     return parse_examples(path.read_bytes(), str(path))
 

@@ -30,6 +30,7 @@ from core.reuse.examples import check_count, load_examples
 from core.reuse.merge_plan import METHODS, MergePlan, MethodSpec, check_out_dir, plan_merge
 from core.reuse.task import cosine_to, publish
 from core.reuse.train import Example, example_loss
+from core.textio import file_problem
 from core.zoo import DEMO_CATALOG
 
 log = logging.getLogger(__name__)
@@ -293,8 +294,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def read_recipe(recipe_path: str | Path) -> dict:
     path = Path(recipe_path)
-    if not path.is_file():
-        raise MergeError(f"Recipe file {path} does not exist: give the recipe.yaml of an earlier merge.")
+    if problem := file_problem(path):
+        raise MergeError(f"Recipe file {path} {problem}: give the recipe.yaml of an earlier merge.")
     if path.stat().st_size > MAX_RECIPE_BYTES:
         raise MergeError(f"Recipe {path} is {path.stat().st_size:,} bytes; a merge recipe is a few hundred: give the "
                          "recipe.yaml an earlier merge wrote.")

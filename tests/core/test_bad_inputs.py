@@ -322,6 +322,15 @@ def reference_folder(files: dict) -> Make:
     return make
 
 
+def special(name: str, read: Callable[[Path], object], kind: str = "pipe") -> Make:
+    """A path that names a named pipe (a read would wait for ever) or a folder, handed to ``read``."""
+    def make(w: World):
+        path = w.inputs / name
+        os.mkfifo(path) if kind == "pipe" else path.mkdir()
+        return lambda: read(path)
+    return make
+
+
 def surrogate(field: str = "instruction", code: str = "\\ud800") -> str:
     other = "response" if field == "instruction" else "instruction"
     return f'{{"{field}": "a{code}b", "{other}": "c"}}\n{{"instruction": "x", "response": "y"}}\n'
@@ -689,6 +698,17 @@ BAD = [
     bad("reference-tasks-too-few", reference_folder({"a.jsonl": surrogate().replace("\\ud800", ""),
                                                      "b.jsonl": surrogate().replace("\\ud800", "")}),
         "holds 2 reference tasks", "give at least 3 .jsonl files of tasks that fit none"),
+    bad("catalog-a-named-pipe", special("catalog.csv", read_catalog), "catalog.csv is not a regular file",
+        "give the path of a CSV file"),
+    bad("examples-a-named-pipe", special("task.jsonl", load_examples), "task.jsonl is not a regular file",
+        "give a JSON Lines, JSON, CSV or text file"),
+    bad("examples-a-folder", special("task.jsonl", load_examples, "folder"), "task.jsonl is a folder, not a file",
+        "give a JSON Lines"),
+    bad("probes-a-named-pipe", special("probes.txt", load_probes), "probes.txt is not a regular file", "pass a text file"),
+    bad("vectors-a-named-pipe", special("v.parquet", read_vectors), "v.parquet is not a regular file",
+        "run `python -m core embed`"),
+    bad("recipe-a-named-pipe", special("recipe.yaml", lambda p: replay_recipe(p, None, p.parent / "m")),
+        "recipe.yaml is not a regular file", "give the recipe.yaml of an earlier merge"),
     bad("reference-task-bad-file", reference_folder({"a.jsonl": "x", "b.jsonl": "y", "c.jsonl": "z"}),
         "a.jsonl, line 1", ""),
 ]
