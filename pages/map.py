@@ -207,12 +207,14 @@ def one_model(pool: pools.Pool, data: pools.PoolData, name: str, labels: list[st
     learned(pools.descriptions(pool), name)
     k = min(NEIGHBOURS, len(frame) - 1)
     pairs = nearest_neighbours(data.X, index, k)
-    near = frame.iloc[[i for i, _ in pairs]][["name", *labels[:3]]].copy()
+    near = frame.iloc[[i for i, _ in pairs]][["name", *labels[:1]]].copy()   # fits the side column: one label
     near.insert(1, "similarity", [float(s) for _, s in pairs])
     st.markdown("**Closest models** — measured on each model's full description (its Delta Activation), not on the "
                 "map (1 = changed the base in exactly the same way, 0 = unrelated).")
     st.dataframe(near, hide_index=True, width="stretch", column_config={
-        "similarity": st.column_config.ProgressColumn("similarity", min_value=0.0, max_value=1.0, format="%.3f")})
+        "name": st.column_config.TextColumn("name", width="medium"),
+        "similarity": st.column_config.ProgressColumn("similarity", min_value=0.0, max_value=1.0, format="%.2f",
+                                                      width="small")})
     if st.button(f"Merge {ui.plain(name)} with its 2 closest models", key="map_to_merge"):
         ui.remember(ui.CANDIDATES_KEY, pool, names=[name, *list(near["name"])[:2]],
                     why=f"{name} and its two closest models on the map")
