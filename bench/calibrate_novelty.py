@@ -30,7 +30,7 @@ from core.pool.catalog import read_catalog  # noqa: E402
 from core.reuse.fit import helps  # noqa: E402
 from core.reuse.novelty import COMBINE, CloseMatchRule, verdict  # noqa: E402
 from core.reuse.references import load_references  # noqa: E402
-from core.reuse.task import default_compare, pool_vectors, similarities  # noqa: E402
+from core.reuse.task import comparison_space, cosine_to, default_compare, pool_vectors  # noqa: E402
 from core.zoo import DEMO_CATALOG  # noqa: E402
 
 QUANTILES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.86, 0.87, 0.88, 0.89, 0.9, 0.95)
@@ -52,13 +52,18 @@ class Sims:
 
 
 def task_similarities(rows: list[dict], table: pd.DataFrame, references: pd.DataFrame | None) -> list[Sims]:
-    """Each task's similarities, replayed from its saved vector with the pool's default comparison."""
-    compare = default_compare(table)
+    """Each task's similarities, replayed from its saved vector with the pool's default comparison (its space fitted
+    once for every row)."""
+    vectors = matrix(table).astype(np.float64)
+    space = comparison_space(table, default_compare(table))
+    pool = space(vectors)                                                          # [n, k]
+    refs = None if references is None else space(matrix(references).astype(np.float64))   # [r, k]
     out = []
     for row in rows:
-        vector = np.asarray(row["vector"], dtype=np.float64)
-        refs = None if references is None else similarities(vector, table, compare, others=matrix(references))
-        out.append(Sims(similarities(vector, table), similarities(vector, table, compare), refs))
+        vector = np.asarray(row["vector"], dtype=np.float64)                       # [d]
+        seen = space(vector[None, :])[0]                                           # [k]
+        out.append(Sims(cosine_to(vector, vectors), cosine_to(seen, pool),
+                        None if refs is None else cosine_to(seen, refs)))
     return out
 
 

@@ -254,12 +254,11 @@ REFIT_KEY = "map_refit"  # session flag: this visitor asked for a map fitted on 
 class MapLayout:
     """Where every model of ``PoolData`` sits on the map ([n, 2], the data's row order) and the projector that
     places new vectors (a task, a merge) on it. The pool's own models are fitted once, keyed by their content; models
-    visitors add later are placed by that fit and marked, so that nobody's map moves when someone adds a model.
-    ``refitted``: this session asked for a map fitted on every model instead (REFIT_KEY)."""
+    visitors add later are placed by that fit and marked, so that nobody's map moves when someone adds a model (unless
+    this session asked for a map fitted on every model, REFIT_KEY)."""
 
     embedding: np.ndarray
     projector: object
-    refitted: bool = False
 
     def place(self, vectors: np.ndarray) -> np.ndarray:
         return np.asarray(self.projector.transform(np.atleast_2d(vectors)))
@@ -281,7 +280,7 @@ def map_layout(data: PoolData, settings: dict | None = None) -> MapLayout:
     embedding[rows] = fitted
     if not rows.all():
         embedding[~rows] = projector.transform(data.X[~rows])
-    return MapLayout(embedding, projector, refit)
+    return MapLayout(embedding, projector)
 
 
 def projector(data: PoolData, settings: dict | None = None):

@@ -233,23 +233,15 @@ def patched(data: bytes, member: str, offset: int, value: int, size: int = 4) ->
     raise AssertionError(f"no member {member}")
 
 
-def stored_zip_pairs(files: list[tuple[str, str]]) -> bytes:
-    """A zip that may hold one name twice (archivers warn, but write it)."""
+def stored_zip(files: dict | list[tuple[str, str]]) -> bytes:
+    """A zip whose members are stored uncompressed (so a byte of their content can be flipped); given as pairs, it
+    may hold one name twice (archivers warn, but write it)."""
     import warnings
 
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), zipfile.ZipFile(buffer, "w") as archive:
-        warnings.simplefilter("ignore", UserWarning)
-        for name, content in files:
-            archive.writestr(name, content)
-    return buffer.getvalue()
-
-
-def stored_zip(files: dict) -> bytes:
-    """A zip whose members are stored uncompressed (so a byte of their content can be flipped)."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
-        for name, content in files.items():
+    with warnings.catch_warnings(), zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        warnings.simplefilter("ignore", UserWarning)                  # "Duplicate name"
+        for name, content in (files.items() if isinstance(files, dict) else files):
             archive.writestr(name, content)
     return buffer.getvalue()
 
@@ -653,7 +645,7 @@ BAD = [
         "t.json, line 1: field 'instruction' holds the escape", "fix or remove"),
     bad("zip-file-and-folder-one-name", upload(a_zip({"notes.txt": "a", "notes.txt/inner.txt": "b"})),
         "both a file and a folder named 'notes.txt'", "rename one of them"),
-    bad("zip-same-file-twice", upload(lambda: stored_zip_pairs([("adapter_config.json", "{}"),
+    bad("zip-same-file-twice", upload(lambda: stored_zip([("adapter_config.json", "{}"),
                                                                 ("adapter_model.safetensors", "x"),
                                                                 ("adapter_config.json", "{}")])),
         "holds 'adapter_config.json' twice", "so that each file is in it once"),
@@ -1014,10 +1006,7 @@ def test_fuzz_zip_layouts(scratch, extra, top):
              *((top + name, "y") for name in extra)]
     out = scratch / "unzipped"
     shutil.rmtree(out, ignore_errors=True)
-    import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)           # "Duplicate name": the archive may hold a name twice
-        data = stored_zip_pairs(files)
+    data = stored_zip(files)
     result = result_or_refusal(lambda: extract_zip(data, out))
     if result is not None:                                     # everything written stays inside the folder
         for path in out.rglob("*"):
