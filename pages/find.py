@@ -22,6 +22,7 @@ from pages.parts import ui  # noqa: E402
 SHOWN_MATCHES = 15
 TO_MERGE = 3          # best matches offered to the Merge page
 FIND_JOB = "find_job"  # the session's (and the URL's) task-search job id
+FORM = ("find_source", "find_sample", "find_steps", "find_compare")  # put back when a reloaded tab finds the job
 COMPARE_WORDS = {"domain-lens": "The domain lens", "cluster-lens": "The cluster lens (needs no labels)",
                  "delta": "The paper's method"}   # the names of core.reuse.task.COMPARISONS
 
@@ -37,7 +38,8 @@ def main() -> None:
         if len(data.frame) == 0:
             st.info("This pool has no vectors yet: open the Map page to compute them first.")
             return
-        title, examples = ui.examples_picker("find")
+        ui.restore_form(FIND_JOB)
+        title, examples = ui.examples_picker("find", last_task=ui.restored_examples(FIND_JOB))
         with st.expander("Settings"):
             steps = st.number_input("Finetuning steps", 1, 1000, value=default_steps(pool), key="find_steps",
                                     help="More steps describe the task more precisely but take longer.")
@@ -103,7 +105,7 @@ def search(pool: pools.Pool, data: pools.PoolData, title: str, examples: list, s
         return find_models(examples, catalog, vectors=vectors, projector=projector, steps=steps, progress=progress,
                            models=models, compare=compare)
 
-    ui.start_job(FIND_JOB, data.base, "search", work, pool, title=title, examples=examples, base=data.base)
+    ui.start_job(FIND_JOB, data.base, "search", work, pool, form=FORM, title=title, examples=examples, base=data.base)
 
 
 def show_result(pool: pools.Pool, data: pools.PoolData) -> None:

@@ -22,6 +22,7 @@ from pages.parts import ui  # noqa: E402
 MERGE_KEY = "merge_result"   # {"catalog", "result", "title"}: the last merge of this session
 MERGE_JOB = "merge_job"      # the session's (and the URL's) merge job id
 NAMES_KEY = "merge_names"
+FORM = (NAMES_KEY, "merge_method", "merge_weights", "merge_budget", "merge_source", "merge_sample")  # see ui.restore_form
 WEIGHT_MODES = {  # label -> merge_adapters' weights argument
     "Automatic: by similarity to the task": "auto",
     "Searched on the examples (slower, often best)": "search",
@@ -43,11 +44,12 @@ def main() -> None:
         if len(adapters) < 2:
             st.info("This pool has fewer than two adapters with vectors: there is nothing to merge.")
             return
+        ui.restore_form(MERGE_JOB)
         names = choose_adapters(pool, adapters, catalog)
         method, weights, budget = choose_method(names)
         task = ui.remembered(ui.TASK_KEY, pool)
         st.markdown("**Examples to measure the merge on**")
-        title, examples = ui.examples_picker("merge", last_task=task)
+        title, examples = ui.examples_picker("merge", last_task=task or ui.restored_examples(MERGE_JOB))
         ready = len(names) >= 2 and bool(examples)
         if st.button("Merge", type="primary", disabled=not ready, key="merge_go"):
             same_task = task is not None and examples is task["examples"]
@@ -114,7 +116,8 @@ def run(pool, data, catalog, names, method, weights, budget, title, examples, ta
         return merge_adapters(catalog, names, method, weights, examples, out_dir, task_vector=task_vector,
                               progress=progress, vectors=vectors, budget=budget, models=models)
 
-    ui.start_job(MERGE_JOB, data.base, "merge", work, pool, title=title)
+    ui.start_job(MERGE_JOB, data.base, "merge", work, pool, form=(*FORM, *(f"merge_w_{n}" for n in names)),
+                 title=title, examples=examples)
 
 
 def show_result(pool: pools.Pool, data: pools.PoolData) -> None:

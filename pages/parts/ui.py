@@ -43,6 +43,7 @@ STAGES = {  # progress stage -> plain words
     "embed": "Measuring how the model changed", "load": "Loading the models",
     "measure": "Checking whether the closest models help with your examples",
 }
+STARTING = "Loading the base model (the first time after the server starts, this takes a few seconds)"
 QUIET_ITEMS = {"embed", "finetune", "base", "search"}   # stages whose item is an internal name (a hash, "task")
 
 
@@ -179,6 +180,7 @@ def link(page: str, label: str) -> None:
 # ---- heavy work: one shared model per base, a queue per base, progress ----------------------------------------
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+FORM = "form"  # a job's meta: the widget values of the form that started it
 POLL_S = 0.5  # how often a page waiting for its job redraws its place and progress
 
 
@@ -213,12 +215,39 @@ def session_alive(session: str) -> bool:
     return not Runtime.exists() or Runtime.instance().is_active_session(session)
 
 
-def start_job(slot: str, key: str, kind: str, work, pool: Pool, **meta) -> None:
+def start_job(slot: str, key: str, kind: str, work, pool: Pool, form: tuple[str, ...] = (), **meta) -> None:
     """Queue ``work(progress)`` on base ``key`` for ``pool``; its id goes in the session and the URL, so that a
-    reloaded tab finds the job again. ``meta`` is kept with the job for the page that shows its result."""
-    job = job_queue().submit(str(key), kind, session_id(), work, {**meta, "catalog": str(pool.catalog_path)})
+    reloaded tab finds the job again. ``meta`` is kept with the job for the page that shows its result, and so are
+    the values of the widgets named in ``form``, which :func:`restore_form` puts back after a reload."""
+    values = {k: st.session_state[k] for k in form if k in st.session_state}
+    job = job_queue().submit(str(key), kind, session_id(), work,
+                             {**meta, "catalog": str(pool.catalog_path), FORM: values})
     st.session_state[slot] = job.id
     st.query_params[slot] = job.id
+
+
+def restore_form(slot: str) -> dict | None:
+    """In a reloaded tab (the job's id in the URL, not yet in this session): put the form back as it was when the
+    job started, so that the page shows what the job runs on and the next click does not run something else.
+    Returns the job's meta then, else None. Call it before the page draws its widgets."""
+    job_id = st.query_params.get(slot)
+    if st.session_state.get(slot) or not job_id or not JOB_ID.match(str(job_id)):
+        return None
+    job = job_queue().get(str(job_id))
+    if job is None:
+        return None
+    for key, value in job.meta.get(FORM, {}).items():
+        if value == UPLOAD:  # an uploaded file cannot be put back in its uploader; its examples can
+            value = LAST_TASK
+            st.session_state[f"_{slot}_examples"] = {"title": job.meta.get("title", ""),
+                                                     "examples": job.meta.get("examples", [])}
+        st.session_state[key] = value
+    return job.meta
+
+
+def restored_examples(slot: str) -> dict | None:
+    """The examples of an uploaded file that :func:`restore_form` put back ({"title", "examples"}), if any."""
+    return st.session_state.get(f"_{slot}_examples")
 
 
 def job_in(slot: str) -> Job | None:
@@ -255,7 +284,7 @@ def follow(job: Job) -> Job:
         else:
             note.empty()
             p = job.progress
-            bar.progress(p.fraction if p else 0.0, text=progress_words(p) if p else "Starting...")
+            bar.progress(p.fraction if p else 0.0, text=progress_words(p) if p else STARTING)
         time.sleep(POLL_S)
     for slot in (note, bar, cancel):
         slot.empty()

@@ -286,6 +286,8 @@ def test_a_search_waits_its_turn_and_survives_a_reload(app_env):
     at = app().run()
     at.switch_page("pages/find.py").run()
     at.number_input(key="find_steps").set_value(2).run()
+    samples = at.selectbox(key="find_sample").options
+    at.selectbox(key="find_sample").set_value(samples[-1]).run()   # not the first: the reload must put it back
     base = _ui.job_queue().submit(str(app_env["models"] / "base"), "search", "someone-else",
                                   lambda progress: gate.wait(20))
     timer = threading.Timer(2.0, gate.set)      # the other search ends while ours waits behind it
@@ -303,6 +305,8 @@ def test_a_search_waits_its_turn_and_survives_a_reload(app_env):
     reloaded.switch_page("pages/find.py").run()
     assert problems(reloaded) == []
     assert list(reloaded.dataframe[-1].value["model"]) == list(first["model"])
+    assert reloaded.selectbox(key="find_sample").value == samples[-1]   # the form shows what the result is of
+    assert reloaded.number_input(key="find_steps").value == 2
 
 
 def test_how_it_works_shows_the_evidence(synthetic_env):
