@@ -1,6 +1,7 @@
 """Add models: the user's own adapters or finetuned models join a catalog kept on disk, and the map."""
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from pages.parts import ui  # noqa: E402
 
 FOLDER, ZIP, HUB = "A folder on this server", "Upload a zip", "Hugging Face Hub id"
 ADD_JOB = "add_job"  # the session's (and the URL's) job measuring a model being added
+log = logging.getLogger("delta_atlas.app")
 KINDS = {"auto": "find out by itself", "lora": "LoRA adapter", "full": "full finetuned model"}
 
 
@@ -91,9 +93,22 @@ def add(pool, data, users, how, where, name, kind, labels) -> None:
             adder, what = users.add_hub, where.strip()
 
         def add_one(progress):
-            return adder(what, progress=progress, **common)
+            table = adder(what, progress=progress, **common)
+            describe_added(users, table, progress)
+            return table
 
         ui.start_job(ADD_JOB, data.base, "embed", add_one, pool)
+
+
+def describe_added(users: userpool.UserPool, table: pd.DataFrame, progress) -> None:
+    """What the added model learned (its answers and words), for the map; a failure here only leaves it
+    undescribed (the map says how to describe it), the model stays added."""
+    from core.map.describe import update_descriptions
+
+    try:
+        update_descriptions(users.catalog(), table, progress=progress)
+    except Exception:  # noqa: BLE001 - the model is added and measured; describing it is a bonus
+        log.warning("describing %s failed", list(table["name"]), exc_info=True)
 
 
 def added(pool: pools.Pool) -> None:

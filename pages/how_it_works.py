@@ -14,6 +14,7 @@ import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from pages.parts import charts  # noqa: E402
+from pages.parts import learned  # noqa: E402
 from pages.parts import pools  # noqa: E402
 from pages.parts import ui  # noqa: E402
 
@@ -69,11 +70,13 @@ def main() -> None:
         "Models trained on similar data change the base in a similar direction, so their vectors point the same "
         "way. The **similarity** of two models (from −1 to 1) measures how much their vectors point the same way. "
         "The map squeezes these long vectors onto a flat page so that similar models sit close together.")
+    with ui.guard("reading what the models learned"):
+        in_words(pool)
     with ui.guard("drawing the demo zoo's directions"):
         directions(pool)
     with ui.guard("reading the report"):
         report, where = pool_report(pool)
-        st.subheader("3. Does it work? Grouping models by what they learned")
+        st.subheader("4. Does it work? Models that learned the same thing end up together")
         clustering(report, where)
         if report and report.get("additivity"):
             additivity(pool, report)
@@ -82,6 +85,25 @@ def main() -> None:
     if (pool.catalog_path.parent / SEARCH_QUALITY).is_file():
         with ui.guard("describing the demo zoo"):
             demo_zoo(pool)
+
+
+def in_words(pool: pools.Pool) -> None:
+    """What one model of the pool learned, in words: a list of numbers means nothing to a person."""
+    found = pools.descriptions(pool)
+    described = [n for n, about in found.get("models", {}).items() if about.get("answers")]
+    if not described:
+        return
+    st.subheader("2. What a model learned, in its own words")
+    st.markdown(
+        "A list of numbers means nothing to a person, so the app also reads every model in words, without looking "
+        "at its name or labels. It writes down **what the model answers** to the same five plain questions, beside "
+        "what the base model answered; and it reads **which words the model's change pushes up** — the words the "
+        "finetuned model is now more ready to say than the other models. A maths model leans towards numbers, a "
+        "legal one towards clauses and courts. The Map page shows these for every model, and names each group of "
+        "the map after the words its models share.")
+    talkative = sorted(described, key=lambda n: -len(set(" ".join(found["models"][n]["answers"]).split())))
+    name = st.selectbox("See a model", talkative, key="how_model", help="The models that say the most come first.")
+    learned.learned(found, name)
 
 
 def directions(pool: pools.Pool) -> None:
@@ -99,7 +121,7 @@ def directions(pool: pools.Pool) -> None:
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     flat = centred @ vt[:2].T                                            # [domains, 2]
     flat /= np.abs(flat).max()
-    st.subheader("2. On this pool: one arrow per domain")
+    st.subheader("3. On this pool: one arrow per domain")
     left, right = st.columns([3, 2])
     left.plotly_chart(charts.arrows_figure({d: tuple(p) for d, p in zip(means, flat)}), key="how_arrows",
                       config={"staticPlot": True})
@@ -109,57 +131,85 @@ def directions(pool: pools.Pool) -> None:
 
 
 def clustering(report: dict | None, where: str) -> None:
-    st.markdown(
-        "A good description puts models trained on the same kind of data together. The **silhouette score** "
-        "measures that from −1 to 1: near 1, each domain forms its own tight group; near 0, the groups are mixed. "
-        "**Nearest neighbour** is the share of models whose most similar other model has the same domain.")
     if report is None:
-        st.info("No report for this pool yet (`python -m core report` measures it). Here are the paper's numbers, "
-                "on real 8-billion-parameter models:")
-        st.dataframe(PAPER, hide_index=True, width="stretch")
+        st.markdown("If the idea works, models trained on the same kind of data should come out close together. "
+                    "This pool has no report yet (`python -m core report` measures it); in the paper, on real "
+                    "8-billion-parameter models, Delta Activations group the models by domain far better than the "
+                    "other ways of describing a model:")
+        with st.expander("The paper's numbers"):
+            st.caption(SILHOUETTE)
+            st.dataframe(PAPER, hide_index=True, width="stretch")
         return
+    ours = next((e for e in report["embeddings"] if e["key"] == "delta_activations"), None)
+    if ours is not None:
+        st.markdown(plain_grouping(report, ours))
+    with st.expander("The numbers: how tight the groups are, and how each other way of describing a model does"):
+        st.caption(SILHOUETTE)
+        st.caption(f"Measured on {where}: {report['n_models']} models, grouped by {report['label']}.")
+        st.dataframe(grouping_table(report), hide_index=True, width="stretch", column_config={
+            "nearest neighbour, all": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0,
+                                                                      format="percent")})
+        for note in report.get("notes", []):
+            st.caption(note)
+
+
+SILHOUETTE = ("The silhouette score measures, from −1 to 1, how well the labels group the models: near 1, each "
+              "group is tight and apart from the others; near 0, the groups are mixed. Nearest neighbour is the "
+              "share of models whose most similar other model has the same label.")
+
+
+def plain_grouping(report: dict, ours: dict) -> str:
+    """The grouping result in one or two sentences a non-programmer can follow."""
+    label, scopes = report["label"], report["scopes"]
+    text = ("If the idea works, models trained on the same kind of data should come out close together — without "
+            f"being told their {label}. On **{report['n_models']} models** of this pool, ")
+    share = ours["loo_accuracy"].get("all")
+    if share is not None:
+        text += (f"for **{share:.0%}** of them the most similar other model learned the same {label}")
+    score, scope = next(((ours["silhouette"].get(k), k) for k in ("primary", "all")
+                         if ours["silhouette"].get(k) is not None), (None, None))
+    if score is not None:
+        others = [e for e in report["embeddings"] if e is not ours and e["silhouette"].get(scope) is not None]
+        tight = "clearly separate" if score > 0.5 else "mostly separate" if score > 0.25 else "overlapping"
+        text += (f"; on the {scopes[scope]['n']} main models the {label} groups are **{tight}** (a score of "
+                 f"{score:.2f}, where 1 is perfectly apart and 0 all mixed")
+        if others:
+            best = max(others, key=lambda e: e["silhouette"][scope])
+            text += f", against {best['silhouette'][scope]:.2f} for the best other way of describing a model"
+        text += ")"
+    return text + "."
+
+
+def grouping_table(report: dict) -> pd.DataFrame:
     scopes = report["scopes"]
     rows = [{"embedding": e["name"], "numbers per model": f"{e['dim']:,}",
              f"silhouette, primary ({scopes['primary']['n']})": e["silhouette"].get("primary"),
              f"silhouette, all ({scopes['all']['n']})": e["silhouette"].get("all"),
              "nearest neighbour, all": e["loo_accuracy"].get("all"),
              "paper's silhouette": report["paper_silhouette"].get(e["name"])} for e in report["embeddings"]]
-    table = pd.DataFrame(rows).dropna(axis=1, how="all")  # a scope the pool lacks (no primary models...)
-    st.caption(f"Measured on {where}: {report['n_models']} models, grouped by {report['label']}.")
-    st.dataframe(table, hide_index=True, width="stretch", column_config={
-        "nearest neighbour, all": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="percent")})
-    ours = next((e for e in report["embeddings"] if e["key"] == "delta_activations"), None)
-    sentences = []
-    for scope, who in [("primary", "the primary models"), ("all", "the whole pool")]:
-        others = [e for e in report["embeddings"] if e is not ours and e["silhouette"].get(scope) is not None]
-        if ours is None or ours["silhouette"].get(scope) is None:
-            continue
-        text = f"on {who}, Delta Activations reach a silhouette of **{ours['silhouette'][scope]:.2f}**"
-        if others:
-            best = max(others, key=lambda e: e["silhouette"][scope])
-            text += f" against {best['silhouette'][scope]:.2f} for the best other description ({best['name']})"
-        sentences.append(text)
-    if sentences:
-        st.markdown(f"Grouping by {report['label']}: " + "; ".join(sentences) + ".")
-    for note in report.get("notes", []):
-        st.caption(note)
+    return pd.DataFrame(rows).dropna(axis=1, how="all")  # a scope the pool lacks (no primary models...)
 
 
 def additivity(pool: pools.Pool, report: dict) -> None:
-    st.subheader("4. Additive: training on A and B lands near A + B")
-    st.markdown("Some models of the demo zoo were trained on two datasets at once. If delta activations add up, such "
-                "a model's vector should point the same way as the sum of the two single-dataset models' vectors.")
-    rows = [{"model trained on both": a["name"], "A": a["parts"][0], "B": a["parts"][1],
-             "similarity to A + B": a["cos_sum"], "to A": a["cos_a"], "to B": a["cos_b"],
-             "to other models (mean)": a["mean_cos_others"],
-             "rank of A + B": f"{a['rank_of_sum']} of {a['n_compared']}"} for a in report["additivity"]]
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
-        "similarity to A + B": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="%.2f")})
+    st.subheader("5. Training on A and B lands near A + B")
     first, mixes = report["additivity"][0], report["additivity"]
-    st.markdown(f"On average a mixture model's similarity to A + B is **{np.mean([a['cos_sum'] for a in mixes]):.2f}**, "
-                f"against {np.mean([a['mean_cos_others'] for a in mixes]):.2f} to the other models of the pool. "
-                f"A + B ranks {', '.join(str(a['rank_of_sum']) for a in mixes)} among the "
-                f"{first['n_compared']} vectors compared (1 = closer than any single model of the pool).")
+    nearest = sum(a["rank_of_sum"] == 1 for a in mixes)
+    st.markdown("Some models of the demo zoo were trained on two kinds of data at once (say maths **and** code). "
+                "If the method is sound, such a model should have changed the base roughly as much as the maths "
+                "model and the code model together. It does: for "
+                f"**{nearest} of the {len(mixes)}** models trained on two kinds of data, the sum of the two "
+                "single-kind models is closer to it than any model of the pool.")
+    with st.expander("The numbers: each model trained on two kinds of data"):
+        st.caption("Similarity goes from −1 to 1 (1 = the same change). Rank 1 = A + B is closer than any single "
+                   "model of the pool.")
+        rows = [{"model trained on both": a["name"], "A": a["parts"][0], "B": a["parts"][1],
+                 "similarity to A + B": a["cos_sum"], "to A": a["cos_a"], "to B": a["cos_b"],
+                 "rank of A + B": f"{a['rank_of_sum']} of {a['n_compared']}"} for a in mixes]
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
+            "similarity to A + B": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="%.2f")})
+        st.caption(f"On average a mixture model's similarity to A + B is "
+                   f"{np.mean([a['cos_sum'] for a in mixes]):.2f}, against "
+                   f"{np.mean([a['mean_cos_others'] for a in mixes]):.2f} to the other models of the pool.")
     data = pools.pool_data(pool)
     index = {n: i for i, n in enumerate(data.frame["name"])}
     if all(n in index for n in [first["name"], *first["parts"]]):
@@ -180,16 +230,17 @@ def additivity(pool: pools.Pool, report: dict) -> None:
 
 def robustness(report: dict) -> None:
     label = report["label"]
-    st.subheader("5. Robust: other training settings, same place")
-    st.markdown(f"Other models were trained on the same data with other settings (learning rate, amount of data, "
-                f"LoRA rank, or every weight instead of an adapter). Each should still sit next to a model of its "
-                f"own {label}.")
-    rows = [{"model": r["name"], "setting": r["setting"], f"its {label}": r[label], "closest model": r["nearest"],
-             "similarity": r["nearest_cos"], f"same {label}": "yes" if r["same_" + label] else "no"}
-            for r in report["robustness"]]
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
-    share = np.mean([r["same_" + label] for r in report["robustness"]])
-    st.markdown(f"**{share:.0%}** of them sit next to a model of their own {label}.")
+    st.subheader("6. Other training settings, same place")
+    same = sum(bool(r["same_" + label]) for r in report["robustness"])
+    st.markdown(f"Other models were trained on the same data in other ways — faster or slower, on less data, or "
+                f"changing every weight of the model instead of a small add-on. What they learned is the same, so "
+                f"they should land in the same place. **{same} of {len(report['robustness'])}** sit right next to "
+                f"a model of their own {label}.")
+    with st.expander("The numbers: each model trained another way, and its closest model"):
+        rows = [{"model": r["name"], "setting": r["setting"], f"its {label}": r[label],
+                 "closest model": r["nearest"], "similarity": r["nearest_cos"],
+                 f"same {label}": "yes" if r["same_" + label] else "no"} for r in report["robustness"]]
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 
 def base_description(base: str) -> str:
@@ -236,11 +287,42 @@ def training_words(pool: pools.Pool) -> str:
 
 def demo_zoo(pool: pools.Pool) -> None:
     """What the demo zoo is made of, and how well task search does on it (measured by bench/eval_find.py)."""
-    st.subheader("6. The demo zoo, and how well task search does on it")
+    st.subheader("7. The demo zoo, and how well task search does on it")
     frame = pools.catalog_of(pool).labels_frame()
     base = str(next(iter(pools.catalog_of(pool))).base)
-    about = base_description(base)
-    st.markdown(f"**{pool.title}** holds **{len(frame)} models**, all finetuned from one base: {about}. "
+    kinds = sorted({d for d in frame.get("domain", pd.Series(dtype=str)).astype(str) if d and "+" not in d})
+    st.markdown(f"**{pool.title}** holds **{len(frame)} small models**, each taught one kind of data here"
+                + (f" ({', '.join(kinds)})" if kinds else "") + ", all from the same base model.")
+    path = pool.catalog_path.parent / SEARCH_QUALITY
+    quality = load_report(str(path), pools.stamp(path)) if path.is_file() else {}
+    if plain := plain_search(quality):
+        st.markdown(plain)
+    with st.expander("How the zoo was made, and every figure of task search"):
+        zoo_details(pool, frame, base)
+        lines = search_quality_lines(quality)
+        if lines:
+            st.markdown("Task search, measured (`bench/eval_find.py`, `bench/sample_merge.py`):\n" + "\n".join(lines))
+
+
+def plain_search(quality: dict) -> str:
+    """How well task search does, in one sentence (the default comparison on tasks nobody tuned to)."""
+    default = quality.get("default_compare", "delta")
+    ours = quality.get("ood" if default == "delta" else f"ood_{default}")
+    off = quality.get("off")
+    if not isinstance(ours, dict):
+        return ""
+    text = (f"When you bring your own task (the Find page): on **{ours['tasks']} tasks written by hand** that no "
+            f"setting was tuned to, a model of the right kind came first for **{ours['top1']}**")
+    if isinstance(off, dict):
+        text += (f"; on **{off['tasks']} tasks of kinds the zoo does not hold** (poems, jokes, finance...), the app "
+                 f"said *nothing in this pool fits your task* for **{off['flagged']}** — the others got a "
+                 "*weak match* or a best-of-the-rest answer, so read the verdict, not only the ranking")
+    return text + "."
+
+
+def zoo_details(pool: pools.Pool, frame: pd.DataFrame, base: str) -> None:
+    """The base, the datasets and their answer forms, and how much each domain's models learned."""
+    st.markdown(f"All {len(frame)} models are finetuned from one base: {base_description(base)}. "
                 "Each was trained here on one public dataset (or two, for the mixtures). Every domain has datasets "
                 "that answer in different forms — a one-word label, a letter, a number, prose, code — so that the "
                 "map shows whether models group by topic or by the form of their answers. On a base this small, the "
@@ -255,16 +337,13 @@ def demo_zoo(pool: pools.Pool) -> None:
         base_loss = pd.to_numeric(single.get("base_held_out_loss"), errors="coerce")
         rows = [{"domain": d, "models": len(g), "datasets": ", ".join(dict.fromkeys(g["dataset"])),
                  "answer forms": ", ".join(dict.fromkeys(g["format"])),
-                 "loss on unseen examples: base → finetuned": f"{base_loss[g.index].mean():.2f} → {loss[g.index].mean():.2f}"}
+                 "loss: base → finetuned": f"{base_loss[g.index].mean():.2f} → {loss[g.index].mean():.2f}"}
                 for d, g in single.groupby("domain", sort=True)]
-        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
+            "datasets": st.column_config.TextColumn(width="medium"),
+            "answer forms": st.column_config.TextColumn(width="medium")})
         st.caption("Loss on unseen examples: how surprised the model is by the right answers of examples of its own "
                    "dataset that it never trained on (lower is better); the drop shows each model learned its data.")
-    path = pool.catalog_path.parent / SEARCH_QUALITY
-    if path.is_file():
-        lines = search_quality_lines(load_report(str(path), pools.stamp(path)))
-        if lines:
-            st.markdown("Task search, measured (`bench/eval_find.py`, `bench/sample_merge.py`):\n" + "\n".join(lines))
 
 
 COMPARE_NAMES = {"domain-lens": "through the domain lens", "cluster-lens": "through the cluster lens (no labels used)",

@@ -13,9 +13,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from core.map.describe import SHOWN_WORDS  # noqa: E402
 from core.map.projection import one_point_note  # noqa: E402
 from pages.parts import charts  # noqa: E402
+from pages.parts import learned  # noqa: E402
 from pages.parts import pools  # noqa: E402
 from pages.parts import ui  # noqa: E402
 
@@ -204,7 +204,8 @@ def one_model(pool: pools.Pool, data: pools.PoolData, name: str, labels: list[st
         facts["origin"] = "added by you"
     st.dataframe(pd.DataFrame({"label": list(facts), "value": list(facts.values())}), hide_index=True,
                  width="stretch")
-    learned(pools.descriptions(pool), name)
+    found = pools.descriptions(pool)
+    learned.learned(found, name)
     k = min(NEIGHBOURS, len(frame) - 1)
     pairs = nearest_neighbours(data.X, index, k)
     near = frame.iloc[[i for i, _ in pairs]][["name", *labels[:1]]].copy()   # fits the side column: one label
@@ -215,11 +216,22 @@ def one_model(pool: pools.Pool, data: pools.PoolData, name: str, labels: list[st
         "name": st.column_config.TextColumn("name", width="medium"),
         "similarity": st.column_config.ProgressColumn("similarity", min_value=0.0, max_value=1.0, format="%.2f",
                                                       width="small")})
+    compare_with(found, name, [*near["name"], *(n for n in frame["name"] if n != name)])
     if st.button(f"Merge {ui.plain(name)} with its 2 closest models", key="map_to_merge"):
         ui.remember(ui.CANDIDATES_KEY, pool, names=[name, *list(near["name"])[:2]],
                     why=f"{name} and its two closest models on the map")
         st.success("Ready on the Merge page.")
         ui.link("pages/merge.py", "Merge")
+
+
+def compare_with(found: dict, name: str, others: list[str]) -> None:
+    """Pick a second model (its closest first) and read what the two say side by side."""
+    if not found.get("models"):
+        return
+    other = st.selectbox("Compare what it says with another model", list(dict.fromkeys(others)), index=None,
+                         key="map_compare", placeholder="Choose a model (the closest are first)")
+    if other is not None:
+        learned.side_by_side(found, name, other)
 
 
 def leaning_column(found: dict, frame: pd.DataFrame) -> list[str] | None:
@@ -228,29 +240,6 @@ def leaning_column(found: dict, frame: pd.DataFrame) -> list[str] | None:
     if not models:
         return None
     return [", ".join((models.get(n, {}).get("words") or [])[:4]) for n in frame["name"]]
-
-
-def learned(found: dict, name: str) -> None:
-    """What the model learned, in words: the words it leans towards, and its answers beside the base's."""
-    about = found.get("models", {}).get(name)
-    if not about:
-        st.caption("What this model learned has not been described yet: run `python -m core describe` for this pool.")
-        return
-    if about.get("words"):
-        st.markdown("**What it learned** — the words it leans towards more than the other models do: "
-                    + ui.plain(", ".join(about["words"][:SHOWN_WORDS])))
-    answers, base = about.get("answers"), found.get("base", {}).get("answers") or []
-    if not answers:
-        st.caption(ui.plain(about.get("note") or "Its answers are not available (its weights are not on this disk)."))
-        return
-    with st.expander("What it says, beside the base model"):
-        st.caption("Its first words after each of the five fixed prompts that all models are compared on "
-                   "(\"Please provide a response. Input: Input.\", worded five ways); below each, in grey, what "
-                   "the untouched base model says to the same prompt.")
-        for i, answer in enumerate(answers):
-            st.markdown(f"**{i + 1}.** {ui.plain(answer) or '*(says nothing: it ends its answer at once)*'}")
-            if i < len(base):
-                st.caption(f"base model: {ui.plain(base[i])}")
 
 
 def many_models(pool: pools.Pool, data: pools.PoolData, selected: list[str], labels: list[str]) -> None:
@@ -262,6 +251,9 @@ def many_models(pool: pools.Pool, data: pools.PoolData, selected: list[str], lab
         counts = chosen[column].astype(str).replace("", "(none)").value_counts()
         st.caption(f"By {ui.plain(column)}: " + ", ".join(f"{v} × {ui.plain(k)}" for k, v in counts.items()))
     st.dataframe(chosen[["name", *labels[:4]]], hide_index=True, width="stretch", height=260)
+    found = pools.descriptions(pool)
+    if len(chosen) == 2 and found.get("models"):
+        learned.side_by_side(found, *chosen["name"])
     if st.button(f"Use these {len(chosen):,} models on the Merge page", key="map_many_to_merge"):
         ui.remember(ui.CANDIDATES_KEY, pool, names=list(chosen["name"]), why="your selection on the map")
         st.success("Ready on the Merge page.")
@@ -351,12 +343,7 @@ def vector_bytes(data: pools.PoolData, suffix: str) -> bytes:
 def missing_vectors(pool: pools.Pool, data: pools.PoolData) -> None:
     needs = pools.hub_needs(pool, data)
     if needs:  # models on the Hub (the paper's pools...): a job for a GPU machine, not for this page
-        n = len(data.missing)
-        st.info(f"**{pool.title}** lists {n} model{'s' if n != 1 else ''} finetuned from **{data.base}**. They "
-                f"live on the Hugging Face Hub and have no vectors yet, so there is nothing to draw. Measuring them "
-                f"needs {needs}: each model is downloaded and run once (log in with `hf auth login` first when "
-                f"the base is gated). On such a machine, run\n\n```\n{embed_command(pool, lines=True)}\n```\n\n"
-                "then reload this page to see the map.")
+        hub_pool(pool, data, needs)
         return
     st.info(f"The models of **{pool.title}** have no vectors yet, so there is nothing to draw. Compute them here "
             f"(this runs every model once; it can take long for big models), or on the command line with "
@@ -364,6 +351,26 @@ def missing_vectors(pool: pools.Pool, data: pools.PoolData) -> None:
     if st.button("Compute the vectors now", type="primary", key="map_embed"):
         embed_pool(pool, data)
     embedded(pool)
+
+
+def hub_pool(pool: pools.Pool, data: pools.PoolData, needs: str) -> None:
+    """A pool of Hugging Face models without vectors: what it is, what measuring it takes, and the one command."""
+    n = len(data.missing)
+    st.info(f"**{pool.title}** lists {n} model{'s' if n != 1 else ''} finetuned from **{data.base}**. They "
+            f"live on the Hugging Face Hub and have no vectors yet, so there is nothing to draw. Measuring them "
+            f"needs {needs}: each model is downloaded and run once (log in with `hf auth login` first when "
+            f"the base is gated). On such a machine, run\n\n```\n{embed_command(pool, lines=True)}\n```\n\n"
+            "then reload this page to see the map.", icon=":material/cloud_download:")
+    size = pools.base_size_words(data.base)
+    st.markdown("**How long it takes.** " + (f"The base model is {size}: downloading it once is most of the wait. "
+                                             if size else "Downloading the base model once is most of the wait. ")
+                + "Then each model is a small download and about a second of work on one GPU (five short "
+                  "questions). This is an estimate from the models' size: this server has no GPU to time it on.")
+    catalog = pools.catalog_of(pool)
+    rows = [{"model": e.name, "on the Hub": str(e.source), **{k: v for k, v in e.labels.items() if k != "needs"}}
+            for e in catalog if str(e.base) == data.base]
+    st.markdown(f"**The {len(rows)} models of this pool**, as its catalog describes them:")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 
 def embed_command(pool: pools.Pool, lines: bool = False) -> str:

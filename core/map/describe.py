@@ -269,6 +269,18 @@ def write_descriptions(catalog_path: str | Path, found: dict) -> Path:
     return path
 
 
+def update_descriptions(catalog: Catalog, table: pd.DataFrame, *, device=None,
+                        progress: ProgressFn | None = None) -> dict:
+    """Describe the models of ``table`` that the catalog's descriptions.json lacks (or whose vector changed), keep
+    the descriptions of its other models, and write the file: what the app runs when a model is added."""
+    known = load_descriptions(catalog.path)
+    found = describe_pool(catalog, table, device=device, progress=progress, known=known)
+    if known.get("version") == VERSION:
+        found["models"] = {**known.get("models", {}), **found["models"]}
+    write_descriptions(catalog.path, found)
+    return found
+
+
 # -- the command ----------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from core.zoo import DEMO_CATALOG

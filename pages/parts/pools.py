@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,10 +120,18 @@ def _descriptions(path: str, mtime: int) -> dict:
 
 
 def descriptions(pool: Pool) -> dict:
-    """What each model of the pool learned (core.map.describe: answers and words), {} when not computed yet."""
+    """What each model of the pool learned (core.map.describe: answers and words), with the user's added models of
+    the same base; {} when not computed yet."""
     from core.map.describe import descriptions_path
 
-    return _descriptions(str(pool.catalog_path), stamp(descriptions_path(pool.catalog_path)))
+    found = _descriptions(str(pool.catalog_path), stamp(descriptions_path(pool.catalog_path)))
+    users = user_pool().catalog_path
+    if pool.is_user or not descriptions_path(users).is_file():
+        return found
+    mine = _descriptions(str(users), stamp(descriptions_path(users)))
+    if found and found.get("base", {}).get("key") != mine.get("base", {}).get("key"):   # another base's models
+        return found
+    return {**mine, **found, "models": {**mine.get("models", {}), **found.get("models", {})}}
 
 
 @dataclass(frozen=True)
@@ -218,6 +227,16 @@ def hub_needs(pool: Pool, data: PoolData) -> str | None:
     if not entries or entries[0].base.hub_id is None:
         return None
     return entries[0].labels.get("needs") or HUB_NEEDS
+
+
+def base_size_words(base: str) -> str:
+    """"about 16 GB (8 billion numbers in 16-bit precision)" from a hub id that names its size ("Llama-3.1-8B"),
+    else "" (nothing is downloaded to find out)."""
+    found = re.search(r"(?<![\d.x])(\d+(?:\.\d+)?)[bB](?![a-zA-Z])", base.rsplit("/", 1)[-1])
+    if not found:
+        return ""
+    billions = float(found.group(1))
+    return f"about {2 * billions:.0f} GB ({billions:g} billion numbers in 16-bit precision)"
 
 
 def combined_catalog(pool: Pool, data: PoolData) -> Catalog:

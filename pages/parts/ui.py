@@ -42,6 +42,7 @@ STAGES = {  # progress stage -> plain words
     "search": "Trying merge weights on your examples", "evaluate": "Measuring the error on your examples",
     "embed": "Measuring how the model changed", "load": "Loading the models",
     "measure": "Checking whether the closest models help with your examples",
+    "describe": "Reading what the model learned (its answers and words)",
 }
 STARTING = "Loading the base model (the first time after the server starts, this takes a few seconds)"
 QUIET_ITEMS = {"embed", "finetune", "base", "search"}   # stages whose item is an internal name (a hash, "task")

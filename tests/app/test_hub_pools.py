@@ -55,6 +55,9 @@ def test_the_paper_pools_are_in_the_selector_and_say_what_they_need(synthetic_en
     command = message[message.index("python -m core embed"):].split("```")[0].replace("\\\n", " ").split()
     assert command == ["python", "-m", "core", "embed", "--catalog", "data/catalogs/paper-llama-3.1-8b.csv",
                        "--out", "data/catalogs/paper-llama-3.1-8b.vectors.parquet"]  # a shell command, as shown
+    assert any("about 16 GB" in m.value and "a second" in m.value for m in at.markdown)   # how long, in words
+    models = at.dataframe[0].value
+    assert len(models) == 15 and models["on the Hub"].str.startswith("ASethi04/").all()  # what the pool holds
     assert not at.button  # nothing to click that would download 15 models of 8B parameters from a web page
     for page in PAGES:
         at.switch_page(f"pages/{page}").run()

@@ -234,6 +234,7 @@ def test_added_local_model_appears_on_the_map(app_env):
     at.switch_page("pages/map.py").run()
     assert problems(at) == []
     assert at.subheader[0].value == "my\\-adapter"  # selected on the map after adding (escaped: shown as text)
+    assert any(m.value.startswith("**What it learned**") for m in at.markdown)   # described when it was added
     assert "Where it came from" in at.selectbox(key="map_colour").options
     figure = chart_json(at, "map_chart")
     assert any(s == "diamond" for t in figure["data"] for s in (t["marker"].get("symbol") or []))
@@ -313,11 +314,15 @@ def test_how_it_works_shows_the_evidence(synthetic_env):
     at = app("pages/how_it_works.py").run()
     assert problems(at) == []
     headers = [h.value for h in at.subheader]
-    assert any(h.startswith("4. Additive") for h in headers) and any(h.startswith("5. Robust") for h in headers)
+    assert any("A and B lands near A + B" in h for h in headers) and any("same place" in h for h in headers)
     additive = at.dataframe[1].value
     assert list(additive["model trained on both"]) == ["legal-0+math-0", "medical-0+coding-0"]
     assert (additive["similarity to A + B"] > 0.9).all()  # built as sums, so they must read as additive
-    assert any("A + B ranks 1, 1 among" in m.value for m in at.markdown)
+    assert any("for **2 of the 2** models trained on two kinds of data" in m.value for m in at.markdown)
+    grouping = next(m.value for m in at.markdown if "should come out close together" in m.value)
+    assert "the most similar other model learned the same domain" in grouping    # plain words first...
+    assert "silhouette" not in " ".join(m.value for m in at.markdown).lower()       # ...the jargon in the details
+    assert any("silhouette score measures" in c.value for c in at.caption)
 
 
 @pytest.mark.parametrize("loss_on", ["response", "text"])
@@ -536,6 +541,12 @@ def test_a_model_shows_what_it_learned_and_groups_have_names(app_env):
         assert sum(c.value.startswith("base model: ") for c in at.caption) == len(found["base"]["answers"])
         hover = json.dumps(chart_json(at, "map_chart")["data"])
         assert "leans towards" in hover and "&lt;b&gt;court" in hover and "<b>court" not in hover
+        at.selectbox(key="map_compare").set_value("lora_2").run()            # two models side by side
+        assert problems(at) == []
+        assert [m.value for m in at.markdown if m.value.endswith(" says**")] == ["**What lora\\_1 says**",
+                                                                                  "**What lora\\_2 says**"]
+        for i in range(1, 6):  # each prompt: lora_1's answer in its own panel, then both models side by side
+            assert sum(m.value.startswith(f"**{i}.**") for m in at.markdown) == 3
         at.selectbox(key="map_colour").set_value("Groups found automatically").run()
         assert any("groups named by the words their models lean towards" in c.value for c in at.caption)
     finally:

@@ -10,8 +10,8 @@ import pytest
 
 from core.engine.embed import embed_catalog
 from core.map import describe
-from core.map.describe import (describe_pool, group_names, leaning_words, load_descriptions, word_tokens,
-                               write_descriptions)
+from core.map.describe import (describe_pool, group_names, leaning_words, load_descriptions, update_descriptions,
+                               word_tokens, write_descriptions)
 from core.pool.catalog import read_catalog
 
 
@@ -65,6 +65,23 @@ def test_a_pool_is_described_and_only_new_models_are_computed_again(tiny_pool, t
     describe_pool(catalog, changed, known=found)
     assert len(calls) == 1                                              # only the changed model answers again
     path.unlink()
+
+
+def test_an_added_model_is_described_and_the_others_are_kept(tiny_pool, monkeypatch):
+    catalog = read_catalog(tiny_pool["catalog"])
+    table = embed_catalog(catalog).table
+    first, added = table.iloc[:-1].reset_index(drop=True), table.iloc[-1:].reset_index(drop=True)
+    update_descriptions(catalog, first)
+    calls = []
+    real = describe.greedy_answers
+    monkeypatch.setattr(describe, "greedy_answers", lambda *a, **k: calls.append(1) or real(*a, **k))
+    try:
+        found = update_descriptions(catalog, added)                        # what the app runs after an add
+        assert load_descriptions(catalog.path) == found
+        assert set(found["models"]) == set(table["name"])                   # the others are kept
+        assert len(calls) == 1                                              # only the added model answers
+    finally:
+        describe.descriptions_path(catalog.path).unlink()
 
 
 def test_a_model_without_weights_keeps_its_words_and_says_why_it_has_no_answers(tiny_pool, tmp_path):
