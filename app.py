@@ -21,9 +21,14 @@ PAGES = [  # file, title, icon; the first is the home page
 ]
 
 st.set_page_config(page_title="Delta Atlas", page_icon=":material/scatter_plot:", layout="wide")
-navigation = st.navigation([st.Page(path, title=title, icon=icon, default=i == 0)
-                            for i, (path, title, icon) in enumerate(PAGES)])
+pages = [st.Page(path, title=title, icon=icon, default=i == 0) for i, (path, title, icon) in enumerate(PAGES)]
+# The menu is drawn here rather than by st.navigation, because .streamlit/config.toml hides Streamlit's own menu:
+# at a cold start that menu would first list the files of pages/.
+navigation = st.navigation(pages, position="hidden")
 with st.sidebar:
+    for page in pages:
+        st.page_link(page)
+    st.divider()
     st.markdown("**Delta Atlas** — a map of finetuned language models, by what they learned.")
 st.session_state[ui.APP_KEY] = True
 ui.sidebar()

@@ -119,7 +119,7 @@ def added(pool: pools.Pool) -> None:
     added_name = str(job.result["name"].iloc[0])
     ui.remember(ui.SELECTION_KEY, pool, names=[added_name])
     st.success(f"**{ui.plain(added_name)}** was added to your models. It is on the map now (a diamond), selected.")
-    ui.link("pages/map.py", "Map")
+    ui.link("pages/map.py", "See it on the map")
 
 
 def your_models(users: userpool.UserPool) -> None:

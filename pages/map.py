@@ -221,7 +221,7 @@ def one_model(pool: pools.Pool, data: pools.PoolData, name: str, labels: list[st
         ui.remember(ui.CANDIDATES_KEY, pool, names=[name, *list(near["name"])[:2]],
                     why=f"{name} and its two closest models on the map")
         st.success("Ready on the Merge page.")
-        ui.link("pages/merge.py", "Merge")
+        ui.link("pages/merge.py", "Open the Merge page")
 
 
 def compare_with(found: dict, name: str, others: list[str]) -> None:
@@ -257,7 +257,7 @@ def many_models(pool: pools.Pool, data: pools.PoolData, selected: list[str], lab
     if st.button(f"Use these {len(chosen):,} models on the Merge page", key="map_many_to_merge"):
         ui.remember(ui.CANDIDATES_KEY, pool, names=list(chosen["name"]), why="your selection on the map")
         st.success("Ready on the Merge page.")
-        ui.link("pages/merge.py", "Merge")
+        ui.link("pages/merge.py", "Open the Merge page")
 
 
 # ---- plain-words quality, exports, missing vectors -------------------------------------------------------------

@@ -26,13 +26,17 @@ class MethodSpec:
     about: str
 
 
-METHODS: dict[str, MethodSpec] = {
-    "linear": MethodSpec("linear", True, None, False, "weighted sum of the A and B matrices (fast, approximate)"),
-    "ties": MethodSpec("ties", True, 0.5, True, "keep the largest values, elect a sign, average those that agree"),
-    "dare_ties": MethodSpec("dare_ties", True, 0.5, True, "drop values at random and rescale, then TIES"),
-    "dare_linear": MethodSpec("dare_linear", True, 0.5, False, "drop values at random and rescale, then sum"),
-    "svd": MethodSpec("svd", False, None, False, "exact weighted sum of the updates, refactored to the largest rank"),
-    "cat": MethodSpec("cat", False, None, False, "exact weighted sum, stacked: the rank is the sum of the ranks"),
+METHODS: dict[str, MethodSpec] = {  # about: what the method does, in the words the Merge page shows
+    # linear: a weighted sum of the low-rank A and B factors; ties: trim each update to its largest values, elect a
+    # sign per weight, average the updates that agree; dare_*: drop values at random and rescale first; svd: the exact
+    # weighted sum of the updates BA, factored again to the largest rank; cat: the same sum, factors stacked.
+    "linear": MethodSpec("linear", True, None, False, "adds the adapters up (fast, approximate)"),
+    "ties": MethodSpec("ties", True, 0.5, True, "keeps each adapter's strongest changes, and only where they agree"),
+    "dare_ties": MethodSpec("dare_ties", True, 0.5, True, "like ties, after leaving out half the changes at random"),
+    "dare_linear": MethodSpec("dare_linear", True, 0.5, False, "adds the adapters up after leaving out half the "
+                                                               "changes at random"),
+    "svd": MethodSpec("svd", False, None, False, "adds the changes up exactly, then packs them into one adapter"),
+    "cat": MethodSpec("cat", False, None, False, "adds the changes up exactly, keeping all of them (a bigger file)"),
 }
 WEIGHT_MODES = ("auto", "search")
 

@@ -14,6 +14,7 @@ PALETTE = [c for c in px.colors.qualitative.D3 if c != "#7F7F7F"] + px.colors.qu
 WEBGL_FROM = 1500      # points above which the map draws with WebGL (at 50,000: 6x faster to draw than SVG)
 MAX_HOVER_LABELS = 8   # labels shown when hovering a point
 MAP_HEIGHT = 620
+CALLOUT_PX = 42          # how far a mark's label box sits from its point (the task's star, a merge)
 
 
 @dataclass(frozen=True)
@@ -113,10 +114,11 @@ def map_figure(frame: pd.DataFrame, embedding: np.ndarray, colour: list[str], co
         ))
     for mark in marks or []:
         fig.add_trace(go.Scatter(
-            x=[mark.x], y=[mark.y], mode="markers+text", name=as_text(mark.label), text=[as_text(mark.label)],
-            textposition=mark.text_position, hovertemplate=f"<b>{as_text(mark.label)}</b><extra></extra>",
+            x=[mark.x], y=[mark.y], mode="markers", name=as_text(mark.label),
+            hovertemplate=f"<b>{as_text(mark.label)}</b><extra></extra>",
             marker=dict(symbol=mark.symbol, size=mark.size, color=mark.colour, line=dict(width=1.5, color="white")),
         ))
+        fig.add_annotation(callout(mark))
     fig.update_layout(
         height=MAP_HEIGHT, margin=dict(l=10, r=10, t=30, b=10), legend_title_text=as_text(colour_title),
         legend=dict(itemsizing="constant", orientation="h", yanchor="top", y=-0.02, xanchor="left", x=0),
@@ -124,6 +126,17 @@ def map_figure(frame: pd.DataFrame, embedding: np.ndarray, colour: list[str], co
         xaxis=dict(visible=False), yaxis=dict(visible=False), clickmode="event+select",
     )
     return fig
+
+
+def callout(mark: Mark) -> dict:
+    """The mark's label in a white box beside it, joined to it by a short line, so that it covers no model's point:
+    up or down and left or right as ``mark.text_position`` says ("top center", "bottom left"...)."""
+    up = -1 if "top" in mark.text_position else 1 if "bottom" in mark.text_position else 0
+    side = -1 if "left" in mark.text_position else 1
+    return dict(x=mark.x, y=mark.y, text=as_text(mark.label), showarrow=True, arrowhead=0, arrowwidth=1,
+                arrowcolor="#555555", ax=side * CALLOUT_PX, ay=up * CALLOUT_PX, standoff=mark.size / 2,
+                bgcolor="rgba(255,255,255,0.9)", bordercolor="#555555", borderwidth=1, borderpad=3,
+                font=dict(size=12, color="#111111"))
 
 
 def point_style(n: int) -> dict:

@@ -170,10 +170,20 @@ def plain(text) -> str:
     return markdown_literal(text)
 
 
+LINK_STYLE = """<style>
+[class*="st-key-go-to-"] a {border: 1px solid #1f5fbf; border-radius: 0.5rem; background: #1f5fbf;
+                            padding: 0.3rem 0.9rem; width: fit-content;}
+[class*="st-key-go-to-"] a p, [class*="st-key-go-to-"] a span {color: white !important; font-weight: 600;}
+[class*="st-key-go-to-"] a:hover {background: #174a96;}
+</style>"""  # a link to another page after an action ("Open the Merge page") drawn as a button, not as plain text
+
+
 def link(page: str, label: str) -> None:
-    """A link to another page; plain text when the page runs on its own (no navigation to link through)."""
+    """A link to another page, drawn as a button; plain text when the page runs on its own (no navigation)."""
+    st.html(LINK_STYLE)
     try:
-        st.page_link(page, label=label)
+        with st.container(key=f"go-to-{Path(page).stem}"):
+            st.page_link(page, label=label, icon=":material/arrow_forward:")
     except Exception:  # noqa: BLE001 - StreamlitAPIException outside st.navigation
         st.caption(f"Open **{label}** from the app's menu.")
 

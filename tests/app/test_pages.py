@@ -118,7 +118,10 @@ def test_sample_task_ranks_models_and_measures_whether_they_help(app_env):
     assert all(h != "not checked" for h in helps[:5]) and all(h == "not checked" for h in helps[5:])
     task = at.session_state["task"]["result"]
     assert task.verdict in ("strong", "weak", "none") and task.gains is not None
-    assert any("your task" in t["name"] and t["marker"]["symbol"] == "star" for t in chart_json(at, "find_map")["data"])
+    figure = chart_json(at, "find_map")
+    assert any("your task" in t["name"] and t["marker"]["symbol"] == "star" for t in figure["data"])
+    label = next(a for a in figure["layout"]["annotations"] if "your task" in a["text"])
+    assert label["showarrow"] and abs(label["ax"]) > 20 and abs(label["ay"]) > 20   # beside the star, not on the points
     at.switch_page("pages/merge.py").run()
     assert problems(at) == []
     from core.pool.catalog import read_catalog
