@@ -58,6 +58,21 @@ def _wants_help_for(name: str) -> bool:
     return bool(positional) and positional[0] == name
 
 
+def describe_after_embed(args: argparse.Namespace) -> int:
+    """``embed --describe``: describe the models of the vector file just written (core.map.describe)."""
+    from core.engine.vectors import read_vectors
+    from core.map.describe import descriptions_path, update_descriptions
+    from core.pool.catalog import read_catalog
+    from core.progress import TextBar
+
+    if not args.out.is_file():                       # nothing was embedded: nothing to describe
+        return 0
+    catalog = read_catalog(args.catalog)
+    found = update_descriptions(catalog, read_vectors(args.out), device=args.device, progress=TextBar(stream=sys.stderr))
+    print(f"{len(found['models'])} models described -> {descriptions_path(catalog.path)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
@@ -68,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(importlib.import_module(args._module).main(args) or 0)
+        status = int(importlib.import_module(args._module).main(args) or 0)
+        if getattr(args, "describe", False) and status in (0, 1):     # embed --describe: models embedded, now described
+            status = max(status, describe_after_embed(args))
+        return status
     except DeltaAtlasError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ray", default=None, metavar="auto|local|ADDRESS", help="spread the models over Ray "
                         "workers: local (a Ray instance on this machine), auto (the running cluster) or HOST:PORT; "
                         "on several machines the model sources and --cache-dir must be on a shared filesystem")
+    parser.add_argument("--describe", action="store_true", help="then say what each model learned (as `python -m "
+                        "core describe` does; descriptions.json beside the catalog, only new models computed)")
     parser.add_argument("--workers", type=int, default=None, help="with --ray: workers to start (default: one "
                         "per GPU of the cluster, or one per CPU core when it has none)")
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from wordfreq import zipf_frequency
 
 from core.engine.probes import DEFAULT_PROBES
 from core.engine.vectors import matrix
@@ -44,6 +45,7 @@ ANSWER_TOKENS = 24                          # greedy tokens per probe answer
 WORDS = 20                                  # words a model leans towards (kept; the app shows the first 8)
 SHOWN_WORDS = 8
 NAME_WORDS = 3                              # words in a group's name
+MIN_ZIPF = 2.5                              # leaning words at least this common in English (about 1 in 3 million)
 WORD = re.compile(r"[A-Za-z]{4,}")          # a whole word: letters only, 4 or more
 WORDS_IN = re.compile(r"\b[A-Za-z]{4,}\b")  # the whole words of a text
 VERSION = 1                                 # bump when the way descriptions are computed changes
@@ -51,13 +53,20 @@ VERSION = 1                                 # bump when the way descriptions are
 
 # -- the words a delta leans towards ------------------------------------------------------------------------------
 def word_tokens(tokenizer) -> tuple[np.ndarray, list[str]]:
-    """(ids, words): the vocabulary entries that start a whole word of 4+ letters, and that word in lower case."""
-    ids, words = [], []
+    """(ids, words): the vocabulary entries that start a whole word of 4+ letters, and that word in lower case.
+    Left out, as they say nothing to a person: a capitalised entry whose lower-case form is not in the vocabulary
+    (a name: "Martha", "Jess", the people of maths word problems), and anything rarer than ``MIN_ZIPF`` in English
+    (word pieces such as "lawsu" or "unanim", code identifiers such as "setattr"; wordfreq's Zipf scale)."""
+    found = {}
     for token, i in tokenizer.get_vocab().items():
         text = tokenizer.convert_tokens_to_string([token])
         if text[:1] == " " and WORD.fullmatch(text[1:]):
+            found[text[1:]] = i
+    ids, words = [], []
+    for word, i in found.items():
+        if (word.islower() or word.lower() in found) and zipf_frequency(word.lower(), "en") >= MIN_ZIPF:
             ids.append(i)
-            words.append(text[1:].lower())
+            words.append(word.lower())
     order = np.argsort(ids)
     return np.asarray(ids)[order], [words[j] for j in order]
 

@@ -45,6 +45,26 @@ def test_word_tokens_keep_whole_words_only(tiny_pool):
     assert len(ids) == len(words) >= 3 and all(w.isalpha() and len(w) >= 4 and w == w.lower() for w in words)
 
 
+class WordsOnly:
+    """A tokenizer's vocabulary and nothing else: tokens are their own text, a leading space marks a word start."""
+
+    def __init__(self, tokens: list[str]):
+        self.vocab = {t: i for i, t in enumerate(tokens)}
+
+    def get_vocab(self) -> dict:
+        return self.vocab
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        return "".join(tokens)
+
+
+def test_names_word_pieces_and_identifiers_are_not_words_a_person_reads():
+    tokens = [" court", " Martha", " Legal", " legal", " lawsu", " setattr", " the", "clause", " Court", " Lily"]
+    ids, words = word_tokens(WordsOnly(tokens))
+    assert words == ["court", "legal", "legal", "court"]   # "Lily" is a name here (no " lily"), "the" too short
+    assert list(ids) == [0, 2, 3, 8]
+
+
 def test_a_pool_is_described_and_only_new_models_are_computed_again(tiny_pool, tmp_path, monkeypatch):
     catalog = read_catalog(tiny_pool["catalog"])
     table = embed_catalog(catalog).table

@@ -42,6 +42,19 @@ def test_embed_writes_parquet_with_names_vectors_labels_and_metadata(small_catal
     assert "0 computed, 2 cached, 0 failed" in capsys.readouterr().out
 
 
+def test_embed_describe_says_what_each_model_learned(tiny_pool, tmp_path, capsys):
+    rows = [{"name": n, "source": str(tiny_pool["loras"][n]), "kind": "lora", "base": str(tiny_pool["base"])}
+            for n in ("lora_0", "lora_1")]
+    (tmp_path / "pool").mkdir()
+    catalog = write_catalog(tmp_path / "pool" / "catalog.csv", rows)
+    out = tmp_path / "pool" / "vectors.parquet"
+    assert embed("--catalog", catalog, "--out", out, "--cache-dir", tmp_path / "cache", "--describe") == 0
+    assert "2 models described" in capsys.readouterr().out
+    found = json.loads((tmp_path / "pool" / "descriptions.json").read_text())
+    assert set(found["models"]) == {"lora_0", "lora_1"}
+    assert all(len(m["answers"]) == 5 for m in found["models"].values())
+
+
 def test_csv_output_probe_file_and_layer(small_catalog, tmp_path):
     probes = tmp_path / "probes.json"
     probes.write_text(json.dumps(["Translate this.", "Solve: 2 + 2 ="]))
