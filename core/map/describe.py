@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from wordfreq import zipf_frequency
 
 from core.engine.probes import DEFAULT_PROBES
 from core.engine.vectors import matrix
@@ -57,6 +56,8 @@ def word_tokens(tokenizer) -> tuple[np.ndarray, list[str]]:
     Left out, as they say nothing to a person: a capitalised entry whose lower-case form is not in the vocabulary
     (a name: "Martha", "Jess", the people of maths word problems), and anything rarer than ``MIN_ZIPF`` in English
     (word pieces such as "lawsu" or "unanim", code identifiers such as "setattr"; wordfreq's Zipf scale)."""
+    from wordfreq import zipf_frequency   # 0.3 s to import: only where words are read, not for the app's pages
+
     found = {}
     for token, i in tokenizer.get_vocab().items():
         text = tokenizer.convert_tokens_to_string([token])
