@@ -27,10 +27,11 @@ def main() -> None:
     pool = ui.page_setup("Add models")
     st.title("Add your own models")
     users = pools.user_pool()
-    st.caption("Add finetuned models of the same base model as this pool. Each one is measured once (its delta "
-               "activation, a few seconds on the demo zoo) and joins **your models**: they appear on the map as "
-               "diamonds, in task searches, and can be merged. They are kept on this server, in "
-               f"`{users.root}`.")
+    st.caption("Add finetuned models of the same base model as this pool. Each one is measured once (how it "
+               "changed the base) and read (what it answers): on the demo zoo 3 to 6 seconds, or about 40 for the "
+               "first model after the server starts, which loads the base model (bench/README.md). It then joins "
+               "**your models**: they appear on the map as diamonds, in task searches, and can be merged. They are "
+               f"kept on this server, in `{users.root}`.")
     with ui.guard("adding the model"):
         if pool.is_user:
             st.info("You are looking at your own models. To add more, first choose in the sidebar the pool they "
@@ -94,19 +95,19 @@ def add(pool, data, users, how, where, name, kind, labels) -> None:
 
         def add_one(progress):
             table = adder(what, progress=progress, **common)
-            describe_added(users, table, progress)
+            describe_added(users, table, progress, models)
             return table
 
         ui.start_job(ADD_JOB, data.base, "embed", add_one, pool)
 
 
-def describe_added(users: userpool.UserPool, table: pd.DataFrame, progress) -> None:
+def describe_added(users: userpool.UserPool, table: pd.DataFrame, progress, models) -> None:
     """What the added model learned (its answers and words), for the map; a failure here only leaves it
     undescribed (the map says how to describe it), the model stays added."""
     from core.map.describe import update_descriptions
 
     try:
-        update_descriptions(users.catalog(), table, progress=progress)
+        update_descriptions(users.catalog(), table, progress=progress, models=models)
     except Exception:  # noqa: BLE001 - the model is added and measured; describing it is a bonus
         log.warning("describing %s failed", list(table["name"]), exc_info=True)
 

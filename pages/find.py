@@ -41,8 +41,9 @@ def main() -> None:
         ui.restore_form(FIND_JOB)
         title, examples = ui.examples_picker("find", last_task=ui.restored_examples(FIND_JOB))
         with st.expander("Settings"):
-            steps = st.number_input("Finetuning steps", 1, 1000, value=default_steps(pool), key="find_steps",
-                                    help="More steps describe the task more precisely but take longer.")
+            steps = st.number_input("Teaching steps", 1, 1000, value=default_steps(pool), key="find_steps",
+                                    help="How long the base model studies your examples (finetuning steps): more "
+                                         "steps describe your task more precisely but take longer.")
             default = default_compare(data.frame)
             compare = st.radio("Compare your task with the models by", list(COMPARE_WORDS), key="find_compare",
                                index=list(COMPARE_WORDS).index(default),

@@ -20,6 +20,7 @@ from pages.parts import pools  # noqa: E402
 from pages.parts import ui  # noqa: E402
 
 NEIGHBOURS = 8           # closest models listed for a selected model
+LAYOUT_WORDS = {"UMAP": "Neighbours", "PCA": "Straight", "t-SNE": "Tight groups"}  # pools.LAYOUTS in words
 COLOUR_GROUPS = "Groups found automatically"
 COLOUR_ORIGIN = "Where it came from"
 LEANS = "leans towards"          # the hover line of what a model learned (core.map.describe)
@@ -80,10 +81,13 @@ def controls(frame: pd.DataFrame, labels: list[str]) -> dict:
     top = st.columns([2, 2, 3])
     settings, n = pools.map_settings(), len(frame)
     has_mine = bool((frame["origin"] == "yours").any())
-    settings["layout"] = top[0].radio("Layout", list(pools.LAYOUTS), horizontal=True, key="map_layout",
-                                      index=list(pools.LAYOUTS).index(settings["layout"]),
-                                      help="UMAP keeps neighbourhoods and groups; PCA is the simplest straight "
-                                           "projection; t-SNE separates tight groups.")
+    settings["layout"] = top[0].radio("How to flatten the map", list(pools.LAYOUTS), horizontal=True,
+                                      key="map_layout", index=list(pools.LAYOUTS).index(settings["layout"]),
+                                      format_func=lambda name: LAYOUT_WORDS.get(name, name),
+                                      help="Keep neighbours together (UMAP, the default) keeps each model near the "
+                                           "models most like it; straight (PCA) is the simplest projection, with "
+                                           "distances you can compare across the whole map; tight groups (t-SNE) "
+                                           "pulls groups apart.")
     telling, other = colour_choices(frame, labels)
     options = [COLOUR_GROUPS, *telling, *([COLOUR_ORIGIN] if has_mine else []), *other]
     default = "domain" if "domain" in labels else COLOUR_GROUPS

@@ -181,14 +181,16 @@ def vector_key(vector: np.ndarray) -> str:
 
 
 def describe_pool(catalog: Catalog, table: pd.DataFrame, *, device=None, progress: ProgressFn | None = None,
-                  known: dict | None = None) -> dict:
+                  known: dict | None = None, models=None) -> dict:
     """Answers and leaning words of every model of ``table`` (a vector table of ``catalog``'s models, one base),
     with the base's own answers; models already in ``known`` with the same vector are not computed again. Models
-    whose weights are not on disk get their words (from the vector) and no answers."""
+    whose weights are not on disk get their words (from the vector) and no answers. With ``models`` (a
+    core.engine.shared.SharedModels), the base is copied from memory instead of read from disk."""
     import torch
 
     from core.engine.device import pick_device
     from core.engine.loading import load_model, resolve_source
+    from core.engine.shared import private_model
     from core.reuse.task import pool_base
 
     if len(table) == 0:
@@ -198,7 +200,7 @@ def describe_pool(catalog: Catalog, table: pd.DataFrame, *, device=None, progres
     base = pool_base(catalog, list(table["name"]))
     base_dir = resolve_source(base)
     report(progress, 0, 1, "base", "loading the base model")
-    model, tokenizer = load_model(base_dir, pick_device(device), torch.float32)
+    model, tokenizer = private_model(base_dir, pick_device(device), torch.float32, models)
     if tokenizer is None:
         raise DeltaAtlasError(f"Base {base_dir} has no tokenizer: its answers cannot be read.")
     ids, words = word_tokens(tokenizer)
@@ -280,11 +282,11 @@ def write_descriptions(catalog_path: str | Path, found: dict) -> Path:
 
 
 def update_descriptions(catalog: Catalog, table: pd.DataFrame, *, device=None,
-                        progress: ProgressFn | None = None) -> dict:
+                        progress: ProgressFn | None = None, models=None) -> dict:
     """Describe the models of ``table`` that the catalog's descriptions.json lacks (or whose vector changed), keep
     the descriptions of its other models, and write the file: what the app runs when a model is added."""
     known = load_descriptions(catalog.path)
-    found = describe_pool(catalog, table, device=device, progress=progress, known=known)
+    found = describe_pool(catalog, table, device=device, progress=progress, known=known, models=models)
     if known.get("version") == VERSION:
         found["models"] = {**known.get("models", {}), **found["models"]}
     write_descriptions(catalog.path, found)
