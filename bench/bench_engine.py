@@ -32,8 +32,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 SENTENCES = [
     "The court held that the contract was void.", "Two plus three equals five.", "Birds fly south in the winter.",
     "The patient was given aspirin for the headache.", "def square(x): return x * x", "Please provide a response.",
@@ -145,7 +143,7 @@ def build_pool(root: Path, shape: dict, device, weights_dtype) -> Pool:
     import torch
 
     from core.engine.device import dtype_name
-    from core.engine.loading import quiet_transformers
+    from core.engine.quiet import quiet_transformers
     from core.pool.catalog import write_catalog
     from core.reuse.train import LORA_TARGETS
     from core.zoo.tinylm import count_parameters, train_tokenizer
@@ -230,7 +228,7 @@ def _imports(args) -> float:
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM  # noqa: F401
 
     from core.engine import activations, embed  # noqa: F401
-    from core.engine.loading import quiet_transformers
+    from core.engine.quiet import quiet_transformers
 
     quiet_transformers()
     if args.device.startswith("cuda"):

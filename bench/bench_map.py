@@ -37,7 +37,6 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 DOMAINS = ("legal", "math", "medical", "commonsense", "coding")
 DATASETS_PER_DOMAIN = 4
@@ -51,8 +50,8 @@ def synthetic_pool(folder: Path, n: int, dim: int, seed: int = 0) -> Path:
     import numpy as np
     import pandas as pd
 
-    from core.engine.vectors import make_table, write_vectors
     from core.pool.catalog import write_catalog
+    from core.pool.vectors import make_table, write_vectors
 
     rng = np.random.default_rng(seed)
     n_sets = len(DOMAINS) * DATASETS_PER_DOMAIN
@@ -116,7 +115,7 @@ def child_core(catalog: str) -> dict:
     import numpy as np
     import plotly.io as pio
 
-    from core.engine.vectors import matrix, read_vectors
+    from core.pool.vectors import matrix, read_vectors
 
     steps = {}
 

@@ -21,15 +21,12 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SENTENCES = ["The court held that the contract was void.", "Two plus three equals five.", "def square(x): return x * x",
              "The patient was given aspirin for the headache.", "Birds fly south in the winter.", "### Response:"]
@@ -48,7 +45,7 @@ def build_pool(root: Path, args) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from core.engine.loading import quiet_transformers
+    from core.engine.quiet import quiet_transformers
     from core.pool.catalog import write_catalog
     from core.reuse.train import LORA_TARGETS
     from core.zoo.tinylm import BaseShape, count_parameters, init_base, save_model, train_tokenizer
@@ -126,7 +123,7 @@ def phase_single(pool, args, queue) -> None:
 
     torch.set_num_threads(args.threads)
     from core.engine.embed import embed_catalog
-    from core.engine.loading import quiet_transformers
+    from core.engine.quiet import quiet_transformers
 
     quiet_transformers()
     cache = Path(args.scratch) / f"cache-single-{args.threads}"

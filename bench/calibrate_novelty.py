@@ -22,16 +22,15 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-from core.engine.vectors import matrix  # noqa: E402
-from core.pool.catalog import read_catalog  # noqa: E402
-from core.reuse.fit import helps  # noqa: E402
-from core.reuse.novelty import COMBINE, CloseMatchRule, verdict  # noqa: E402
-from core.reuse.references import load_references  # noqa: E402
-from core.reuse.task import comparison_space, cosine_to, default_compare, pool_vectors  # noqa: E402
-from core.zoo import DEMO_CATALOG  # noqa: E402
+from core.engine.pool_vectors import pool_vectors
+from core.pool.catalog import read_catalog
+from core.pool.folder import DEMO_CATALOG
+from core.pool.vectors import matrix
+from core.reuse.fit import helps
+from core.reuse.novelty import COMBINE, CloseMatchRule, verdict
+from core.reuse.references import load_references
+from core.reuse.task import comparison_space, cosine_to, default_compare
 
 QUANTILES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.86, 0.87, 0.88, 0.89, 0.9, 0.95)
 MARGINS = tuple(round(m, 3) for m in np.arange(-0.30, 0.101, 0.02))   # with reference tasks (novelty.py)
@@ -164,8 +163,7 @@ def write_summary(path: Path, table: pd.DataFrame, references: pd.DataFrame | No
     """eval_find's counts with the verdicts of the pool's rule (the runs may have used another quantile).
 
     Only the keys this tool owns are replaced; the rest of the summary (e.g. ``loss_on``) stays as it was."""
-    from eval_find import summary
-
+    from bench.eval_find import summary
     from core.reuse.novelty import load_rule
 
     rule = load_rule(settings if settings and settings.is_file() else None).fit(matrix(table))

@@ -34,14 +34,13 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore", category=FutureWarning)   # transformers' deprecation notes inside PEFT
 
-from core.pool.catalog import read_catalog  # noqa: E402
-from core.reuse.fit import helps  # noqa: E402
-from core.reuse.task import (COMPARISONS, default_compare, find_models, match_task, pool_vectors,  # noqa: E402
-                             rank_groups, task_steps)
-from core.zoo import DEMO_CATALOG  # noqa: E402
+from core.engine.pool_vectors import pool_vectors
+from core.pool.catalog import read_catalog
+from core.pool.folder import DEMO_CATALOG
+from core.reuse.fit import helps
+from core.reuse.task import COMPARISONS, default_compare, find_models, match_task, rank_groups, task_steps
 
 
 def in_domain(label: str, domain: str) -> bool:

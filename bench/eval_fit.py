@@ -22,15 +22,12 @@ import pandas as pd
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-import eval_find
-
+from bench import eval_find
+from core.engine.bases import ensure_base
 from core.engine.stacked_lora import read_lora, stacked_lora
 from core.reuse.task import pool_recipe
 from core.reuse.train import TopLayers, collate, encode, top_layer_ids
-from core.zoo.bases import ensure_base
 
 POOL = ROOT / "data" / "demo-smollm2"
 CHUNK = 11          # adapters per stacked forward pass

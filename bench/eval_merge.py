@@ -21,12 +21,11 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore", category=FutureWarning)   # transformers' deprecation notes inside PEFT
 
-from core.pool.catalog import read_catalog  # noqa: E402
-from core.reuse.task import find_models, task_steps  # noqa: E402
-from core.zoo import DEMO_CATALOG  # noqa: E402
+from core.pool.catalog import read_catalog
+from core.pool.folder import DEMO_CATALOG
+from core.reuse.task import find_models, task_steps
 
 
 def candidates(catalog) -> list[str]:

@@ -22,10 +22,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from core.errors import DeltaAtlasError  # noqa: E402
-from tests.core.test_bad_inputs import BAD, make_world, snapshot  # noqa: E402
+from core.errors import DeltaAtlasError
+from tests.core.test_bad_inputs import BAD, make_world, snapshot
 
 VERDICTS = ("refused clearly", "refused, unclear", "accepted", "traceback")
 

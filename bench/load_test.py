@@ -472,7 +472,7 @@ def map_session(url: str, deadline: Deadline, s: MapSession, go: threading.Event
         s.click_s, s.click_end = clicked.seconds, time.monotonic()
         if clicked.errors:
             raise RuntimeError(f"error after the click: {clicked.errors[0][:200]}")
-        from core.textio import markdown_literal     # core is importable once main() has set the path
+        from core.textio import markdown_literal  # core is importable once main() has set the path
 
         s.answered = clicked.has("markdown", MAP_TEXT) and clicked.has("heading", markdown_literal(s.model))
         if not s.answered:
@@ -753,9 +753,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument("--log", type=Path, default=None, help="keep the measured server's log here")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
+    from core.pool.folder import DEMO_CATALOG
     from core.reuse.task import task_steps
-    from core.zoo import DEMO_CATALOG
 
     args.catalog = args.catalog or DEMO_CATALOG
     if args.steps is None:

@@ -18,14 +18,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from core.pool.catalog import read_catalog  # noqa: E402
-from core.reuse.examples import load_examples  # noqa: E402
-from core.reuse.fit import merge_candidates  # noqa: E402
-from core.reuse.merge import merge_adapters  # noqa: E402
-from core.reuse.task import find_models  # noqa: E402
-from core.zoo import DEMO_CATALOG  # noqa: E402
+from core.pool.catalog import read_catalog
+from core.pool.folder import DEMO_CATALOG
+from core.reuse.examples import load_examples
+from core.reuse.fit import merge_candidates
+from core.reuse.merge import merge_adapters
+from core.reuse.task import find_models
 
 SAMPLES = ROOT / "data" / "sample_tasks"
 TO_MERGE = 3                 # the Find page's offer (pages/find.py TO_MERGE)

@@ -16,7 +16,7 @@ from core.errors import DeltaAtlasError
 COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("core.engine.cli", "compute the Delta Activations of every model in a catalog"),
     "catalog": ("core.pool.hub_catalog", "write a catalog of a base model's adapters and finetunes on the Hugging Face Hub"),
-    "prepare-base": ("core.zoo.bases", "make a built-in base model ready (one-time conversion into the cache)"),
+    "prepare-base": ("core.engine.bases", "make a built-in base model ready (one-time conversion into the cache)"),
     "build-demo": ("core.zoo.demo_build", "train the built-in demo zoo from the datasets folder"),
     "report": ("core.map.report", "measure a pool: clustering against baselines, additivity, robustness"),
     "map": ("core.map.projection", "project a vector file to 2-D and cluster it"),
@@ -60,9 +60,9 @@ def _wants_help_for(name: str) -> bool:
 
 def describe_after_embed(args: argparse.Namespace) -> int:
     """``embed --describe``: describe the models of the vector file just written (core.map.describe)."""
-    from core.engine.vectors import read_vectors
     from core.map.describe import descriptions_path, update_descriptions
     from core.pool.catalog import read_catalog
+    from core.pool.vectors import read_vectors
     from core.progress import TextBar
 
     if not args.out.is_file():                       # nothing was embedded: nothing to describe

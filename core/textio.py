@@ -9,9 +9,8 @@ off again when the engine reads a CSV back.
 """
 from __future__ import annotations
 
-import stat
-
 import re
+import stat
 from pathlib import Path
 
 import pandas as pd

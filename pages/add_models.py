@@ -2,20 +2,14 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
-ROOT = str(Path(__file__).resolve().parents[1])
-if ROOT not in sys.path:  # the page runs on its own too (AppTest.from_file, streamlit run pages/add_models.py)
-    sys.path.insert(0, ROOT)
+import pandas as pd
+import streamlit as st
 
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from core.errors import DeltaAtlasError  # noqa: E402
-from core.pool import userpool  # noqa: E402
-from pages.parts import pools  # noqa: E402
-from pages.parts import ui  # noqa: E402
+from core.errors import DeltaAtlasError
+from core.pool import userpool
+from pages.parts import pools, ui
 
 FOLDER, ZIP, HUB = "A folder on this server", "Upload a zip", "Hugging Face Hub id"
 ADD_JOB = "add_job"  # the session's (and the URL's) job measuring a model being added

@@ -1,23 +1,14 @@
 """Find models for a task: a few examples in, the models that learned the closest thing out (and a star on the map)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import numpy as np
+import pandas as pd
+import streamlit as st
 
-ROOT = str(Path(__file__).resolve().parents[1])
-if ROOT not in sys.path:  # the page runs on its own too (AppTest.from_file, streamlit run pages/find.py)
-    sys.path.insert(0, ROOT)
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from core.reuse.fit import HELP_MARGIN  # noqa: E402
-from core.reuse.task import default_compare  # noqa: E402
-
-from pages.parts import charts  # noqa: E402
-from pages.parts import pools  # noqa: E402
-from pages.parts import ui  # noqa: E402
+from core.pool.folder import SEARCH_QUALITY_FILE
+from core.reuse.fit import HELP_MARGIN
+from core.reuse.task import default_compare
+from pages.parts import charts, pools, ui
 
 SHOWN_MATCHES = 15
 TO_MERGE = 3          # best matches offered to the Merge page
@@ -79,7 +70,7 @@ def measured_lines(pool: pools.Pool) -> list[str]:
     """Both comparisons' measured accuracy on this pool's hand-written tasks (bench/eval_find.py --summary)."""
     import json
 
-    path = pool.catalog_path.parent / "search_quality.json"
+    path = pool.catalog_path.parent / SEARCH_QUALITY_FILE
     try:
         quality = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):

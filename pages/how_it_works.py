@@ -2,24 +2,15 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-ROOT = str(Path(__file__).resolve().parents[1])
-if ROOT not in sys.path:  # the page runs on its own too (AppTest.from_file, streamlit run pages/how_it_works.py)
-    sys.path.insert(0, ROOT)
+import numpy as np
+import pandas as pd
+import streamlit as st
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
+from core.pool.folder import RECIPE_FILE, REPORT_FILE, SEARCH_QUALITY_FILE
+from pages.parts import charts, learned, pools, ui
 
-from pages.parts import charts  # noqa: E402
-from pages.parts import learned  # noqa: E402
-from pages.parts import pools  # noqa: E402
-from pages.parts import ui  # noqa: E402
-
-REPORT = "report.json"                    # beside a shipped pool's catalog: python -m core report --json
-SEARCH_QUALITY = "search_quality.json"    # beside it too: bench/eval_find.py --summary
 PAPER = pd.DataFrame({  # the paper's Table (silhouette of the domain labels, 15 LoRA models per base)
     "embedding": ["flattened adapter weights", "salient mask", "output sentence embeddings", "Delta Activations"],
     "Llama-3.1-8B": [-0.035, 0.133, 0.221, 0.645], "Gemma-2-9B": [-0.060, 0.208, -0.053, 0.545],
@@ -41,9 +32,9 @@ def quick_report(catalog: str, vectors: str, mtimes: tuple) -> dict:
 
 def pool_report(pool: pools.Pool) -> tuple[dict | None, str]:
     """The report shipped beside the pool's catalog, else one measured now on the chosen pool (when it has domains)."""
-    shipped = pool.catalog_path.parent / REPORT
+    shipped = pool.catalog_path.parent / REPORT_FILE
     if shipped.is_file():
-        return load_report(str(shipped), pools.stamp(shipped)), f"{pool.title} (from {shipped.parent.name}/{REPORT})"
+        return load_report(str(shipped), pools.stamp(shipped)), f"{pool.title} (from {shipped.parent.name}/{REPORT_FILE})"
     catalog = pools.catalog_of(pool)
     if "domain" not in catalog.label_columns or not pool.vectors_path.is_file():
         return None, ""
@@ -82,7 +73,7 @@ def main() -> None:
             additivity(pool, report)
         if report and report.get("robustness"):
             robustness(report)
-    if (pool.catalog_path.parent / SEARCH_QUALITY).is_file():
+    if (pool.catalog_path.parent / SEARCH_QUALITY_FILE).is_file():
         with ui.guard("describing the demo zoo"):
             demo_zoo(pool)
 
@@ -245,7 +236,7 @@ def robustness(report: dict) -> None:
 
 def base_description(base: str) -> str:
     """A built-in base's own line, or the figures of a base pretrained here (its pretraining.json)."""
-    from core.zoo.bases import BUILTINS, is_builtin
+    from core.engine.bases import BUILTINS, is_builtin
 
     name = base.split(":", 1)[-1]
     if is_builtin(base) and name in BUILTINS:
@@ -262,7 +253,7 @@ def training_words(pool: pools.Pool) -> str:
     """How the pool's models learned (its recipe.json), with the two ways measured side by side when a
     comparison was run (search_quality.json, "loss_on")."""
     from core.errors import DeltaAtlasError
-    from core.reuse.task import RECIPE_FILE, pool_recipe
+    from core.reuse.task import pool_recipe
 
     folder = pool.catalog_path.parent
     if not (folder / RECIPE_FILE).is_file():             # no recipe: nothing to say (and no "default recipe" warning)
@@ -277,7 +268,7 @@ def training_words(pool: pools.Pool) -> str:
     words = ("Each model learned from the **whole of each example** — the instruction and its input as well as the "
              "answer — where the paper's models learn from the answers only, so that a model takes in what its "
              "data is about, not only how it answers; a task you search with is learned the same way.")
-    path = folder / SEARCH_QUALITY
+    path = folder / SEARCH_QUALITY_FILE
     compared = load_report(str(path), pools.stamp(path)).get("loss_on") if path.is_file() else None
     if isinstance(compared, dict) and {"text", "response", "about"} <= set(compared):
         words += (f" Measured on {compared['about']}: the best match was in the right domain for "
@@ -293,7 +284,7 @@ def demo_zoo(pool: pools.Pool) -> None:
     kinds = sorted({d for d in frame.get("domain", pd.Series(dtype=str)).astype(str) if d and "+" not in d})
     st.markdown(f"**{pool.title}** holds **{len(frame)} small models**, each taught one kind of data here"
                 + (f" ({', '.join(kinds)})" if kinds else "") + ", all from the same base model.")
-    path = pool.catalog_path.parent / SEARCH_QUALITY
+    path = pool.catalog_path.parent / SEARCH_QUALITY_FILE
     quality = load_report(str(path), pools.stamp(path)) if path.is_file() else {}
     if plain := plain_search(quality):
         st.markdown(plain)

@@ -1,23 +1,15 @@
 """Map: every model of the pool as a point; close points changed the base model in the same way."""
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = str(Path(__file__).resolve().parents[1])
-if ROOT not in sys.path:  # the page runs on its own too (AppTest.from_file, streamlit run pages/map.py)
-    sys.path.insert(0, ROOT)
+import numpy as np
+import pandas as pd
+import streamlit as st
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from core.map.projection import one_point_note  # noqa: E402
-from pages.parts import charts  # noqa: E402
-from pages.parts import learned  # noqa: E402
-from pages.parts import pools  # noqa: E402
-from pages.parts import ui  # noqa: E402
+from core.map.projection import one_point_note
+from pages.parts import charts, learned, pools, ui
 
 NEIGHBOURS = 8           # closest models listed for a selected model
 LAYOUT_WORDS = {"UMAP": "Neighbours", "PCA": "Straight", "t-SNE": "Tight groups"}  # pools.LAYOUTS in words
@@ -337,7 +329,7 @@ def png_export_available() -> bool:
 
 
 def vector_bytes(data: pools.PoolData, suffix: str) -> bytes:
-    from core.engine.vectors import write_vectors
+    from core.pool.vectors import write_vectors
 
     with tempfile.TemporaryDirectory() as tmp:
         path = write_vectors(data.table, Path(tmp) / f"vectors{suffix}")
@@ -393,7 +385,7 @@ def embed_command(pool: pools.Pool, lines: bool = False) -> str:
 def embed_pool(pool: pools.Pool, data: pools.PoolData) -> None:
     """Queue the measuring of every model of the pool (the vectors are written beside its catalog)."""
     from core.engine.embed import embed_catalog
-    from core.engine.vectors import write_vectors
+    from core.pool.vectors import write_vectors
 
     catalog, models = pools.catalog_of(pool), ui.shared_models()
 

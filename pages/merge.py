@@ -2,22 +2,15 @@
 from __future__ import annotations
 
 import io
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
-ROOT = str(Path(__file__).resolve().parents[1])
-if ROOT not in sys.path:  # the page runs on its own too (AppTest.from_file, streamlit run pages/merge.py)
-    sys.path.insert(0, ROOT)
+import numpy as np
+import pandas as pd
+import streamlit as st
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from pages.parts import charts  # noqa: E402
-from pages.parts import pools  # noqa: E402
-from pages.parts import ui  # noqa: E402
+from pages.parts import charts, pools, ui
 
 MERGE_KEY = "merge_result"   # {"catalog", "result", "title"}: the last merge of this session
 MERGE_JOB = "merge_job"      # the session's (and the URL's) merge job id

@@ -153,7 +153,7 @@ def reference_delta(base_dir: Path, model_dir: Path, kind: str, probes: Sequence
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from core.engine.loading import quiet_transformers
+    from core.engine.quiet import quiet_transformers
 
     quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(base_dir)

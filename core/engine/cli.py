@@ -12,9 +12,9 @@ from pathlib import Path
 
 from core.engine.embed import ADAPTER_BATCH, embed_catalog
 from core.engine.probes import load_probes
-from core.engine.vectors import write_vectors
 from core.errors import DeltaAtlasError
 from core.pool.catalog import read_catalog
+from core.pool.vectors import write_vectors
 from core.progress import TextBar
 
 

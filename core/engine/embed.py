@@ -44,9 +44,9 @@ from core.engine.loading import (
 from core.engine.probes import DEFAULT_PROBES, probes_digest
 from core.engine.shared import SharedModels
 from core.engine.stacked_lora import run_stacked, unstackable_reason
-from core.engine.vectors import make_table
 from core.errors import ComputationError, DeltaAtlasError, ModelSourceError
 from core.pool.catalog import Catalog, Source, parse_source, read_catalog
+from core.pool.vectors import make_table
 from core.progress import ProgressFn, report
 
 log = logging.getLogger(__name__)

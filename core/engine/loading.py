@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from core.engine.bases import ensure_base
+from core.engine.quiet import quiet_transformers
 from core.errors import IncompatibleModelError, ModelSourceError
 from core.pool.catalog import Source
 from core.pool.files import check_folder_files
@@ -29,16 +31,6 @@ ADAPTER_CONFIG = "adapter_config.json"
 MAX_CONFIG_BYTES = 4 * 2**20     # config.json / adapter_config.json: kilobytes in practice
 
 
-def quiet_transformers() -> None:
-    """Silence transformers' and the hub's own progress bars and log lines: the engine reports progress itself."""
-    import huggingface_hub.utils
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    huggingface_hub.utils.disable_progress_bars()
-
-
 # ---------------------------------------------------------------------------------------------------------- sources
 def resolve_source(source: Source, allow_pickle: bool = False) -> Path:
     """The local folder holding ``source``'s files: the folder itself, or a hub snapshot (downloaded if needed).
@@ -47,8 +39,6 @@ def resolve_source(source: Source, allow_pickle: bool = False) -> Path:
     file fails here, with its name, instead of deep inside a loader.
     """
     if source.builtin is not None:
-        from core.zoo.bases import ensure_base
-
         path = ensure_base(source.text)
     elif source.is_local:
         path = source.local
@@ -242,7 +232,7 @@ def base_names(base_dir: Path) -> set[str]:
     """The model names a base folder is known by: a built-in base's cache folder, a hub snapshot's repository, the
     hub id its config records."""
     base_dir, names = Path(base_dir), set()
-    if re.fullmatch(r".+-[0-9a-f]{16}", base_dir.name):                     # core.zoo.bases: <name>-<digest>
+    if re.fullmatch(r".+-[0-9a-f]{16}", base_dir.name):                     # core.engine.bases: <name>-<digest>
         names.add(_model_name(base_dir.name[:-17]))
     repo = next((p for p in base_dir.parts if p.startswith("models--")), None)   # the hub cache's layout
     if repo:

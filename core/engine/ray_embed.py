@@ -49,7 +49,7 @@ class EmbedWorker:
     def __init__(self, settings: dict, threads: int):
         import torch
 
-        from core.engine.loading import quiet_transformers
+        from core.engine.quiet import quiet_transformers
 
         torch.set_num_threads(threads)            # one thread per CPU actor: the actors share the cores, not fight
         quiet_transformers()

@@ -32,14 +32,14 @@ import numpy as np
 import pandas as pd
 
 from core.engine.probes import DEFAULT_PROBES
-from core.engine.vectors import matrix
 from core.errors import DeltaAtlasError
 from core.pool.catalog import Catalog
+from core.pool.folder import DEMO_CATALOG, DESCRIPTIONS_FILE, beside
+from core.pool.vectors import matrix
 from core.progress import ProgressFn, TextBar, report
 
 log = logging.getLogger(__name__)
 
-DESCRIPTIONS_FILE = "descriptions.json"     # beside the catalog
 ANSWER_TOKENS = 24                          # greedy tokens per probe answer
 WORDS = 20                                  # words a model leans towards (kept; the app shows the first 8)
 SHOWN_WORDS = 8
@@ -56,7 +56,7 @@ def word_tokens(tokenizer) -> tuple[np.ndarray, list[str]]:
     Left out, as they say nothing to a person: a capitalised entry whose lower-case form is not in the vocabulary
     (a name: "Martha", "Jess", the people of maths word problems), and anything rarer than ``MIN_ZIPF`` in English
     (word pieces such as "lawsu" or "unanim", code identifiers such as "setattr"; wordfreq's Zipf scale)."""
-    from wordfreq import zipf_frequency   # 0.3 s to import: only where words are read, not for the app's pages
+    from wordfreq import zipf_frequency  # 0.3 s to import: only where words are read, not for the app's pages
 
     found = {}
     for token, i in tokenizer.get_vocab().items():
@@ -191,7 +191,7 @@ def describe_pool(catalog: Catalog, table: pd.DataFrame, *, device=None, progres
     from core.engine.device import pick_device
     from core.engine.loading import load_model, resolve_source
     from core.engine.shared import private_model
-    from core.reuse.task import pool_base
+    from core.pool.catalog import pool_base
 
     if len(table) == 0:
         raise DeltaAtlasError("The pool has no vectors to describe: embed it first (`python -m core embed`).")
@@ -249,7 +249,7 @@ def _plain(reason: str) -> str:
 
 
 def descriptions_path(catalog_path: str | Path) -> Path:
-    return Path(catalog_path).parent / DESCRIPTIONS_FILE
+    return beside(catalog_path, DESCRIPTIONS_FILE)
 
 
 def load_descriptions(catalog_path: str | Path | None) -> dict:
@@ -295,7 +295,6 @@ def update_descriptions(catalog: Catalog, table: pd.DataFrame, *, device=None,
 
 # -- the command ----------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from core.zoo import DEMO_CATALOG
 
     parser.add_argument("--catalog", default=str(DEMO_CATALOG), help="the pool's catalog (default: the demo zoo)")
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best there is)")
@@ -303,8 +302,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from core.engine.pool_vectors import pool_vectors
     from core.map.clusters import Clusterer
-    from core.reuse.task import open_catalog, pool_vectors
+    from core.pool.folder import open_catalog
 
     catalog = open_catalog(args.catalog)
     table, _ = pool_vectors(catalog)

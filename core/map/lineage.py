@@ -25,7 +25,7 @@ def lineage_disagreements(table_or_labels: pd.DataFrame, vectors: np.ndarray | N
     """Models whose declared label (``column``, e.g. the dataset a model card names) is not what most of their ``k``
     nearest neighbours declare, by cosine similarity of the full vectors: lineage checked against behaviour.
 
-    ``table_or_labels`` is a vector table (core.engine.vectors format; ``vectors`` may then be None) or a frame with
+    ``table_or_labels`` is a vector table (core.pool.vectors format; ``vectors`` may then be None) or a frame with
     ``name`` and ``column``, one row per row of ``vectors``. A cell may hold several values separated by ``;``: a
     neighbour votes for each of its values, and a model agrees when the most voted value (any of them, on a tie) is
     one of its own. Models with an empty cell are neither checked nor counted as neighbours.
@@ -39,7 +39,7 @@ def lineage_disagreements(table_or_labels: pd.DataFrame, vectors: np.ndarray | N
         known = ", ".join(c for c in frame.columns if c not in ("name", "vector")) or "(none)"
         raise DeltaAtlasError(f"{column!r} is not a label of these models: choose one of {known}.")
     if vectors is None:
-        from core.engine.vectors import matrix
+        from core.pool.vectors import matrix
 
         vectors = matrix(frame)
     X = _check_matrix(vectors)

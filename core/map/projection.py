@@ -212,9 +212,9 @@ def describe_quality(q: dict) -> str:
 # ---------------------------------------------------------------------------------------------- the map of a table
 def project_table(table: pd.DataFrame, method: str = "umap", n_clusters: int | str = "auto",
                   random_state: int = 0) -> tuple[pd.DataFrame, dict]:
-    """Map and cluster a vector table (core.engine.vectors format): a frame (name, x, y, cluster, labels...) and a summary
+    """Map and cluster a vector table (core.pool.vectors format): a frame (name, x, y, cluster, labels...) and a summary
     (clusters with their most common labels, silhouette of each label column, map quality)."""
-    from core.engine.vectors import label_columns, matrix
+    from core.pool.vectors import label_columns, matrix
 
     X = matrix(table)
     projector = Projector(method=method, random_state=random_state).fit(X)
@@ -270,7 +270,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from core.engine.vectors import read_vectors
+    from core.pool.vectors import read_vectors
 
     table = read_vectors(args.vectors)
     if args.color_by and args.color_by not in table.columns:

@@ -22,8 +22,8 @@ import pandas as pd
 
 from core.errors import DeltaAtlasError
 from core.pool.catalog import read_catalog
+from core.pool.folder import DEMO_CATALOG, vectors_target
 from core.progress import ProgressFn, TextBar
-from core.zoo import DEMO_CATALOG
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +104,11 @@ def robustness(S: np.ndarray, frame: pd.DataFrame, label: str) -> list[dict]:
 def build_report(catalog_path, vectors_path=None, *, baselines: bool = True, label: str = "domain",
                  progress: ProgressFn | None = None, device: str | None = None) -> dict:
     """Every measure of the module docstring, as plain JSON (None where a measure is undefined)."""
-    from core.engine.vectors import matrix, read_vectors
     from core.map.geometry import cosine_similarities
+    from core.pool.vectors import matrix, read_vectors
 
     catalog = read_catalog(catalog_path)
-    vectors_path = Path(vectors_path) if vectors_path else _default_vectors(catalog.path)
+    vectors_path = Path(vectors_path) if vectors_path else vectors_target(catalog.path)
     if label not in catalog.label_columns:
         raise DeltaAtlasError(f"Catalog {catalog.path} has no {label!r} column to judge the clustering by: "
                               f"choose one of {', '.join(catalog.label_columns) or '(no label columns)'}.")
@@ -144,13 +144,6 @@ def build_report(catalog_path, vectors_path=None, *, baselines: bool = True, lab
         if "variant" in frame.columns else [],
         "notes": notes,
     }
-
-
-def _default_vectors(catalog_path: Path) -> Path:
-    from core.reuse.task import vectors_file
-
-    found = vectors_file(catalog_path)
-    return found if found is not None else catalog_path.parent / "vectors.parquet"
 
 
 def _baselines(catalog, frame: pd.DataFrame, rows: list[int], notes: list[str], progress, device) -> dict:

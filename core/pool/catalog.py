@@ -61,7 +61,7 @@ def check_hub_id(text: str) -> str:
 @dataclass(frozen=True)
 class Source:
     """Where a model lives: a local folder, a hub id with an optional revision, or a built-in base
-    (``builtin:<name>``, see :mod:`core.zoo.bases`)."""
+    (``builtin:<name>``, see :mod:`core.engine.bases`)."""
 
     text: str                      # as written in the catalog
     local: Path | None = None      # resolved folder when local
@@ -274,3 +274,12 @@ def write_catalog(rows: list[dict], path: str | Path) -> Path:
     spreadsheet_safe(frame).to_csv(tmp, index=False)
     tmp.replace(path)
     return path
+
+
+def pool_base(catalog: Catalog, names: list[str]) -> Source:
+    """The one base the ranked models share (a task can only be compared with models of its own base)."""
+    bases = {str(e.base): e.base for e in catalog if e.name in set(names)} or {str(e.base): e.base for e in catalog}
+    if len(bases) > 1:
+        raise CatalogError(f"Catalog {catalog.path} mixes {len(bases)} bases ({', '.join(sorted(bases))}); "
+                              "task search compares a task with models of one base: split the catalog per base.")
+    return next(iter(bases.values()))

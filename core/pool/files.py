@@ -16,7 +16,7 @@ def check_folder_files(folder: Path) -> None:
     level) must be a regular file inside the folder: a link to a file elsewhere would read what the user was not
     allowed to name (a system file, another user's model), and a pipe or device would hang the read. Links into the
     Hugging Face hub cache are allowed: that is how a downloaded snapshot is laid out."""
-    from huggingface_hub.constants import HF_HUB_CACHE      # only its cache's path
+    from huggingface_hub.constants import HF_HUB_CACHE  # only its cache's path
 
     root, hub = Path(folder).resolve(), Path(HF_HUB_CACHE).resolve()
     for entry in sorted(Path(folder).iterdir()):

@@ -37,10 +37,10 @@ from typing import Callable, Iterator
 
 import pandas as pd
 
-from core.engine.vectors import read_vectors, write_vectors
 from core.errors import DeltaAtlasError, ModelSourceError, PathNotAllowedError
 from core.pool.catalog import REQUIRED_COLUMNS, Catalog, check_hub_id, read_catalog, read_rows, write_catalog
 from core.pool.files import check_folder_files
+from core.pool.vectors import read_vectors, write_vectors
 from core.progress import ProgressFn
 
 log = logging.getLogger(__name__)

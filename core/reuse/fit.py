@@ -219,7 +219,7 @@ def _loss_alone(model, tokenizer, examples, entry, folder: Path) -> float:
             return example_loss(other, tokenizer, examples, MAX_LENGTH)
         finally:
             del other
-    from peft import PeftModel     # heavy, and only for adapters the stacked path cannot run
+    from peft import PeftModel  # heavy, and only for adapters the stacked path cannot run
 
     private = copy.deepcopy(model)
     try:

@@ -25,13 +25,13 @@ import yaml
 
 from core.errors import MergeError
 from core.pool.catalog import Catalog, ModelEntry, parse_source
+from core.pool.folder import DEMO_CATALOG
 from core.progress import ProgressFn, TextBar, report
 from core.reuse.examples import check_count, load_examples
 from core.reuse.merge_plan import METHODS, MergePlan, MethodSpec, check_out_dir, plan_merge
 from core.reuse.task import cosine_to, publish
 from core.reuse.train import Example, example_loss
 from core.textio import file_problem
-from core.zoo import DEMO_CATALOG
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,8 @@ def merge_adapters(catalog: str | Path | Catalog, names: list[str] | str, method
 
 def _run(plan, examples, work, task_vector, vectors, budget, seed, device, measure, progress, models) -> MergeReport:
     """The merge itself, in ``work``: vectors, weights, PEFT combination, evaluation, additivity preview."""
-    from core.reuse.task import embed_task, stored_vectors
+    from core.engine.pool_vectors import stored_vectors
+    from core.reuse.task import embed_task
 
     mode = plan.weights if isinstance(plan.weights, str) else "given"
     table, settings = stored_vectors(plan.catalog) if vectors is None else (vectors, {})

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from core.errors import DeltaAtlasError, MergeError
 from core.pool.catalog import Catalog, ModelEntry, Source
+from core.pool.folder import open_catalog
 from core.pool.userpool import sweep_stale
-from core.reuse.task import open_catalog, prepare_out_dir
+from core.reuse.task import prepare_out_dir
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.engine.vectors import make_table, write_vectors
+from core.engine.pool_vectors import pool_vectors
 from core.errors import DeltaAtlasError
+from core.pool.catalog import pool_base
+from core.pool.folder import DEMO_CATALOG, open_catalog
+from core.pool.vectors import make_table, write_vectors
 from core.progress import ProgressFn, TextBar, report
 from core.reuse.references import REFERENCE_DIR, reference_path, reference_tasks
-from core.reuse.task import embed_task, open_catalog, pool_base, pool_vectors
-from core.zoo import DEMO_CATALOG
+from core.reuse.task import embed_task
 
 log = logging.getLogger(__name__)
 

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.engine.vectors import matrix, read_metadata, read_vectors
 from core.errors import DeltaAtlasError
+from core.pool.folder import REFERENCE_FILE, beside
+from core.pool.vectors import matrix, read_metadata, read_vectors
 from core.reuse.examples import load_examples
 
 log = logging.getLogger(__name__)
 
 REFERENCE_DIR = Path(__file__).resolve().parents[2] / "data" / "reference_tasks"
-REFERENCE_FILE = "references.parquet"     # beside the pool's catalog
 MIN_REFERENCES = 3                        # fewer cannot stand for "everything else"
 
 
@@ -42,7 +42,7 @@ def reference_tasks(folder: str | Path = REFERENCE_DIR) -> dict[str, list]:
 
 
 def reference_path(catalog_path: str | Path) -> Path:
-    return Path(catalog_path).parent / REFERENCE_FILE
+    return beside(catalog_path, REFERENCE_FILE)
 
 
 def load_references(catalog_path: str | Path | None, width: int | None = None) -> pd.DataFrame | None:

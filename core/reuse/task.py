@@ -19,23 +19,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.engine.vectors import label_columns, matrix, read_metadata, read_vectors
+from core.engine.pool_vectors import pool_vectors
 from core.errors import DeltaAtlasError
-from core.pool.catalog import Catalog, Source, read_catalog
+from core.pool.catalog import Catalog, Source, pool_base
+from core.pool.folder import DEMO_CATALOG, NOVELTY_FILE, RECIPE_FILE, SEARCH_FILE, beside, open_catalog, read_settings
+from core.pool.vectors import label_columns, matrix
 from core.progress import Progress, ProgressFn, TextBar, report
 from core.reuse.examples import check_count, load_examples
 from core.reuse.references import load_references
 from core.reuse.train import Example, Recipe, finetune, load_recipe
-from core.zoo import DEMO_CATALOG
 
 log = logging.getLogger(__name__)
 
 TASK_STEPS = 40                          # few-shot steps: 40 and 80 were equally accurate on the demo zoo
 GROUP_COLUMNS = ("domain", "dataset")   # label columns whose groups are ranked too
 GROUP_TOP = 3                           # a group's score: mean similarity of its 3 closest models (see below)
-RECIPE_FILE = "recipe.json"             # the pool's finetuning recipe, beside the catalog
-SEARCH_FILE = "search.json"             # the pool's task-search settings (its few-shot steps), beside the catalog
-VECTOR_FILES = ("vectors.parquet", "{stem}.vectors.parquet", "{stem}_vectors.parquet", "{stem}.parquet")
 TASK_NAME = "task"
 LABEL_FREE_COMPARE = "delta"            # the default for pools without domain labels (measured: bench/README.md)
 HELP_CANDIDATES = 5                     # the closest models whose loss on the examples is measured (reuse.fit)
@@ -86,19 +84,9 @@ def _records(frame: pd.DataFrame) -> list[dict]:
 
 
 # -- the pool: catalog, recipe, vectors, base -------------------------------------------------------------------
-def open_catalog(catalog: str | Path | Catalog) -> Catalog:
-    """A catalog, with a plain hint when the demo zoo (the default) has not been built yet."""
-    if isinstance(catalog, Catalog):
-        return catalog
-    if Path(catalog).resolve() == DEMO_CATALOG and not DEMO_CATALOG.is_file():
-        raise DeltaAtlasError(f"The demo zoo is not built yet ({DEMO_CATALOG} is missing): run `python -m core "
-                              "build-demo --data-dir ../shared/datasets`, or pass --catalog CATALOG.csv.")
-    return read_catalog(catalog)
-
-
 def pool_recipe(catalog_path: Path) -> Recipe:
     """The recipe the pool was trained with, or the default one (with a warning) when none is stored."""
-    path = Path(catalog_path).parent / RECIPE_FILE
+    path = beside(catalog_path, RECIPE_FILE)
     if path.is_file():
         try:
             return load_recipe(path)
@@ -112,57 +100,13 @@ def task_steps(catalog_path: Path | None) -> int:
     """The pool's own few-shot step count (``search.json`` beside its catalog: {"steps": N}), else TASK_STEPS.
     Why per pool: a task adapter should be trained about as many epochs as the pool's adapters were, which
     differs between zoos (bench/README.md)."""
-    path = Path(catalog_path).parent / SEARCH_FILE if catalog_path else None
-    if path is None or not path.is_file():
-        return TASK_STEPS
-    try:
-        steps = json.loads(path.read_text()).get("steps", TASK_STEPS)
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise ValueError(f"steps must be a positive whole number, got {steps!r}")
-    except (ValueError, AttributeError, OSError) as exc:
-        raise DeltaAtlasError(f"Search settings {path} cannot be read ({exc}): fix or delete it.") from None
+    settings = read_settings(catalog_path, SEARCH_FILE) or {}
+    steps = settings.get("steps", TASK_STEPS)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise DeltaAtlasError(f"Search settings {beside(catalog_path, SEARCH_FILE)} cannot be read (steps must be a "
+                              f"positive whole number, got {steps!r}): fix or delete it (without it, the default "
+                              "settings are used).")
     return steps
-
-
-def vectors_file(catalog_path: Path) -> Path | None:
-    """The pool's vector file stored beside its catalog, if any."""
-    catalog_path = Path(catalog_path)
-    for pattern in VECTOR_FILES:
-        path = catalog_path.parent / pattern.format(stem=catalog_path.stem)
-        if path.is_file():
-            return path
-    return None
-
-
-def stored_vectors(catalog: Catalog) -> tuple[pd.DataFrame | None, dict]:
-    """The vector table stored beside the catalog (or None) and the engine settings it was made with."""
-    path = vectors_file(catalog.path) if catalog.path else None
-    if path is None:
-        return None, {}
-    return catalog.align(read_vectors(path), path), (read_metadata(path) if path.suffix == ".parquet" else {})
-
-
-def pool_vectors(catalog: Catalog, progress: ProgressFn | None = None) -> tuple[pd.DataFrame, dict]:
-    """The pool's vector table and the engine settings it was made with: the stored file, else computed (cached)."""
-    table, settings = stored_vectors(catalog)
-    if table is not None:
-        return table, settings
-    from core.engine.embed import embed_catalog
-
-    log.info("No vector file beside %s: embedding the pool (cached for next time).", catalog.path)
-    result = embed_catalog(catalog, progress=progress)
-    if len(result.table) == 0:
-        raise DeltaAtlasError(f"No model of {catalog.path} could be embedded: run `python -m core embed` to see why.")
-    return result.table, result.metadata
-
-
-def pool_base(catalog: Catalog, names: list[str]) -> Source:
-    """The one base the ranked models share (a task can only be compared with models of its own base)."""
-    bases = {str(e.base): e.base for e in catalog if e.name in set(names)} or {str(e.base): e.base for e in catalog}
-    if len(bases) > 1:
-        raise DeltaAtlasError(f"Catalog {catalog.path} mixes {len(bases)} bases ({', '.join(sorted(bases))}); "
-                              "task search compares a task with models of one base: split the catalog per base.")
-    return next(iter(bases.values()))
 
 
 # -- embedding the task -----------------------------------------------------------------------------------------
@@ -416,7 +360,7 @@ def judge_closeness(result: TaskResult, vectors: pd.DataFrame, raw: np.ndarray, 
     if len(vectors) < 3:
         result.match_note = "Too few models in this pool to judge how close the best match is."
         return
-    rule = load_rule(Path(catalog_path).parent / "novelty.json" if catalog_path else None).fit(matrix(vectors))
+    rule = load_rule(beside(catalog_path, NOVELTY_FILE) if catalog_path else None).fit(matrix(vectors))
     result.combine = rule.combine
     if rule.margin is not None and references is not None:
         sims = result.matches["similarity"].to_numpy()                           # [n] as the search compared

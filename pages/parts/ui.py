@@ -20,10 +20,11 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from core.errors import DeltaAtlasError
 from core.jobs import Job, JobQueue, noun
+from core.pool.folder import vectors_target
 from core.progress import Progress
 from core.textio import markdown_literal
 from pages.parts import pools as _pools
-from pages.parts.pools import Pool, find_catalogs, load_catalog, stamp, title_of, user_pool, vectors_path_for
+from pages.parts.pools import Pool, find_catalogs, load_catalog, stamp, title_of, user_pool
 
 log = logging.getLogger("delta_atlas.app")
 
@@ -60,7 +61,7 @@ def sidebar() -> Pool:
             st.warning("No catalog found. Build the demo zoo with `python -m core build-demo`, or put a "
                        "catalog.csv in the data folder.")
             demo = _pools.DEMO_CATALOG
-            pool = Pool(demo, vectors_path_for(demo), "Demo zoo (not built yet)")
+            pool = Pool(demo, vectors_target(demo), "Demo zoo (not built yet)")
         else:
             if st.session_state.get(CATALOG_KEY) not in options:
                 st.session_state[CATALOG_KEY] = options[0]
@@ -70,7 +71,7 @@ def sidebar() -> Pool:
                                        "Hugging Face Hub, or catalogs made with `python -m core catalog "
                                        "--from-hub`), and the models you add yourself.")
             path = Path(choice)
-            pool = Pool(path, users.vectors_path if path == users.catalog_path else vectors_path_for(path),
+            pool = Pool(path, users.vectors_path if path == users.catalog_path else vectors_target(path),
                         titles[choice], is_user=path == users.catalog_path, base=choose_base(path))
     st.session_state[POOL_KEY] = pool
     return pool

@@ -20,8 +20,8 @@ def app_pool(tiny_pool, tmp_path_factory) -> dict:
     """A catalog of the tiny models (absolute sources, so nothing is written beside the shared fixture) with its
     vectors.parquet, and an engine cache of its own."""
     from core.engine.embed import embed_catalog
-    from core.engine.vectors import write_vectors
     from core.pool.catalog import read_catalog, write_catalog
+    from core.pool.vectors import write_vectors
 
     root = tmp_path_factory.mktemp("app_pool")
     cache = root / "cache"
@@ -86,8 +86,8 @@ def synthetic_pool(folder: Path, per_domain: int = 6, dim: int = 32, seed: int =
     for the Map and How-it-works pages, no model to load. Two mixtures are the sums of their parts (plus noise)."""
     import numpy as np
 
-    from core.engine.vectors import make_table, write_vectors
     from core.pool.catalog import write_catalog
+    from core.pool.vectors import make_table, write_vectors
 
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(len(DOMAINS), dim))

@@ -78,8 +78,8 @@ def test_hover_fields():
 
 
 def write_pool(folder, n: int = N):
-    from core.engine.vectors import make_table, write_vectors
     from core.pool.catalog import write_catalog
+    from core.pool.vectors import make_table, write_vectors
 
     frame, vectors, _ = big_frame(n)
     rows = [{"name": r["name"], "source": f"./models/{r['name']}", "kind": "lora", "base": "./base",

@@ -22,8 +22,8 @@ def app() -> AppTest:
 def lineage_pool(folder: Path, dim: int = 32, seed: int = 0) -> Path:
     """A pool shaped like the paper's (5 datasets x 3 splits) with vectors only, where the model trained on the
     third split of gsm8k declares opc: its catalog row and its behaviour disagree."""
-    from core.engine.vectors import make_table, write_vectors
     from core.pool.catalog import write_catalog
+    from core.pool.vectors import make_table, write_vectors
 
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(len(DATASETS), dim))

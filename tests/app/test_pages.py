@@ -136,7 +136,7 @@ def remembered_task(app_env, verdict: str, gains: list[tuple[str, float | None]]
     """A finished search put into the session as the Find page keeps it, with the given measured gains."""
     import numpy as np
 
-    from core.engine.vectors import read_vectors
+    from core.pool.vectors import read_vectors
     from core.reuse.fit import HELP_MARGIN, gain_short, gain_words
     from core.reuse.task import match_task
 
@@ -426,8 +426,8 @@ HOSTILE = ['<a href="https://evil.example">click</a>', "**loud** [link](https://
 @pytest.fixture
 def hostile_env(app_env, tmp_path, monkeypatch):
     """The app pool with labels a visitor or a catalog could carry: HTML, markdown links, formulas."""
-    from core.engine.vectors import read_vectors, write_vectors
     from core.pool.catalog import read_catalog, write_catalog
+    from core.pool.vectors import read_vectors, write_vectors
 
     rows = [{"name": e.name, "source": str(e.source), "kind": e.kind, "base": str(e.base),
              "domain": HOSTILE[i % len(HOSTILE)]} for i, e in enumerate(read_catalog(app_env["catalog"]))]
@@ -457,8 +457,8 @@ def test_a_degenerate_pool_draws_a_map_with_a_plain_note(app_env, tmp_path, monk
     """Vectors that all point one way (or nowhere) sit on one point: a note, never a traceback."""
     import numpy as np
 
-    from core.engine.vectors import make_table, write_vectors
     from core.pool.catalog import read_catalog, write_catalog
+    from core.pool.vectors import make_table, write_vectors
 
     entries = list(read_catalog(app_env["catalog"]))
     rows = [{"name": e.name, "source": str(e.source), "kind": e.kind, "base": str(e.base), "domain": "ab"[i % 2]}
@@ -475,8 +475,8 @@ def test_a_degenerate_pool_draws_a_map_with_a_plain_note(app_env, tmp_path, monk
 
 
 def test_a_vector_file_of_another_catalog_is_a_message(app_env, tmp_path, monkeypatch):
-    from core.engine.vectors import read_vectors, write_vectors
     from core.pool.catalog import read_catalog, write_catalog
+    from core.pool.vectors import read_vectors, write_vectors
 
     entries = list(read_catalog(app_env["catalog"]))
     rows = [{"name": e.name, "source": str(e.source), "kind": e.kind, "base": str(e.base)} for e in entries[:-1]]
@@ -525,9 +525,9 @@ def same_places(now: dict, then: dict) -> bool:
 
 
 def test_a_model_shows_what_it_learned_and_groups_have_names(app_env):
+    from core.engine.pool_vectors import pool_vectors
     from core.map.describe import describe_pool, descriptions_path, write_descriptions
     from core.pool.catalog import read_catalog
-    from core.reuse.task import pool_vectors
 
     catalog = read_catalog(app_env["catalog"])
     found = describe_pool(catalog, pool_vectors(catalog)[0])

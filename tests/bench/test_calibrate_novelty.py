@@ -5,8 +5,7 @@ import json
 
 import numpy as np
 
-from core.engine.vectors import make_table
-
+from core.pool.vectors import make_table
 from tests.bench.conftest import load_bench
 
 

@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.engine.activations import (AdapterHost, _forward, _reference_states, float32_residual, last_token_states,
-                                     reference_delta)
+from core.engine.activations import (
+    AdapterHost,
+    _forward,
+    _reference_states,
+    float32_residual,
+    last_token_states,
+    reference_delta,
+)
 from core.engine.loading import load_model
 from core.engine.probes import DEFAULT_PROBES
 from core.errors import ComputationError

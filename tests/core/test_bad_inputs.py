@@ -18,26 +18,25 @@ import mmap
 import os
 import re
 import struct
-import tomllib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+import pandas as pd
 import pytest
+import tomllib
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from core.engine.probes import MAX_PROBES, load_probes
-import numpy as np
-import pandas as pd
-
 from core.engine.loading import resolve_source
-from core.engine.vectors import META_KEY, make_table, read_metadata, read_vectors, write_vectors
+from core.engine.probes import MAX_PROBES, load_probes
 from core.errors import DeltaAtlasError
 from core.pool import userpool
 from core.pool.catalog import Source, hub_id_problem, parse_source, read_catalog, write_catalog
 from core.pool.userpool import UserPool, check_local_path
+from core.pool.vectors import META_KEY, make_table, read_metadata, read_vectors, write_vectors
 from core.reuse import examples
 from core.reuse.examples import MAX_EXAMPLES, load_examples, parse_examples
 from core.reuse.merge import replay_recipe

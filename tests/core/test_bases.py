@@ -8,9 +8,9 @@ import json
 
 import pytest
 
+from core.engine import bases
 from core.errors import ModelSourceError
 from core.pool.catalog import parse_source
-from core.zoo import bases
 
 FAKE = "builtin:fake-base"
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import core.engine.cache as cache_module
-from core.errors import DeltaAtlasError
 from core.engine.cache import FileHasher, VectorCache, content_key, default_cache_dir, entry_key
+from core.errors import DeltaAtlasError
 
 
 @pytest.fixture
@@ -121,7 +121,7 @@ def test_default_cache_dir(monkeypatch, tmp_path):
 def _table(names, vectors):
     import pandas as pd
 
-    from core.engine.vectors import make_table
+    from core.pool.vectors import make_table
 
     return make_table(names, np.asarray(vectors, dtype=np.float32), pd.DataFrame({"name": names, "domain": "x"}))
 
@@ -131,7 +131,7 @@ def _table(names, vectors):
     (["a", "b"], [[1, np.nan], [0, 1]], "not finite"),
     (["a", "b"], [[np.inf, 0], [0, 1]], "not finite")])
 def test_vector_files_that_would_misalign_or_mislead_are_refused(tmp_path, names, vectors, pattern):
-    from core.engine.vectors import read_vectors, write_vectors
+    from core.pool.vectors import read_vectors, write_vectors
 
     path = write_vectors(_table(names, vectors), tmp_path / "v.parquet")
     with pytest.raises(DeltaAtlasError, match=pattern):
@@ -142,7 +142,7 @@ def test_vectors_of_two_widths_and_broken_metadata_are_refused(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from core.engine.vectors import META_KEY, read_metadata, read_vectors, write_vectors
+    from core.pool.vectors import META_KEY, read_metadata, read_vectors, write_vectors
 
     path = write_vectors(_table(["a", "b"], [[1, 0], [0, 1]]), tmp_path / "v.parquet")
     arrow = pq.read_table(path)
@@ -158,7 +158,7 @@ def test_vectors_of_two_widths_and_broken_metadata_are_refused(tmp_path):
 def test_a_failed_vector_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 
-    from core.engine.vectors import read_vectors, write_vectors
+    from core.pool.vectors import read_vectors, write_vectors
 
     path = write_vectors(_table(["a"], [[1, 0]]), tmp_path / "v.parquet")
 

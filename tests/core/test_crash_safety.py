@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 
 from core.engine.cache import VectorCache
-from core.engine.vectors import make_table, read_vectors
 from core.pool.userpool import UserPool, sweep_stale
+from core.pool.vectors import make_table, read_vectors
 from tests.core.test_userpool import model_folder
 
 REPO = Path(__file__).resolve().parents[2]

@@ -103,7 +103,7 @@ def test_build_writes_an_embeddable_catalog(micro_zoo):
     assert {e.kind for e in catalog} == {"lora", "full"}
     figures = json.loads((micro_zoo["zoo"] / "base/pretraining.json").read_text())
     assert figures["validation_perplexity"] > 1
-    from core.engine.vectors import matrix, read_vectors
+    from core.pool.vectors import matrix, read_vectors
 
     table = read_vectors(micro_zoo["zoo"] / "vectors.parquet")
     assert list(table["name"]) == catalog.names and matrix(table).shape[0] == len(catalog)
@@ -148,7 +148,7 @@ def test_only_retrains_the_named_models_and_refuses_unknown_names(micro_zoo):
 def test_a_fresh_clone_without_the_full_models_keeps_their_shipped_vectors(micro_zoo, tmp_path):
     import shutil
 
-    from core.engine.vectors import read_vectors
+    from core.pool.vectors import read_vectors
     from core.zoo.demo_build import embed_zoo
 
     zoo = tmp_path / "clone"

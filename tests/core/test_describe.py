@@ -10,8 +10,15 @@ import pytest
 
 from core.engine.embed import embed_catalog
 from core.map import describe
-from core.map.describe import (describe_pool, group_names, leaning_words, load_descriptions, update_descriptions,
-                               word_tokens, write_descriptions)
+from core.map.describe import (
+    describe_pool,
+    group_names,
+    leaning_words,
+    load_descriptions,
+    update_descriptions,
+    word_tokens,
+    write_descriptions,
+)
 from core.pool.catalog import read_catalog
 
 
@@ -123,7 +130,7 @@ def test_the_describe_command_writes_the_descriptions_and_names_the_groups(tiny_
 
     catalog = tiny_pool["catalog"]
     embed_catalog(catalog)
-    from core.engine.vectors import write_vectors
+    from core.pool.vectors import write_vectors
 
     vectors = catalog.with_name("vectors.parquet")
     write_vectors(embed_catalog(catalog).table, vectors)

@@ -14,8 +14,8 @@ import core.engine.embed as engine
 from core.engine.activations import reference_delta
 from core.engine.embed import embed_adapters, embed_catalog
 from core.engine.probes import DEFAULT_PROBES
-from core.engine.vectors import matrix
 from core.errors import CatalogError, IncompatibleModelError
+from core.pool.vectors import matrix
 from core.zoo.tinylm import train_tokenizer
 from tests.conftest import make_base, make_lora, write_catalog
 

@@ -10,7 +10,7 @@ import pytest
 
 from core.cli import main
 from core.engine.probes import probes_digest
-from core.engine.vectors import read_metadata, read_vectors
+from core.pool.vectors import read_metadata, read_vectors
 from tests.conftest import write_catalog
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.engine.vectors import make_table
 from core.errors import DeltaAtlasError
 from core.map.lens import DomainLens
+from core.pool.vectors import make_table
 from core.reuse.task import rank, similarities
 
 DOMAINS, FORMATS, PER_CELL, DIM = ("law", "math", "med", "code"), ("letter", "prose", "label"), 3, 64

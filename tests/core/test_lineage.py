@@ -10,8 +10,8 @@ from tests.core.vector_data import blobs, one_thread  # noqa: F401  (one_thread:
 
 
 def test_lineage_disagreements_find_the_mislabelled_model():
-    from core.engine.vectors import make_table
     from core.map.lineage import lineage_disagreements
+    from core.pool.vectors import make_table
 
     X, y = blobs(n_clusters=3, per=5, dim=16)
     declared = [["gsm8k", "pubmedqa", "opc"][c] for c in y]

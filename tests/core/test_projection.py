@@ -72,7 +72,7 @@ def test_map_quality_good_and_random_maps():
 
 def test_map_command(tmp_path, capsys):
     from core.cli import main
-    from core.engine.vectors import make_table, write_vectors
+    from core.pool.vectors import make_table, write_vectors
 
     X, y = blobs(n_clusters=3, per=5)
     labels = pd.DataFrame({"name": [f"m{i}" for i in range(len(X))], "domain": [f"d{k}" for k in y],
@@ -132,8 +132,8 @@ def test_map_core_calls_scale_to_20000_models():
 ])
 def test_a_pool_on_one_point_is_mapped_with_a_note_not_a_crash(X, words, tmp_path, capsys):
     from core.cli import main
-    from core.engine.vectors import make_table, write_vectors
     from core.map.projection import one_point_note, project_table
+    from core.pool.vectors import make_table, write_vectors
 
     table = make_table([f"m{i}" for i in range(len(X))], X)
     points, summary = project_table(table)

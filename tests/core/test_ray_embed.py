@@ -11,8 +11,8 @@ import pytest
 from core.cli import main
 from core.engine.embed import embed_catalog
 from core.engine.ray_embed import CRASH_ENV, embed_catalog_ray
-from core.engine.vectors import read_metadata, read_vectors
 from core.errors import DeltaAtlasError
+from core.pool.vectors import read_metadata, read_vectors
 from tests.conftest import make_lora, write_catalog
 
 ray = pytest.importorskip("ray")

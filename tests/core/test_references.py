@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.engine.vectors import make_table, matrix, write_vectors
 from core.errors import DeltaAtlasError
+from core.pool.vectors import make_table, matrix, write_vectors
 from core.reuse.novelty import CloseMatchRule, load_rule
 from core.reuse.references import MIN_REFERENCES, REFERENCE_DIR, load_references, reference_path, reference_tasks
 from core.reuse.task import TaskResult, find_models, judge_closeness, rank

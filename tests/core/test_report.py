@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from core.cli import main
-from core.engine.vectors import make_table, write_vectors
 from core.errors import DeltaAtlasError
 from core.map.report import build_report, format_report, loo_accuracy, silhouette
+from core.pool.vectors import make_table, write_vectors
 from tests.conftest import write_catalog
 
 DOMAINS = {"legal": "legalbench", "math": "gsm8k", "medical": "pubmedqa", "commonsense": "hellaswag", "coding": "mbpp"}

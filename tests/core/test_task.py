@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.engine.vectors import make_table, matrix
 from core.errors import DeltaAtlasError, ExamplesError
-from core.pool.catalog import read_catalog
-from core.reuse.task import TaskResult, cosine_to, find_models, pool_base, pool_recipe, rank, rank_groups, vectors_file
+from core.pool.catalog import pool_base, read_catalog
+from core.pool.folder import vectors_file
+from core.pool.vectors import make_table, matrix
+from core.reuse.task import TaskResult, cosine_to, find_models, pool_recipe, rank, rank_groups
 from core.reuse.train import Example, Recipe
 
 EXAMPLES = [Example("Add two and three.", "Five."), Example("Add one and one.", "Two."),
@@ -169,7 +170,8 @@ def test_find_models_through_the_domain_lens(pool):
 
 
 def test_pool_search_settings_set_the_steps(tmp_path, pool):
-    from core.reuse.task import SEARCH_FILE, TASK_STEPS, task_steps
+    from core.pool.folder import SEARCH_FILE
+    from core.reuse.task import TASK_STEPS, task_steps
 
     catalog = tmp_path / "catalog.csv"
     assert task_steps(catalog) == TASK_STEPS and task_steps(None) == TASK_STEPS
@@ -230,9 +232,9 @@ def test_cli_find_json(pool, tmp_path, capsys):
 
 
 def test_missing_demo_zoo_says_how_to_build_it(tmp_path, monkeypatch):
-    import core.reuse.task
+    import core.pool.folder
 
-    monkeypatch.setattr(core.reuse.task, "DEMO_CATALOG", (tmp_path / "demo" / "catalog.csv").resolve())
+    monkeypatch.setattr(core.pool.folder, "DEMO_CATALOG", (tmp_path / "demo" / "catalog.csv").resolve())
     with pytest.raises(DeltaAtlasError, match="demo zoo is not built yet.*build-demo"):
         find_models(EXAMPLES, tmp_path / "demo" / "catalog.csv")
     with pytest.raises(DeltaAtlasError, match="Catalog file .* does not exist"):

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from core.engine.vectors import make_table
 from core.errors import DeltaAtlasError, ModelSourceError, PathNotAllowedError
 from core.pool import userpool
 from core.pool.userpool import UserPool, allowed_roots, check_local_path, extract_zip
+from core.pool.vectors import make_table
 
 
 def fake_embed(fail: bool = False):

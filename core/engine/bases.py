@@ -19,6 +19,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.engine.cache import atomic_write, default_cache_dir, sha256_file
+from core.engine.quiet import quiet_transformers
 from core.errors import ModelSourceError
 from core.pool.catalog import BUILTIN_PREFIX as PREFIX
 from core.progress import ProgressFn, report
@@ -72,15 +74,11 @@ def package_file(base: BuiltinBase) -> Path:
 
 
 def bases_root() -> Path:
-    from core.engine.cache import default_cache_dir
-
     return default_cache_dir() / "bases"
 
 
 def gguf_digest(base: BuiltinBase, root: Path) -> str:
     """SHA-256 of the packaged file, hashed once: a memo in ``root`` keeps it while the file's size and mtime hold."""
-    from core.engine.cache import atomic_write, sha256_file
-
     gguf = package_file(base)
     stat = gguf.stat()
     memo = root / f".{base.name}.digest.json"
@@ -118,7 +116,6 @@ def convert(base: BuiltinBase, folder: Path, progress: ProgressFn | None = None)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from core.engine.loading import quiet_transformers
 
     gguf = package_file(base)
     if importlib.util.find_spec("gguf") is None:
