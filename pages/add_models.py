@@ -9,7 +9,7 @@ import streamlit as st
 
 from core.errors import DeltaAtlasError
 from core.pool import userpool
-from pages.parts import pools, ui
+from pages.parts import jobs, pools, ui
 
 FOLDER, ZIP, HUB = "A folder on this server", "Upload a zip", "Hugging Face Hub id"
 ADD_JOB = "add_job"  # the session's (and the URL's) job measuring a model being added
@@ -78,7 +78,7 @@ def add(pool, data, users, how, where, name, kind, labels) -> None:
         pool_names = set(pools.catalog_of(pool).names)
         if name in pool_names:
             raise DeltaAtlasError(f"The pool already has a model called {name!r}: choose another name.")
-        models = ui.shared_models()
+        models = jobs.shared_models()
         common = dict(base=data.base, name=name, kind=kind, labels=labels, models=models)
         if how == FOLDER:
             adder, what = users.add_local, where.strip()
@@ -92,7 +92,7 @@ def add(pool, data, users, how, where, name, kind, labels) -> None:
             describe_added(users, table, progress, models)
             return table
 
-        ui.start_job(ADD_JOB, data.base, "embed", add_one, pool)
+        jobs.start_job(ADD_JOB, data.base, "embed", add_one, pool)
 
 
 def describe_added(users: userpool.UserPool, table: pd.DataFrame, progress, models) -> None:
@@ -108,7 +108,7 @@ def describe_added(users: userpool.UserPool, table: pd.DataFrame, progress, mode
 
 def added(pool: pools.Pool) -> None:
     """Once the model is measured: select it on the map and say so (once)."""
-    job = ui.finished_job(ADD_JOB, once=True)
+    job = jobs.finished_job(ADD_JOB, once=True)
     if job is None:
         return
     added_name = str(job.result["name"].iloc[0])

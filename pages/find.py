@@ -8,7 +8,7 @@ import streamlit as st
 from core.pool.folder import SEARCH_QUALITY_FILE
 from core.reuse.fit import HELP_MARGIN
 from core.reuse.task import default_compare
-from pages.parts import charts, pools, ui
+from pages.parts import charts, jobs, pools, task_examples, ui
 
 SHOWN_MATCHES = 15
 TO_MERGE = 3          # best matches offered to the Merge page
@@ -29,8 +29,8 @@ def main() -> None:
         if len(data.frame) == 0:
             st.info("This pool has no vectors yet: open the Map page to compute them first.")
             return
-        ui.restore_form(FIND_JOB)
-        title, examples = ui.examples_picker("find", last_task=ui.restored_examples(FIND_JOB))
+        jobs.restore_form(FIND_JOB)
+        title, examples = task_examples.examples_picker("find", last_task=jobs.restored_examples(FIND_JOB))
         with st.expander("Settings"):
             steps = st.number_input("Teaching steps", 1, 1000, value=default_steps(pool), key="find_steps",
                                     help="How long the base model studies your examples (finetuning steps): more "
@@ -50,7 +50,7 @@ def main() -> None:
                    "bench/README.md; fewer steps under Settings is faster, and a little less precise).")
         if st.button("Find matching models", type="primary", disabled=not examples, key="find_go"):
             search(pool, data, title, examples, int(steps), compare)
-        ui.keep_result(ui.finished_job(FIND_JOB), ui.TASK_KEY, pool)
+        jobs.keep_result(jobs.finished_job(FIND_JOB), ui.TASK_KEY, pool)
         show_result(pool, data)
 
 
@@ -91,13 +91,13 @@ def search(pool: pools.Pool, data: pools.PoolData, title: str, examples: list, s
 
     catalog = pools.combined_catalog(pool, data)
     projector = pools.projector(data)
-    vectors, models = data.core_vectors, ui.shared_models()
+    vectors, models = data.core_vectors, jobs.shared_models()
 
     def work(progress):
         return find_models(examples, catalog, vectors=vectors, projector=projector, steps=steps, progress=progress,
                            models=models, compare=compare)
 
-    ui.start_job(FIND_JOB, data.base, "search", work, pool, form=FORM, title=title, examples=examples, base=data.base)
+    jobs.start_job(FIND_JOB, data.base, "search", work, pool, form=FORM, title=title, examples=examples, base=data.base)
 
 
 def show_result(pool: pools.Pool, data: pools.PoolData) -> None:

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from core.map.projection import one_point_note
-from pages.parts import charts, learned, pools, ui
+from pages.parts import charts, jobs, learned, pools, ui
 
 NEIGHBOURS = 8           # closest models listed for a selected model
 LAYOUT_WORDS = {"UMAP": "Neighbours", "PCA": "Straight", "t-SNE": "Tight groups"}  # pools.LAYOUTS in words
@@ -387,7 +387,7 @@ def embed_pool(pool: pools.Pool, data: pools.PoolData) -> None:
     from core.engine.embed import embed_catalog
     from core.pool.vectors import write_vectors
 
-    catalog, models = pools.catalog_of(pool), ui.shared_models()
+    catalog, models = pools.catalog_of(pool), jobs.shared_models()
 
     def work(progress):
         result = embed_catalog(catalog, progress=progress, models=models)
@@ -395,12 +395,12 @@ def embed_pool(pool: pools.Pool, data: pools.PoolData) -> None:
             write_vectors(result.table, pool.vectors_path, metadata=getattr(result, "metadata", None))
         return result
 
-    ui.start_job(EMBED_JOB, data.base, "embed", work, pool)
+    jobs.start_job(EMBED_JOB, data.base, "embed", work, pool)
 
 
 def embedded(pool: pools.Pool) -> None:
     """Once the pool is measured: say what failed, and draw the map."""
-    job = ui.finished_job(EMBED_JOB, once=True)
+    job = jobs.finished_job(EMBED_JOB, once=True)
     if job is None:
         return
     for failure in job.result.failures:

@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pages.parts import charts, pools, ui
+from pages.parts import charts, jobs, pools, task_examples, ui
 
 MERGE_KEY = "merge_result"   # {"catalog", "result", "title"}: the last merge of this session
 MERGE_JOB = "merge_job"      # the session's (and the URL's) merge job id
 NAMES_KEY = "merge_names"
-FORM = (NAMES_KEY, "merge_method", "merge_weights", "merge_budget", "merge_source", "merge_sample")  # see ui.restore_form
+FORM = (NAMES_KEY, "merge_method", "merge_weights", "merge_budget", "merge_source", "merge_sample")  # see jobs.restore_form
 WEIGHT_MODES = {  # label -> merge_adapters' weights argument
     "Automatic: by similarity to the task": "auto",
     "Searched on the examples (slower, often best)": "search",
@@ -37,18 +37,18 @@ def main() -> None:
         if len(adapters) < 2:
             st.info("This pool has fewer than two adapters with vectors: there is nothing to merge.")
             return
-        ui.restore_form(MERGE_JOB)
+        jobs.restore_form(MERGE_JOB)
         names = choose_adapters(pool, adapters, catalog)
         method, weights, budget = choose_method(names)
         task = ui.remembered(ui.TASK_KEY, pool)
         st.markdown("**Examples to measure the merge on**")
-        title, examples = ui.examples_picker("merge", last_task=task or ui.restored_examples(MERGE_JOB))
+        title, examples = task_examples.examples_picker("merge", last_task=task or jobs.restored_examples(MERGE_JOB))
         ready = len(names) >= 2 and bool(examples)
         if st.button("Merge", type="primary", disabled=not ready, key="merge_go"):
             same_task = task is not None and examples is task["examples"]
             run(pool, data, catalog, names, method, weights, budget, title, examples,
                 task["result"].vector if same_task else None)
-        ui.keep_result(ui.finished_job(MERGE_JOB), MERGE_KEY, pool)
+        jobs.keep_result(jobs.finished_job(MERGE_JOB), MERGE_KEY, pool)
         show_result(pool, data)
 
 
@@ -103,13 +103,13 @@ def run(pool, data, catalog, names, method, weights, budget, title, examples, ta
     from core.reuse.merge import merge_adapters
 
     out_dir = Path(tempfile.mkdtemp(prefix="delta-atlas-merge-")) / "merged-adapter"
-    vectors, models = data.core_vectors, ui.shared_models()
+    vectors, models = data.core_vectors, jobs.shared_models()
 
     def work(progress):
         return merge_adapters(catalog, names, method, weights, examples, out_dir, task_vector=task_vector,
                               progress=progress, vectors=vectors, budget=budget, models=models)
 
-    ui.start_job(MERGE_JOB, data.base, "merge", work, pool, form=(*FORM, *(f"merge_w_{n}" for n in names)),
+    jobs.start_job(MERGE_JOB, data.base, "merge", work, pool, form=(*FORM, *(f"merge_w_{n}" for n in names)),
                  title=title, examples=examples)
 
 

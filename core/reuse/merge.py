@@ -29,6 +29,7 @@ from core.pool.folder import DEMO_CATALOG
 from core.progress import ProgressFn, TextBar, report
 from core.reuse.examples import check_count, load_examples
 from core.reuse.merge_plan import METHODS, MergePlan, MethodSpec, check_out_dir, plan_merge
+from core.reuse.run import Run
 from core.reuse.task import cosine_to, publish
 from core.reuse.train import Example, example_loss
 from core.textio import file_problem
@@ -178,7 +179,7 @@ def merge_adapters(catalog: str | Path | Catalog, names: list[str] | str, method
         raise MergeError("--weights auto weighs adapters by their similarity to the task: give --examples FILE.")
     out, work = check_out_dir(out_dir, overwrite)
     try:
-        result = _run(plan, examples, work, task_vector, vectors, budget, seed, device, measure, progress, models)
+        result = _run(plan, examples, work, task_vector, vectors, budget, seed, measure, Run(device, progress, models))
         result.out_dir = out
         result.seconds = time.perf_counter() - start
         write_outputs(result, plan, work, seed)
@@ -189,7 +190,7 @@ def merge_adapters(catalog: str | Path | Catalog, names: list[str] | str, method
     return result
 
 
-def _run(plan, examples, work, task_vector, vectors, budget, seed, device, measure, progress, models) -> MergeReport:
+def _run(plan, examples, work, task_vector, vectors, budget, seed, measure, run: Run) -> MergeReport:
     """The merge itself, in ``work``: vectors, weights, PEFT combination, evaluation, additivity preview."""
     from core.engine.pool_vectors import stored_vectors
     from core.reuse.task import embed_task
@@ -199,16 +200,16 @@ def _run(plan, examples, work, task_vector, vectors, budget, seed, device, measu
     known = {} if table is None else {n: np.asarray(v, np.float32) for n, v in zip(table["name"], table["vector"])}
     if mode == "auto" and task_vector is None:
         task_vector, _ = embed_task(examples, plan.catalog, plan.base, settings=settings, adapter_dir=work / ".task",
-                                    device=device, progress=progress, models=models)
+                                    run=run)
         shutil.rmtree(work / ".task", ignore_errors=True)
-    ingredients = (_ingredient_vectors(plan, known, settings, device, progress, models)
+    ingredients = (_ingredient_vectors(plan, known, settings, run)
                    if mode == "auto" or measure else None)
     result = MergeReport(ingredients=plan.names, method=plan.method, weights=[], weights_mode=mode,
                          base=str(plan.base), density=plan.density)
     if task_vector is not None and ingredients is not None:
         sims = cosine_to(np.asarray(task_vector, np.float64), ingredients.astype(np.float64))
         result.similarities = {n: float(s) for n, s in zip(plan.names, sims)}
-    model, tokenizer = load_ingredients(plan, device, models)
+    model, tokenizer = load_ingredients(plan, run.device, run.models)
     if mode == "auto":
         result.weights = auto_weights(np.array([result.similarities[n] for n in plan.names]), plan.spec)
     elif mode == "search":
@@ -216,21 +217,22 @@ def _run(plan, examples, work, task_vector, vectors, budget, seed, device, measu
             combine(model, plan, w, "candidate", seed)
             return example_loss(model, tokenizer, examples)
 
-        result.weights, result.search = search_weights(loss_of, len(plan.names), plan.spec, budget, seed, progress)
+        result.weights, result.search = search_weights(loss_of, len(plan.names), plan.spec, budget, seed,
+                                                        run.progress)
         model.set_adapter("ingredient_0")
         model.delete_adapter("candidate")
     else:
         result.weights = list(plan.weights)
     combine(model, plan, result.weights, MERGED, seed)
     check_finite(model, plan)
-    report(progress, 1, 1, "merge", plan.method)
+    report(run.progress, 1, 1, "merge", plan.method)
     if examples:
-        result.losses = evaluate(model, tokenizer, plan, examples, progress)
+        result.losses = evaluate(model, tokenizer, plan, examples, run.progress)
         result.perplexities = {k: float(math.exp(min(v, 50.0))) for k, v in result.losses.items()}
     model.save_pretrained(str(work), selected_adapters=[MERGED], safe_serialization=True)
     model = None                 # frees the merged copy before the additivity check embeds (a closure still names it)
     if measure:
-        _additivity(result, ingredients, plan, work, settings, device, progress, models)
+        _additivity(result, ingredients, plan, work, settings, run)
     return result
 
 
@@ -248,25 +250,22 @@ def check_finite(model, plan: MergePlan) -> None:
                              "values that are not finite (NaN or infinity) and was not saved: use smaller weights.")
 
 
-def _ingredient_vectors(plan, known, settings, device, progress, models=None) -> np.ndarray:
+def _ingredient_vectors(plan, known, settings, run: Run) -> np.ndarray:
     """[k, d] the ingredients' vectors: from the pool where known, embedded now otherwise."""
     from core.reuse.task import embed_adapter_dirs
 
     todo = {n: d for n, d in zip(plan.names, plan.dirs) if n not in known}
     if todo:
-        known = {**known, **embed_adapter_dirs(plan.base, todo, settings, device=device, progress=progress,
-                                               models=models)}
+        known = {**known, **embed_adapter_dirs(plan.base, todo, settings, run)}
     return np.stack([np.asarray(known[n], np.float32) for n in plan.names])
 
 
-def _additivity(result: MergeReport, ingredients: np.ndarray, plan, work, settings, device, progress,
-                models=None) -> None:
+def _additivity(result: MergeReport, ingredients: np.ndarray, plan, work, settings, run: Run) -> None:
     """Predicted vector (weighted sum of the ingredients') beside the merged adapter's measured one."""
     from core.reuse.task import embed_adapter_dirs
 
     result.predicted_vector = (np.asarray(result.weights)[:, None] * ingredients).sum(0).astype(np.float32)
-    measured = embed_adapter_dirs(plan.base, {"merged": work}, settings, device=device, progress=progress,
-                                  models=models)["merged"]
+    measured = embed_adapter_dirs(plan.base, {"merged": work}, settings, run)["merged"]
     result.measured_vector = np.asarray(measured, np.float32)
     result.predicted_vs_measured_cosine = float(cosine_to(result.predicted_vector.astype(np.float64),
                                                           result.measured_vector[None].astype(np.float64))[0])

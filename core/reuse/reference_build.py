@@ -22,6 +22,7 @@ from core.pool.folder import DEMO_CATALOG, open_catalog
 from core.pool.vectors import make_table, write_vectors
 from core.progress import ProgressFn, TextBar, report
 from core.reuse.references import REFERENCE_DIR, reference_path, reference_tasks
+from core.reuse.run import Run
 from core.reuse.task import embed_task
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,8 @@ def embed_references(catalog, folder: str | Path = REFERENCE_DIR, *, device=None
         report(progress, i, len(tasks), "reference", name)
         work = Path(tempfile.mkdtemp(prefix=".reference-"))
         try:
-            vector, _ = embed_task(examples, catalog, base, settings=settings, adapter_dir=work, device=device,
-                                   progress=progress, models=models)
+            vector, _ = embed_task(examples, catalog, base, settings=settings, adapter_dir=work,
+                                   run=Run(device, progress, models))
         finally:
             shutil.rmtree(work, ignore_errors=True)
         vectors.append(vector)

@@ -27,6 +27,7 @@ from core.pool.vectors import label_columns, matrix
 from core.progress import Progress, ProgressFn, TextBar, report
 from core.reuse.examples import check_count, load_examples
 from core.reuse.references import load_references
+from core.reuse.run import LOCAL, Run
 from core.reuse.train import Example, Recipe, finetune, load_recipe
 
 log = logging.getLogger(__name__)
@@ -110,10 +111,9 @@ def task_steps(catalog_path: Path | None) -> int:
 
 
 # -- embedding the task -----------------------------------------------------------------------------------------
-def finetune_task(examples: list[Example], base: Source, recipe: Recipe, out_dir: Path, device=None,
-                  progress: ProgressFn | None = None, models=None) -> list[float]:
+def finetune_task(examples: list[Example], base: Source, recipe: Recipe, out_dir: Path, run: Run = LOCAL) -> list[float]:
     """A brief, seeded LoRA finetune of the base on the examples (always LoRA, in float32); returns the losses.
-    With ``models`` (a ``core.engine.shared.SharedModels``) it trains a private copy of the base already in memory."""
+    With ``run.models`` it trains a private copy of the base already in memory."""
     import torch
 
     from core.engine.device import pick_device
@@ -121,20 +121,20 @@ def finetune_task(examples: list[Example], base: Source, recipe: Recipe, out_dir
     from core.engine.shared import private_model
 
     base_dir = resolve_source(base)
-    model, tokenizer = private_model(base_dir, pick_device(device), torch.float32, models)
+    model, tokenizer = private_model(base_dir, pick_device(run.device), torch.float32, run.models)
     if tokenizer is None:
         raise DeltaAtlasError(f"Base {base_dir} has no tokenizer: the task examples cannot be encoded.")
 
     def step(done: int, total: int, loss: float) -> None:
-        report(progress, done, total, "finetune", TASK_NAME, loss)
+        report(run.progress, done, total, "finetune", TASK_NAME, loss)
 
     result = finetune(model, tokenizer, examples, recipe.replace(method="lora"), out_dir, progress=step)
     del model
     return result.losses
 
 
-def embed_adapter_dirs(base: Source, adapters: dict[str, Path], settings: dict | None = None, device=None,
-                       progress: ProgressFn | None = None, models=None) -> dict[str, np.ndarray]:
+def embed_adapter_dirs(base: Source, adapters: dict[str, Path], settings: dict | None = None,
+                       run: Run = LOCAL) -> dict[str, np.ndarray]:
     """Delta Activations of adapter folders against ``base`` through the engine, with the layer and dtype the pool's
     vectors were made with (``settings``: the vector file's metadata), so that the vectors are comparable.
     The engine's progress is re-labelled ``embed``."""
@@ -147,24 +147,22 @@ def embed_adapter_dirs(base: Source, adapters: dict[str, Path], settings: dict |
                     "similarities may be off. Re-embed the pool with the default probes to compare like with like.")
 
     def relabel(p: Progress) -> None:
-        if progress is not None:
-            progress(Progress(p.done, p.total, "embed", p.item, p.loss))
+        if run.progress is not None:
+            run.progress(Progress(p.done, p.total, "embed", p.item, p.loss))
 
     return embed_adapters(str(base), {k: Path(v) for k, v in adapters.items()}, layer=int(settings.get("layer", -1)),
-                          device=device, dtype=settings.get("dtype"), progress=relabel, models=models)
+                          device=run.device, dtype=settings.get("dtype"), progress=relabel, models=run.models)
 
 
 def embed_task(examples: list[Example], catalog: Catalog, base: Source, *, settings: dict | None = None,
-               steps: int | None = None, adapter_dir: Path, device=None,
-               progress: ProgressFn | None = None, models=None) -> tuple[np.ndarray, list[float]]:
+               steps: int | None = None, adapter_dir: Path, run: Run = LOCAL) -> tuple[np.ndarray, list[float]]:
     """The task vector [d] and the finetuning losses; the task adapter is written to ``adapter_dir``."""
     check_count(len(examples), "The task")
     recipe = pool_recipe(catalog.path) if catalog.path else Recipe()
     steps = int(steps or task_steps(catalog.path))
     recipe = recipe.replace(steps=steps, warmup_steps=min(recipe.warmup_steps, max(steps // 5, 1)))
-    losses = finetune_task(examples, base, recipe, adapter_dir, device=device, progress=progress, models=models)
-    vector = embed_adapter_dirs(base, {TASK_NAME: adapter_dir}, settings, device=device, progress=progress,
-                                models=models)[TASK_NAME]
+    losses = finetune_task(examples, base, recipe, adapter_dir, run)
+    vector = embed_adapter_dirs(base, {TASK_NAME: adapter_dir}, settings, run)[TASK_NAME]
     return np.asarray(vector, dtype=np.float32), losses
 
 
@@ -294,7 +292,7 @@ def find_models(examples: list[Example], catalog: str | Path | Catalog = DEMO_CA
     work = work or Path(tempfile.mkdtemp(prefix=".task-"))
     try:
         vector, losses = embed_task(examples, catalog, base, settings=settings, steps=steps, adapter_dir=work,
-                                    device=device, progress=progress, models=models)
+                                    run=Run(device, progress, models))
         if keep is not None:
             publish(work, keep)
     finally:

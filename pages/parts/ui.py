@@ -1,5 +1,6 @@
-"""Glue shared by the pages: the sidebar, shared session state, heavy-work locks, progress bars, error display and
-the task-examples picker. Loading and caching the pools lives in ``pools``.
+"""Glue shared by the pages: the sidebar, shared session state, the process-wide job queue, error display and links.
+Loading and caching the pools lives in ``pools``; following a job in ``jobs``; the examples picker in
+``task_examples``; what a model learned in ``learned``; charts in ``charts``.
 
 Pages stay thin: every computation is a ``core`` call; what one user did (selection, last task, last merge) is
 kept in ``st.session_state`` so that the other pages can start from it.
@@ -7,21 +8,16 @@ kept in ``st.session_state`` so that the other pages can start from it.
 from __future__ import annotations
 
 import logging
-import re
 import threading
-import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-import pandas as pd
 import streamlit as st
-from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from core.errors import DeltaAtlasError
-from core.jobs import Job, JobQueue, noun
+from core.jobs import JobQueue, noun
 from core.pool.folder import vectors_target
-from core.progress import Progress
 from core.textio import markdown_literal
 from pages.parts import pools as _pools
 from pages.parts.pools import Pool, find_catalogs, load_catalog, stamp, title_of, user_pool
@@ -36,18 +32,6 @@ TASK_KEY = "task"                # {"catalog", "title", "examples", "result"}: t
 CANDIDATES_KEY = "merge_candidates"  # {"catalog", "names", "why"}: what the Merge page starts from
 POOL_KEY = "_pool"               # the Pool drawn by the sidebar in this run
 APP_KEY = "_from_app"            # set by app.py: the sidebar is drawn there, not by the page
-
-STAGES = {  # progress stage -> plain words
-    "finetune": "Teaching the base model your task", "base": "Reading the base model",
-    "adapters": "Measuring the adapters", "full": "Measuring the full models", "merge": "Merging the adapters",
-    "search": "Trying merge weights on your examples", "evaluate": "Measuring the error on your examples",
-    "embed": "Measuring how the model changed", "load": "Loading the models",
-    "measure": "Checking whether the closest models help with your examples",
-    "describe": "Reading what the model learned (its answers and words)",
-}
-STARTING = "Loading the base model (the first time after the server starts, this takes a few seconds)"
-QUIET_ITEMS = {"embed", "finetune", "base", "search"}   # stages whose item is an internal name (a hash, "task")
-
 
 def sidebar() -> Pool:
     """Draw the sidebar's pool choice (catalog, and base when it has several) and return the chosen pool."""
@@ -146,6 +130,19 @@ def device_label() -> str:
     return {"cpu": "CPU", "cuda": "NVIDIA GPU (CUDA)", "mps": "Apple GPU (MPS)"}.get(device.type, str(device))
 
 
+@st.cache_resource(show_spinner=False)
+def job_queue() -> JobQueue:
+    """One line of heavy jobs per base model, per server process, shared by every browser session."""
+    return JobQueue(is_alive=session_alive)
+
+
+def session_alive(session: str) -> bool:
+    """Whether a browser session is still connected (always True outside a server, as in AppTest)."""
+    from streamlit.runtime import Runtime
+
+    return not Runtime.exists() or Runtime.instance().is_active_session(session)
+
+
 # ---- shared state ----------------------------------------------------------------------------------------------
 
 def remembered(key: str, pool: Pool) -> dict | None:
@@ -189,161 +186,6 @@ def link(page: str, label: str) -> None:
         st.caption(f"Open **{label}** from the app's menu.")
 
 
-# ---- heavy work: one shared model per base, a queue per base, progress ----------------------------------------
-
-JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-FORM = "form"  # a job's meta: the widget values of the form that started it
-POLL_S = 0.5  # how often a page waiting for its job redraws its place and progress
-
-
-@st.cache_resource(show_spinner=False)
-def job_queue() -> JobQueue:
-    """One line of heavy jobs per base model, per server process, shared by every browser session."""
-    return JobQueue(is_alive=session_alive)
-
-
-@st.cache_resource(show_spinner=False)
-def shared_models():
-    """Each base loaded once per server process and lent to one job at a time (``core.engine.shared``); never mutated:
-    a task search or a merge trains or wraps a private copy. Jobs run torch on every core but one."""
-    import torch
-
-    from core.engine.device import background_threads
-    from core.engine.shared import SharedModels  # imports torch: not for the map
-
-    torch.set_num_threads(background_threads())   # the jobs leave a core to the pages
-    return SharedModels()
-
-
-def session_id() -> str:
-    ctx = get_script_run_ctx()
-    return ctx.session_id if ctx is not None else "no-session"
-
-
-def session_alive(session: str) -> bool:
-    """Whether a browser session is still connected (always True outside a server, as in AppTest)."""
-    from streamlit.runtime import Runtime
-
-    return not Runtime.exists() or Runtime.instance().is_active_session(session)
-
-
-def start_job(slot: str, key: str, kind: str, work, pool: Pool, form: tuple[str, ...] = (), **meta) -> None:
-    """Queue ``work(progress)`` on base ``key`` for ``pool``; its id goes in the session and the URL, so that a
-    reloaded tab finds the job again. ``meta`` is kept with the job for the page that shows its result, and so are
-    the values of the widgets named in ``form``, which :func:`restore_form` puts back after a reload."""
-    values = {k: st.session_state[k] for k in form if k in st.session_state}
-    job = job_queue().submit(str(key), kind, session_id(), work,
-                             {**meta, "catalog": str(pool.catalog_path), FORM: values})
-    st.session_state[slot] = job.id
-    st.query_params[slot] = job.id
-
-
-def restore_form(slot: str) -> dict | None:
-    """In a reloaded tab (the job's id in the URL, not yet in this session): put the form back as it was when the
-    job started, so that the page shows what the job runs on and the next click does not run something else.
-    Returns the job's meta then, else None. Call it before the page draws its widgets."""
-    job_id = st.query_params.get(slot)
-    if st.session_state.get(slot) or not job_id or not JOB_ID.match(str(job_id)):
-        return None
-    job = job_queue().get(str(job_id))
-    if job is None:
-        return None
-    for key, value in job.meta.get(FORM, {}).items():
-        if value == UPLOAD:  # an uploaded file cannot be put back in its uploader; its examples can
-            value = LAST_TASK
-            st.session_state[f"_{slot}_examples"] = {"title": job.meta.get("title", ""),
-                                                     "examples": job.meta.get("examples", [])}
-        st.session_state[key] = value
-    return job.meta
-
-
-def restored_examples(slot: str) -> dict | None:
-    """The examples of an uploaded file that :func:`restore_form` put back ({"title", "examples"}), if any."""
-    return st.session_state.get(f"_{slot}_examples")
-
-
-def job_in(slot: str) -> Job | None:
-    """The job this page started in this session, or the one named in the URL (a reloaded tab), now this
-    session's; None when there is none or the server no longer knows it."""
-    job_id = st.session_state.get(slot) or st.query_params.get(slot)
-    if not job_id or not JOB_ID.match(str(job_id)):
-        return None
-    job = job_queue().claim(job_id, session_id())
-    if job is None:
-        forget_job(slot)
-        return None
-    st.session_state[slot] = job.id
-    return job
-
-
-def forget_job(slot: str) -> None:
-    st.session_state.pop(slot, None)
-    if slot in st.query_params:
-        del st.query_params[slot]
-
-
-def follow(job: Job) -> Job:
-    """While the job waits or runs: its place in the line ("2 searches ahead of yours...") or its progress, and a
-    Cancel button. Returns when the job has ended (or the user clicks, which starts a new run of the page)."""
-    queue = job_queue()
-    note, bar, cancel = st.empty(), st.empty(), st.empty()
-    if cancel.button(f"Cancel this {noun(job.kind)}", key=f"cancel_{job.id}"):
-        queue.cancel(job.id)
-    while job.active:
-        if job.state == "queued":
-            note.info(queue.place(job.id).describe(), icon=":material/hourglass_top:")
-            bar.empty()
-        else:
-            note.empty()
-            p = job.progress
-            bar.progress(p.fraction if p else 0.0, text=progress_words(p) if p else STARTING)
-        time.sleep(POLL_S)
-    for slot in (note, bar, cancel):
-        slot.empty()
-    return job
-
-
-def progress_words(p: Progress) -> str:
-    """A progress report in plain words: "Teaching the base model your task: step 3 of 40"."""
-    words = STAGES.get(p.stage, p.stage.capitalize())
-    text = f"{words}: {'step ' if p.stage == 'finetune' else ''}{p.done} of {p.total}"
-    if p.item and p.stage not in QUIET_ITEMS:
-        text += f" · {p.item}"
-    return text
-
-
-def finished_job(slot: str, once: bool = False) -> Job | None:
-    """Follow the page's job (if any) to its end and return it when it is done; a failure or cancellation is
-    shown once and the job forgotten (None). With ``once``, a done job is forgotten too (its page shows what it
-    did once, as "added")."""
-    job = job_in(slot)
-    if job is None:
-        return None
-    follow(job)
-    if ended_badly(job) or once:
-        forget_job(slot)
-    return None if job.state != "done" else job
-
-
-def keep_result(job: Job | None, key: str, pool: Pool) -> None:
-    """Put a finished job's result (and its meta) in the shared state ``key``, once, when it is this pool's."""
-    if job is None or job.meta.get("catalog") != str(pool.catalog_path):
-        return
-    if (remembered(key, pool) or {}).get("token") != job.id:
-        remember(key, pool, **{**job.meta, "token": job.id, "result": job.result})
-
-
-def ended_badly(job: Job) -> bool:
-    """Say why a failed or cancelled job ended (once: the page forgets it then); True when it did."""
-    if job.state == "failed":
-        st.error(job.error)
-    elif job.state == "cancelled":
-        st.info(job.error)
-    else:
-        return False
-    return True
-
-
 @contextmanager
 def guard(doing: str):
     """Show errors as one short message, never a traceback: ours as they are, anything else with a pointer to the
@@ -367,56 +209,3 @@ def words_for_silhouette(value: float) -> str:
     if value > 0.05:
         return "barely form groups"
     return "are mixed together (no grouping)"
-
-
-# ---- task examples (Find and Merge pages) ----------------------------------------------------------------------
-
-SAMPLE, UPLOAD, LAST_TASK = "Try a sample task", "Upload my own examples", "The examples of my last task search"
-FORMAT_HELP = """One example per line in a **.jsonl** file, e.g.
-`{"instruction": "What is 12 * 3?", "response": "12 * 3 = 36."}`
-(also accepted: prompt/completion, question/answer, input/output), or a **.csv** with those two columns, a
-**.json** list, or a **.txt** file with one example per paragraph. 10 to 50 examples work best."""
-
-
-@st.cache_data(show_spinner=False)
-def _sample_examples(path: str, mtime: int) -> list:
-    from core.reuse.examples import load_examples
-
-    return load_examples(path)
-
-
-def examples_picker(prefix: str, last_task: dict | None = None) -> tuple[str, list]:
-    """Pick examples from the last task search, a sample task or an upload: (title, examples). Problems with an
-    upload are shown under it; the examples are then empty."""
-    from core.reuse.examples import (  # imports torch (through core.reuse.train): not for the map
-        parse_examples,
-        sample_tasks,
-    )
-
-    sources = [*([LAST_TASK] if last_task else []), SAMPLE, UPLOAD]
-    source = st.radio("Examples", sources, horizontal=True, key=f"{prefix}_source")
-    if source == LAST_TASK:
-        title, examples = last_task["title"], last_task["examples"]
-    elif source == SAMPLE:
-        tasks = sample_tasks()
-        if not tasks:
-            st.warning("No sample task found in data/sample_tasks: upload your own examples instead.")
-            return "", []
-        title = st.selectbox("Sample task", list(tasks), key=f"{prefix}_sample",
-                             help="Small example sets the project wrote itself, one per domain of the demo zoo.")
-        examples = _sample_examples(str(tasks[title]), stamp(tasks[title]))
-    else:
-        upload = st.file_uploader("Examples file", type=["jsonl", "json", "csv", "tsv", "txt"], key=f"{prefix}_upload")
-        st.caption(FORMAT_HELP)
-        if upload is None:
-            return "", []
-        title = upload.name
-        try:
-            examples = parse_examples(upload.getvalue(), upload.name)
-        except DeltaAtlasError as exc:
-            st.error(str(exc))
-            return title, []
-    with st.expander(f"See the {len(examples)} examples"):
-        rows = pd.DataFrame([{"instruction": e.instruction, "input": e.input, "response": e.response} for e in examples])
-        st.dataframe(rows.replace("", None).dropna(axis=1, how="all"), hide_index=True, width="stretch")
-    return title, examples

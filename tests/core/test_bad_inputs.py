@@ -45,7 +45,7 @@ from core.reuse.novelty import load_rule
 from core.reuse.references import reference_tasks
 from core.reuse.task import pool_recipe, task_steps
 from core.textio import FORMULA_START, NUMBER
-from tests.core.test_userpool import GOOD, fake_embed, model_folder, zip_bytes
+from tests.core.pool.test_userpool import GOOD, fake_embed, model_folder, zip_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / ".streamlit" / "config.toml"

@@ -27,7 +27,7 @@ import pytest
 from core.engine.cache import VectorCache
 from core.pool.userpool import UserPool, sweep_stale
 from core.pool.vectors import make_table, read_vectors
-from tests.core.test_userpool import model_folder
+from tests.core.pool.test_userpool import model_folder
 
 REPO = Path(__file__).resolve().parents[2]
 MERGE_FILES = ["adapter_config.json", "adapter_model.safetensors", "recipe.yaml", "report.json"]
@@ -120,7 +120,7 @@ def test_killed_embed_resumes_from_its_cache_to_the_same_vectors(tiny_pool, tmp_
 
 def test_killed_build_demo_keeps_its_finished_models_and_ends_as_an_uninterrupted_build(tmp_path):
     from core.zoo.demo_build import ZooPlan, build_demo
-    from tests.core.test_demo_build import write_micro_corpus
+    from tests.core.zoo.test_demo_build import write_micro_corpus
 
     data, zoo = write_micro_corpus(tmp_path / "datasets"), tmp_path / "zoo"
     args = ["build-demo", "--micro", "--data-dir", str(data), "--out", str(zoo)]
@@ -145,7 +145,7 @@ def test_killed_build_demo_keeps_its_finished_models_and_ends_as_an_uninterrupte
 
 def test_killed_merge_publishes_nothing_and_its_rerun_gives_the_same_merge(tiny_pool, tmp_path):
     from core.reuse.merge import merge_adapters
-    from tests.core.test_merge import EXAMPLES
+    from tests.core.reuse.test_merge import EXAMPLES
 
     catalog, out = absolute_catalog(tiny_pool, tmp_path / "pool"), tmp_path / "merged"
     examples = tmp_path / "task.jsonl"
@@ -237,7 +237,7 @@ def test_opening_a_pool_sweeps_what_killed_additions_left_once_it_is_stale(tmp_p
 def test_an_upload_gets_its_folder_name_only_with_its_catalog_row(tmp_path, monkeypatch):
     """So a kill while it is embedded leaves no model folder without a row (which would also block its name)."""
     import core.pool.userpool
-    from tests.core.test_userpool import GOOD, zip_bytes
+    from tests.core.pool.test_userpool import GOOD, zip_bytes
 
     seen = []
 
@@ -270,7 +270,7 @@ def test_an_upload_gets_its_folder_name_only_with_its_catalog_row(tmp_path, monk
 def test_failed_merge_and_task_search_remove_their_temporary_folders(tiny_pool, tmp_path, monkeypatch):
     import core.reuse.merge
     import core.reuse.task
-    from tests.core.test_merge import EXAMPLES
+    from tests.core.reuse.test_merge import EXAMPLES
 
     def fail(*args, **kwargs):
         raise RuntimeError("out of memory")

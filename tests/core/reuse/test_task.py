@@ -243,7 +243,7 @@ def test_missing_demo_zoo_says_how_to_build_it(tmp_path, monkeypatch):
 
 def test_closeness_verdict_is_calibrated_on_the_pool():
     from core.reuse.task import conclude, judge_closeness
-    from tests.core.test_novelty import clustered_pool
+    from tests.core.reuse.test_novelty import clustered_pool
 
     vectors, centres = clustered_pool()
     table = make_table([f"m{i}" for i in range(len(vectors))], vectors)

@@ -80,7 +80,7 @@ def test_decision_chosen_text_and_code_explained():
 
 
 def test_a_restyled_dataset_keeps_its_sources_held_out_part(tmp_path):
-    from tests.core.test_demo_build import write_micro_corpus
+    from tests.core.zoo.test_demo_build import write_micro_corpus
 
     data = write_micro_corpus(tmp_path)
     for key in ("gsm8k_number", "gsm8k_check", "cruxeval_check", "cruxeval_letter", "mbpp_explained"):

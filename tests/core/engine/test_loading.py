@@ -162,18 +162,23 @@ def test_a_weights_file_linked_out_of_the_folder_is_refused(tiny_pool, tmp_path)
         resolve_source(parse_source(str(folder)))
 
 
-def test_a_config_linked_to_a_system_file_is_refused_before_it_is_read(tiny_pool, tmp_path):
-    folder = tmp_path / "config-link"
+def copy_of_adapter(tiny_pool, folder: Path, replace: str | None = None) -> Path:
+    """A copy of a tiny adapter folder, with file ``replace`` removed (for the test to put something else there)."""
     shutil.copytree(tiny_pool["loras"]["lora_0"], folder)
-    (folder / "adapter_config.json").unlink()
+    if replace:
+        (folder / replace).unlink()
+    return folder
+
+
+def test_a_config_linked_to_a_system_file_is_refused_before_it_is_read(tiny_pool, tmp_path):
+    folder = copy_of_adapter(tiny_pool, tmp_path / "config-link", replace="adapter_config.json")
     (folder / "adapter_config.json").symlink_to("/etc/passwd")
     with pytest.raises(ModelSourceError, match="outside the model folder"):
         resolve_source(parse_source(str(folder)))
 
 
 def test_links_inside_the_folder_and_broken_links(tiny_pool, tmp_path):
-    folder = tmp_path / "inside"
-    shutil.copytree(tiny_pool["loras"]["lora_0"], folder)
+    folder = copy_of_adapter(tiny_pool, tmp_path / "inside")
     (folder / "weights").mkdir()
     (folder / "adapter_model.safetensors").rename(folder / "weights" / "real.safetensors")
     (folder / "adapter_model.safetensors").symlink_to(folder / "weights" / "real.safetensors")
@@ -186,9 +191,7 @@ def test_links_inside_the_folder_and_broken_links(tiny_pool, tmp_path):
 def test_a_named_pipe_is_refused_without_hanging(tiny_pool, tmp_path):
     import os
 
-    folder = tmp_path / "pipe"
-    shutil.copytree(tiny_pool["loras"]["lora_0"], folder)
-    (folder / "adapter_model.safetensors").unlink()
+    folder = copy_of_adapter(tiny_pool, tmp_path / "pipe", replace="adapter_model.safetensors")
     os.mkfifo(folder / "adapter_model.safetensors")
     with pytest.raises(ModelSourceError, match="not a regular file"):
         resolve_source(parse_source(str(folder)))

@@ -20,7 +20,7 @@ from core.errors import DeltaAtlasError, HubError
 from core.pool import hub_catalog
 from core.pool.catalog import read_catalog
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 FIXTURE = ROOT / "tests" / "fixtures" / "hub" / "llama-3.1-8b.json"
 BASE = "meta-llama/Llama-3.1-8B"
 PAPER = {"llama-3.1-8b": "meta-llama/Llama-3.1-8B", "qwen-2.5-7b": "Qwen/Qwen2.5-7B",

@@ -14,7 +14,7 @@ from core.pool.catalog import read_catalog
 from core.reuse.fit import HELP_MARGIN, gain_words, measure_gains, merge_candidates
 from core.reuse.train import Example, example_loss
 from tests.conftest import write_catalog
-from tests.core.test_stacked_lora import make_peft_lora
+from tests.core.engine.test_stacked_lora import make_peft_lora
 
 EXAMPLES = [Example("Add two and three.", "Five."), Example("Name a bird.", "A robin."),
             Example("Say hello.", "Hello there.", input="a greeting")]

@@ -14,7 +14,7 @@ from core.pool.vectors import make_table, matrix, write_vectors
 from core.reuse.novelty import CloseMatchRule, load_rule
 from core.reuse.references import MIN_REFERENCES, REFERENCE_DIR, load_references, reference_path, reference_tasks
 from core.reuse.task import TaskResult, find_models, judge_closeness, rank
-from tests.core.test_task import EXAMPLES, STEPS, pool  # noqa: F401  (the tiny pool fixture)
+from tests.core.reuse.test_task import EXAMPLES, STEPS, pool  # noqa: F401  (the tiny pool fixture)
 
 TASKS = {"weather": [("Sunny today?", "Yes, lovely."), ("Rain again.", "Sadly, yes.")],
          "pets": [("Feed a cat how often?", "Twice a day."), ("Can dogs eat grapes?", "No.")],
@@ -72,7 +72,7 @@ def test_a_pool_sets_its_margin_in_novelty_json(tmp_path):
 
 
 def test_judge_closeness_reads_the_references_where_the_pool_has_a_margin(tmp_path):
-    from tests.core.test_novelty import clustered_pool
+    from tests.core.reuse.test_novelty import clustered_pool
 
     vectors, centres = clustered_pool()
     table = make_table([f"m{i}" for i in range(len(vectors))], vectors)
