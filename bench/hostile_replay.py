@@ -1,6 +1,6 @@
 """Replay every hostile input of the bad-input table and print the verdicts by door (not a test: a report).
 
-Each row of ``tests/core/test_bad_inputs.py``'s ``BAD`` table is one hostile or careless input at one door (a
+Each row of ``tests/core/bad_inputs/table.py``'s ``BAD`` table is one hostile or careless input at one door (a
 catalog, an examples file, a zip upload, a hub id, a local folder, a merge, a recipe, a probe file, a vector file, a
 pool's settings, ...). This script runs each one in a fresh world, as the test does, and classifies what happened:
 
@@ -24,7 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 from core.errors import DeltaAtlasError
-from tests.core.test_bad_inputs import BAD, make_world, snapshot
+from tests.core.bad_inputs.table import BAD
+from tests.core.bad_inputs.world import make_world, snapshot
 
 VERDICTS = ("refused clearly", "refused, unclear", "accepted", "traceback")
 

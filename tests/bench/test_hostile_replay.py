@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from tests.bench.conftest import load_bench
-from tests.core.test_bad_inputs import BAD, bad, catalog
+from tests.core.bad_inputs.table import BAD
+from tests.core.bad_inputs.world import bad, catalog
 
 
 def test_a_table_row_is_replayed_and_classified():

@@ -1,0 +1,12 @@
+"""Bad input at one door: a merge recipe."""
+from __future__ import annotations
+
+import pytest
+
+from tests.core.bad_inputs.table import RECIPES
+from tests.core.bad_inputs.world import check_refused
+
+
+@pytest.mark.parametrize("make, pattern", RECIPES)
+def test_refused_clearly_and_nothing_changes(world, make, pattern):
+    check_refused(world, make, pattern)
