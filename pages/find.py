@@ -7,15 +7,13 @@ import streamlit as st
 
 from core.pool.folder import SEARCH_QUALITY_FILE
 from core.reuse.fit import HELP_MARGIN
-from core.reuse.task import default_compare
+from core.reuse.task import COMPARISON_TITLES, COMPARISONS, default_compare
 from pages.parts import charts, jobs, pools, task_examples, ui
 
 SHOWN_MATCHES = 15
 TO_MERGE = 3          # best matches offered to the Merge page
 FIND_JOB = "find_job"  # the session's (and the URL's) task-search job id
 FORM = ("find_source", "find_sample", "find_steps", "find_compare")  # put back when a reloaded tab finds the job
-COMPARE_WORDS = {"domain-lens": "The domain lens", "cluster-lens": "The cluster lens (needs no labels)",
-                 "delta": "The paper's method"}   # the names of core.reuse.task.COMPARISONS
 
 
 def main() -> None:
@@ -36,9 +34,9 @@ def main() -> None:
                                     help="How long the base model studies your examples (finetuning steps): more "
                                          "steps describe your task more precisely but take longer.")
             default = default_compare(data.frame)
-            compare = st.radio("Compare your task with the models by", list(COMPARE_WORDS), key="find_compare",
-                               index=list(COMPARE_WORDS).index(default),
-                               format_func=lambda c: COMPARE_WORDS[c] + (" (default here)" if c == default else ""),
+            compare = st.radio("Compare your task with the models by", list(COMPARISONS), key="find_compare",
+                               index=list(COMPARISONS).index(default),
+                               format_func=lambda c: COMPARISON_TITLES[c] + (" (default here)" if c == default else ""),
                                help="The paper's method compares the raw changes. The domain lens looks only at "
                                     "the directions in which the pool's domains differ, so that models which merely "
                                     "answer in the same form (a letter, a label) weigh less; it needs the models' "
@@ -79,7 +77,7 @@ def measured_lines(pool: pools.Pool) -> list[str]:
     for key, name in (("ood_domain-lens", "domain-lens"), ("ood_cluster-lens", "cluster-lens"), ("ood", "delta")):
         q = quality.get(key)
         if isinstance(q, dict) and "top1" in q:
-            lines.append(f"{COMPARE_WORDS[name]}: the best match had the right domain for {q['top1']} tasks written "
+            lines.append(f"{COMPARISON_TITLES[name]}: the best match had the right domain for {q['top1']} tasks written "
                          "by hand for this project.")
     return lines
 

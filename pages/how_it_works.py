@@ -337,12 +337,16 @@ def zoo_details(pool: pools.Pool, frame: pd.DataFrame, base: str) -> None:
                    "dataset that it never trained on (lower is better); the drop shows each model learned its data.")
 
 
-COMPARE_NAMES = {"domain-lens": "through the domain lens", "cluster-lens": "through the cluster lens (no labels used)",
-                 "delta": "by the paper's own comparison"}
+def compared_by(compare: str, titles: dict[str, str]) -> str:
+    """ "by the domain lens": a comparison's name for people (core's COMPARISON_TITLES), in a sentence."""
+    title = titles.get(compare, compare)
+    return "by " + title[:1].lower() + title[1:]
 
 
 def search_quality_lines(quality: dict) -> list[str]:
     """The measured figures of search_quality.json in sentences: the default comparison first, then the others."""
+    from core.reuse.task import COMPARISON_TITLES  # imports torch (through core.reuse.train): only for this section
+
     default = quality.get("default_compare", "delta")
     key = lambda which, compare: which if compare == "delta" else f"{which}_{compare}"   # noqa: E731
     lines = []
@@ -351,10 +355,10 @@ def search_quality_lines(quality: dict) -> list[str]:
         q = quality.get(key(which, default))
         if not isinstance(q, dict):
             continue
-        lines.append(f"- On **{q['tasks']} {what}**, compared {COMPARE_NAMES.get(default, default)} (the default): "
+        lines.append(f"- On **{q['tasks']} {what}**, compared {compared_by(default, COMPARISON_TITLES)} (the default): "
                      f"the best match was of the right domain for **{q['top1']}**; *nothing fits* was said wrongly "
                      f"for {q['in_flagged']}.")
-        others = [f"{COMPARE_NAMES[c]} {quality[key(which, c)]['top1']}" for c in COMPARE_NAMES
+        others = [f"{compared_by(c, COMPARISON_TITLES)} {quality[key(which, c)]['top1']}" for c in COMPARISON_TITLES
                   if c != default and isinstance(quality.get(key(which, c)), dict)]
         if others:
             lines.append("  - Right domain first " + "; ".join(others) + ".")

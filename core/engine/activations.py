@@ -20,7 +20,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from core.engine.loading import check_adapter_fits
 from core.engine.probes import MAX_PROBE_TOKENS
+from core.engine.quiet import quiet_transformers
 from core.errors import ComputationError
 
 log = logging.getLogger(__name__)
@@ -153,7 +155,6 @@ def reference_delta(base_dir: Path, model_dir: Path, kind: str, probes: Sequence
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from core.engine.quiet import quiet_transformers
 
     quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
@@ -216,7 +217,6 @@ class AdapterHost:
     def _add(self, internal: str, path: Path) -> None:
         from peft import PeftModel
 
-        from core.engine.loading import check_adapter_fits
 
         check_adapter_fits(path, self.base_dir, self.base)
         if self.peft is None:

@@ -23,7 +23,7 @@ from core.engine.cache import atomic_write, default_cache_dir, sha256_file
 from core.engine.quiet import quiet_transformers
 from core.errors import ModelSourceError
 from core.pool.catalog import BUILTIN_PREFIX as PREFIX
-from core.progress import ProgressFn, report
+from core.progress import ProgressFn, TextBar, report
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +158,6 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from core.progress import TextBar
-
     name = args.name if is_builtin(args.name) else PREFIX + args.name
     folder = ensure_base(name, args.cache_dir, progress=TextBar())
     print(f"base ready: {folder}")

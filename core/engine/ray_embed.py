@@ -31,6 +31,7 @@ import numpy as np
 
 from core.engine.cache import default_cache_dir
 from core.engine.embed import ADAPTER_BATCH, EmbedResult, Failure, embed_catalog, vector_table
+from core.engine.quiet import quiet_transformers
 from core.engine.shared import SharedModels
 from core.errors import DeltaAtlasError
 from core.pool.catalog import Catalog, ModelEntry, read_catalog
@@ -49,7 +50,6 @@ class EmbedWorker:
     def __init__(self, settings: dict, threads: int):
         import torch
 
-        from core.engine.quiet import quiet_transformers
 
         torch.set_num_threads(threads)            # one thread per CPU actor: the actors share the cores, not fight
         quiet_transformers()

@@ -25,7 +25,8 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from core.engine.loading import ADAPTER_CONFIG, read_json, weight_files
+from core.engine.activations import repeated_probe_states
+from core.engine.loading import ADAPTER_CONFIG, check_adapter_fits, read_json, weight_files
 from core.errors import ComputationError
 
 log = logging.getLogger(__name__)
@@ -176,9 +177,6 @@ def run_stacked(model: nn.Module, base_dir: Path, adapters: dict[str, Path], tok
     """States [P, d] per adapter, the error of each adapter that failed, and the adapters left for PEFT.
 
     Each probe is one forward pass of K rows (one per adapter): rows of one length, so nothing is padded."""
-    from core.engine.activations import repeated_probe_states
-    from core.engine.loading import check_adapter_fits
-
     weights: dict[str, LoraWeights] = {}
     errors: dict[str, Exception] = {}
     rest: dict[str, Path] = {}

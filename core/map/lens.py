@@ -27,6 +27,7 @@ from collections import Counter
 import numpy as np
 
 from core.errors import DeltaAtlasError
+from core.map.geometry import _check_matrix, normalize_rows
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,5 @@ class DomainLens:
 
 def _unit_rows(vectors, what: str) -> np.ndarray:
     """Validated rows [n, d] (one vector [d] becomes [1, d]), at unit length."""
-    from core.map.geometry import _check_matrix, normalize_rows
-
     X = np.asarray(vectors, dtype=np.float64)
     return normalize_rows(_check_matrix(X[None, :] if X.ndim == 1 else X, what))

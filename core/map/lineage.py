@@ -9,6 +9,7 @@ import pandas as pd
 
 from core.errors import DeltaAtlasError
 from core.map.geometry import _check_matrix, _knn
+from core.pool.vectors import matrix
 
 LABEL_SEPARATOR = ";"  # several values in one label cell (a model card naming two datasets)
 
@@ -39,8 +40,6 @@ def lineage_disagreements(table_or_labels: pd.DataFrame, vectors: np.ndarray | N
         known = ", ".join(c for c in frame.columns if c not in ("name", "vector")) or "(none)"
         raise DeltaAtlasError(f"{column!r} is not a label of these models: choose one of {known}.")
     if vectors is None:
-        from core.pool.vectors import matrix
-
         vectors = matrix(frame)
     X = _check_matrix(vectors)
     if len(frame) != len(X):

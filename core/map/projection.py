@@ -26,6 +26,7 @@ import pandas as pd
 from core.errors import DeltaAtlasError
 from core.map.clusters import Clusterer, label_silhouette
 from core.map.geometry import _check_matrix, _distances, _knn, normalize_rows
+from core.pool.vectors import label_columns, matrix, read_vectors
 from core.textio import spreadsheet_safe
 
 log = logging.getLogger(__name__)
@@ -214,8 +215,6 @@ def project_table(table: pd.DataFrame, method: str = "umap", n_clusters: int | s
                   random_state: int = 0) -> tuple[pd.DataFrame, dict]:
     """Map and cluster a vector table (core.pool.vectors format): a frame (name, x, y, cluster, labels...) and a summary
     (clusters with their most common labels, silhouette of each label column, map quality)."""
-    from core.pool.vectors import label_columns, matrix
-
     X = matrix(table)
     projector = Projector(method=method, random_state=random_state).fit(X)
     clusterer = Clusterer(n_clusters=n_clusters, random_state=random_state).fit(X)
@@ -270,8 +269,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from core.pool.vectors import read_vectors
-
     table = read_vectors(args.vectors)
     if args.color_by and args.color_by not in table.columns:
         raise DeltaAtlasError(f"--color-by {args.color_by!r} is not a label of {args.vectors}: choose one of "

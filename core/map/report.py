@@ -21,8 +21,10 @@ import numpy as np
 import pandas as pd
 
 from core.errors import DeltaAtlasError
+from core.map.geometry import cosine_similarities
 from core.pool.catalog import read_catalog
 from core.pool.folder import DEMO_CATALOG, vectors_target
+from core.pool.vectors import matrix, read_vectors
 from core.progress import ProgressFn, TextBar
 
 log = logging.getLogger(__name__)
@@ -67,8 +69,6 @@ def loo_accuracy(S: np.ndarray, labels: list[str]) -> float | None:
 
 def additivity(X: np.ndarray, names: list[str], mixtures: dict[str, tuple[str, str]]) -> list[dict]:
     """For each mixture: cosine of its vector with v(A) + v(B), with A and B, and with every other model."""
-    from core.map.geometry import cosine_similarities
-
     index = {n: i for i, n in enumerate(names)}
     S = cosine_similarities(X)
     rows = []
@@ -104,9 +104,6 @@ def robustness(S: np.ndarray, frame: pd.DataFrame, label: str) -> list[dict]:
 def build_report(catalog_path, vectors_path=None, *, baselines: bool = True, label: str = "domain",
                  progress: ProgressFn | None = None, device: str | None = None) -> dict:
     """Every measure of the module docstring, as plain JSON (None where a measure is undefined)."""
-    from core.map.geometry import cosine_similarities
-    from core.pool.vectors import matrix, read_vectors
-
     catalog = read_catalog(catalog_path)
     vectors_path = Path(vectors_path) if vectors_path else vectors_target(catalog.path)
     if label not in catalog.label_columns:

@@ -23,6 +23,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from core.engine.device import pick_device
+from core.engine.loading import resolve_source
+from core.engine.pool_vectors import stored_vectors
+from core.engine.shared import private_model
 from core.errors import MergeError
 from core.pool.catalog import Catalog, ModelEntry, parse_source
 from core.pool.folder import DEMO_CATALOG
@@ -30,7 +34,7 @@ from core.progress import ProgressFn, TextBar, report
 from core.reuse.examples import check_count, load_examples
 from core.reuse.merge_plan import METHODS, MergePlan, MethodSpec, check_out_dir, plan_merge
 from core.reuse.run import Run
-from core.reuse.task import cosine_to, publish
+from core.reuse.task import cosine_to, embed_adapter_dirs, embed_task, publish
 from core.reuse.train import Example, example_loss
 from core.textio import file_problem
 
@@ -117,9 +121,6 @@ def load_ingredients(plan: MergePlan, device=None, models=None):
     import torch
     from peft import PeftModel
 
-    from core.engine.device import pick_device
-    from core.engine.loading import resolve_source
-    from core.engine.shared import private_model
 
     base_dir = resolve_source(plan.base)
     model, tokenizer = private_model(base_dir, pick_device(device), torch.float32, models)
@@ -192,9 +193,6 @@ def merge_adapters(catalog: str | Path | Catalog, names: list[str] | str, method
 
 def _run(plan, examples, work, task_vector, vectors, budget, seed, measure, run: Run) -> MergeReport:
     """The merge itself, in ``work``: vectors, weights, PEFT combination, evaluation, additivity preview."""
-    from core.engine.pool_vectors import stored_vectors
-    from core.reuse.task import embed_task
-
     mode = plan.weights if isinstance(plan.weights, str) else "given"
     table, settings = stored_vectors(plan.catalog) if vectors is None else (vectors, {})
     known = {} if table is None else {n: np.asarray(v, np.float32) for n, v in zip(table["name"], table["vector"])}
@@ -252,8 +250,6 @@ def check_finite(model, plan: MergePlan) -> None:
 
 def _ingredient_vectors(plan, known, settings, run: Run) -> np.ndarray:
     """[k, d] the ingredients' vectors: from the pool where known, embedded now otherwise."""
-    from core.reuse.task import embed_adapter_dirs
-
     todo = {n: d for n, d in zip(plan.names, plan.dirs) if n not in known}
     if todo:
         known = {**known, **embed_adapter_dirs(plan.base, todo, settings, run)}
@@ -262,8 +258,6 @@ def _ingredient_vectors(plan, known, settings, run: Run) -> np.ndarray:
 
 def _additivity(result: MergeReport, ingredients: np.ndarray, plan, work, settings, run: Run) -> None:
     """Predicted vector (weighted sum of the ingredients') beside the merged adapter's measured one."""
-    from core.reuse.task import embed_adapter_dirs
-
     result.predicted_vector = (np.asarray(result.weights)[:, None] * ingredients).sum(0).astype(np.float32)
     measured = embed_adapter_dirs(plan.base, {"merged": work}, settings, run)["merged"]
     result.measured_vector = np.asarray(measured, np.float32)

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import DeltaAtlasError
+from core.map.geometry import cosine_similarities
 
 QUANTILE = 0.85           # chosen on the calibration tasks: the most off-domain flags with <= 1 in-domain flag
 TOP = 3
@@ -45,8 +46,6 @@ class CloseMatchRule:
 
     def fit(self, vectors: np.ndarray) -> "CloseMatchRule":
         """Learn the pool's background similarity from its vectors [n, d]."""
-        from core.map.geometry import cosine_similarities
-
         vectors = np.asarray(vectors, dtype=np.float64)
         if vectors.ndim != 2 or len(vectors) < 3:
             raise DeltaAtlasError(f"Calibrating 'no close match' needs at least 3 pool vectors, got {len(vectors)}.")

@@ -19,13 +19,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.engine.device import pick_device
+from core.engine.embed import embed_adapters
+from core.engine.loading import resolve_source
 from core.engine.pool_vectors import pool_vectors
+from core.engine.probes import DEFAULT_PROBES, probes_digest
+from core.engine.shared import private_model
 from core.errors import DeltaAtlasError
+from core.map.clusters import Clusterer
+from core.map.geometry import cosine_similarities
+from core.map.lens import MIN_DOMAINS, MIN_PER_DOMAIN, DomainLens
 from core.pool.catalog import Catalog, Source, pool_base
 from core.pool.folder import DEMO_CATALOG, NOVELTY_FILE, RECIPE_FILE, SEARCH_FILE, beside, open_catalog, read_settings
 from core.pool.vectors import label_columns, matrix
 from core.progress import Progress, ProgressFn, TextBar, report
 from core.reuse.examples import check_count, load_examples
+from core.reuse.novelty import load_rule, verdict, verdict_words
 from core.reuse.references import load_references
 from core.reuse.run import LOCAL, Run
 from core.reuse.train import Example, Recipe, finetune, load_recipe
@@ -39,10 +48,14 @@ TASK_NAME = "task"
 LABEL_FREE_COMPARE = "delta"            # the default for pools without domain labels (measured: bench/README.md)
 HELP_CANDIDATES = 5                     # the closest models whose loss on the examples is measured (reuse.fit)
 COMPARISONS = {   # how a task is compared with the pool's models, by name (--compare, the Find page's setting)
-    "delta": "the paper's method: cosine similarity of the raw Delta Activations",
     "domain-lens": "cosine within the directions that tell the pool's domains apart (core.map.lens; needs domain "
                    "labels)",
     "cluster-lens": "the same lens with the map's own clusters in place of domain labels (for unlabelled pools)",
+    "delta": "the paper's method: cosine similarity of the raw Delta Activations",
+}
+COMPARISON_TITLES = {   # the same comparisons, named for people (the Find page, How it works)
+    "domain-lens": "The domain lens", "cluster-lens": "The cluster lens (needs no labels)",
+    "delta": "The paper's method",
 }
 
 
@@ -116,9 +129,6 @@ def finetune_task(examples: list[Example], base: Source, recipe: Recipe, out_dir
     With ``run.models`` it trains a private copy of the base already in memory."""
     import torch
 
-    from core.engine.device import pick_device
-    from core.engine.loading import resolve_source
-    from core.engine.shared import private_model
 
     base_dir = resolve_source(base)
     model, tokenizer = private_model(base_dir, pick_device(run.device), torch.float32, run.models)
@@ -138,9 +148,6 @@ def embed_adapter_dirs(base: Source, adapters: dict[str, Path], settings: dict |
     """Delta Activations of adapter folders against ``base`` through the engine, with the layer and dtype the pool's
     vectors were made with (``settings``: the vector file's metadata), so that the vectors are comparable.
     The engine's progress is re-labelled ``embed``."""
-    from core.engine.embed import embed_adapters
-    from core.engine.probes import DEFAULT_PROBES, probes_digest
-
     settings = settings or {}
     if settings.get("probes_digest") not in (None, probes_digest(DEFAULT_PROBES)):
         log.warning("The pool was embedded with custom probes; the task is embedded with the paper's five, so its "
@@ -170,16 +177,12 @@ def embed_task(examples: list[Example], catalog: Catalog, base: Source, *, setti
 def cosine_to(vector: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     """Cosine similarity of one vector [d] to each row of ``vectors`` [n, d] -> [n], as the map computes it
     (0 for an all-zero vector)."""
-    from core.map.geometry import cosine_similarities
-
     return cosine_similarities(np.asarray(vector)[None, :], vectors)[0]
 
 
 def default_compare(table: pd.DataFrame) -> str:
     """The comparison a search uses unless told otherwise, chosen by measurement (bench/README.md, "Answers you
     can trust"): the domain lens where the pool's domain labels allow one, else LABEL_FREE_COMPARE."""
-    from core.map.lens import MIN_DOMAINS, MIN_PER_DOMAIN
-
     if "domain" in table.columns:
         domains = table["domain"].fillna("").astype(str).str.strip()
         counts = domains[(domains != "") & ~domains.str.contains("+", regex=False)].value_counts()
@@ -200,7 +203,6 @@ def comparison_space(table: pd.DataFrame, compare: str = "delta"):
     check_compare(compare)
     if compare == "delta":
         return lambda rows: np.asarray(rows, dtype=np.float64)
-    from core.map.lens import DomainLens
 
     vectors = matrix(table).astype(np.float64)
     return DomainLens().fit(vectors, lens_classes(table, vectors, compare)).transform
@@ -223,8 +225,6 @@ def similarities(vector: np.ndarray, table: pd.DataFrame, compare: str = "delta"
 def lens_classes(table: pd.DataFrame, vectors: np.ndarray, compare: str) -> list[str]:
     """The classes a lens is fitted on: the pool's domain labels, or (``cluster-lens``) its own clusters."""
     if compare == "cluster-lens":
-        from core.map.clusters import Clusterer
-
         return [f"cluster {k}" for k in Clusterer(random_state=0).fit(vectors).labels_]
     if "domain" not in table.columns:
         raise DeltaAtlasError("The domain lens needs a 'domain' label for the pool's models and this pool has none: "
@@ -337,8 +337,6 @@ def match_task(vector: np.ndarray, vectors: pd.DataFrame, *, compare: str | None
 
 def conclude(result: TaskResult) -> None:
     """The verdict from both measurements (core.reuse.novelty.verdict), and its plain words."""
-    from core.reuse.novelty import verdict, verdict_words
-
     result.verdict = verdict(result.close, result.gains, result.combine)
     result.no_close_match = result.verdict == "none"
     groups = result.group_matches
@@ -353,8 +351,6 @@ def judge_closeness(result: TaskResult, vectors: pd.DataFrame, raw: np.ndarray, 
     ``novelty.json``; core.reuse.novelty). With the pool's reference tasks (core.reuse.references) and a margin, the
     task is compared with them as the search compared it with the models; otherwise its ``raw`` similarities [n]
     are held against the pool's own pairs. A pool of fewer than 3 models has no background: no judgement then."""
-    from core.reuse.novelty import load_rule
-
     if len(vectors) < 3:
         result.match_note = "Too few models in this pool to judge how close the best match is."
         return

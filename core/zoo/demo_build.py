@@ -25,11 +25,17 @@ from pathlib import Path
 
 import torch
 
+from core import ENGINE_VERSION
+from core.engine.bases import BUILTINS, builtin_name, ensure_base
+from core.engine.embed import embed_catalog
+from core.engine.loading import load_model
 from core.engine.quiet import quiet_transformers
 from core.errors import DeltaAtlasError
-from core.pool.catalog import write_catalog
+from core.map.report import build_report
+from core.pool.catalog import read_catalog, write_catalog
+from core.pool.vectors import read_vectors, write_vectors
 from core.progress import ProgressFn, TextBar, report
-from core.reuse.train import LOSS_ON, Recipe, finetune
+from core.reuse.train import LOSS_ON, Recipe, example_loss, finetune
 from core.zoo import demo_data
 from core.zoo.tinylm import BaseShape, count_parameters, init_base, save_model, train_tokenizer
 
@@ -234,9 +240,6 @@ def model_folder(out: Path, spec: ModelSpec) -> Path:
 def train_model(spec: ModelSpec, base_dir: Path, data_dir: Path, out_dir: Path, plan: ZooPlan,
                 progress: ProgressFn | None) -> dict:
     """Train one model into a temporary folder, then rename it into place. Returns its figures (training.json)."""
-    from core.engine.loading import load_model
-    from core.reuse.train import example_loss
-
     model, tokenizer = load_model(base_dir, "cpu", torch.float32)
     held = demo_data.held_out(data_dir, spec.dataset.split("+")[0])[: plan.held_out_examples]
     base_loss = example_loss(model, tokenizer, held, spec.recipe.max_length, precision=spec.recipe.precision)
@@ -268,8 +271,6 @@ def name_base(folder: Path, plan: ZooPlan) -> None:
     model card, which repeats the path, is dropped."""
     config = folder / "adapter_config.json"
     if plan.base and config.is_file():
-        from core.engine.bases import BUILTINS, builtin_name
-
         data = json.loads(config.read_text())
         data["base_model_name_or_path"] = BUILTINS[builtin_name(plan.base)].hub_id or plan.base
         config.write_text(json.dumps(data, indent=2))
@@ -312,8 +313,6 @@ def catalog_rows(specs: list[ModelSpec], out: Path, plan: ZooPlan) -> list[dict]
 def prepare_base(plan: ZooPlan, data_dir: Path, out: Path, progress: ProgressFn | None) -> Path:
     """The zoo's base folder: the built-in base (converted once into the cache), or a tiny one pretrained here."""
     if plan.base:
-        from core.engine.bases import ensure_base
-
         return ensure_base(plan.base, progress=progress)
     base_dir = out / "base"
     if not (base_dir / "config.json").exists():
@@ -375,18 +374,12 @@ def _shipped_vectors_only(out: Path, spec: ModelSpec) -> bool:
     path = out / "vectors.parquet"
     if not path.is_file():
         return False
-    from core.pool.vectors import read_vectors
 
     return spec.name in set(read_vectors(path)["name"])
 
 
 def embed_zoo(catalog: Path, path: Path, progress: ProgressFn | None) -> None:
     """Embed the zoo; a model shipped as vectors only (a full finetune not rebuilt here) keeps its shipped vector."""
-    from core import ENGINE_VERSION
-    from core.engine.embed import embed_catalog
-    from core.pool.catalog import read_catalog
-    from core.pool.vectors import read_vectors, write_vectors
-
     entries = read_catalog(catalog)
     absent = {e.name for e in entries if e.labels.get("shipped") == "vectors only" and not e.source.local.exists()}
     shipped = read_vectors(path) if absent and path.is_file() else None
@@ -409,8 +402,6 @@ def embed_zoo(catalog: Path, path: Path, progress: ProgressFn | None) -> None:
 
 
 def write_report(catalog: Path, path: Path, progress: ProgressFn | None) -> None:
-    from core.map.report import build_report
-
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(build_report(catalog, progress=progress), indent=1))
     tmp.replace(path)
