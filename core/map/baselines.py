@@ -26,7 +26,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from core.engine.probes import DEFAULT_PROBES, MAX_PROBE_TOKENS
 from core.errors import ComputationError, DeltaAtlasError, IncompatibleModelError, ModelSourceError
+from core.map.geometry import cosine_similarities
 from core.pool.catalog import Catalog, ModelEntry, read_catalog
 from core.progress import ProgressFn, report
 
@@ -233,8 +235,6 @@ def _gram_to_cosine(gram: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def greedy_answers(model, tokenizer, probes: Sequence[str], max_new_tokens: int = MAX_NEW_TOKENS) -> list[list[int]]:
     """Each probe's greedy continuation (token ids, cut at the first EOS), all probes in one left-padded batch."""
-    from core.engine.probes import MAX_PROBE_TOKENS
-
     tokenizer.padding_side = "left"
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = tokenizer(list(probes), return_tensors="pt", padding=True, truncation=True, max_length=MAX_PROBE_TOKENS)
@@ -319,7 +319,6 @@ def compute_baselines(catalog: Catalog | str | Path, names: list[str] | None = N
                       max_new_tokens: int = MAX_NEW_TOKENS, progress: ProgressFn | None = None) -> dict[str, Similarity]:
     """The paper's baselines for the models ``names`` of a catalog (all by default), which must share one base."""
     from core.engine.loading import check_kind, resolve_source
-    from core.engine.probes import DEFAULT_PROBES
 
     catalog = catalog if isinstance(catalog, Catalog) else read_catalog(catalog)
     entries = [catalog.get(n) for n in names] if names is not None else list(catalog)
@@ -338,8 +337,6 @@ def compute_baselines(catalog: Catalog | str | Path, names: list[str] | None = N
         result.update({k: v for k, v in weight_similarities(deltas, base, names, top_fraction, progress).items()
                        if k in which})
     if "outputs" in which:
-        from core.map.geometry import cosine_similarities
-
         vectors = output_embeddings(entries, paths, base_dir, probes or DEFAULT_PROBES, device, dtype,
                                     max_new_tokens, progress)
         result["outputs"] = Similarity(names, cosine_similarities(vectors), vectors.shape[1],

@@ -31,10 +31,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.engine.cache import atomic_write
 from core.engine.probes import DEFAULT_PROBES
 from core.errors import DeltaAtlasError
-from core.pool.catalog import Catalog
-from core.pool.folder import DEMO_CATALOG, DESCRIPTIONS_FILE, beside
+from core.map.clusters import Clusterer
+from core.pool.catalog import Catalog, pool_base
+from core.pool.folder import DEMO_CATALOG, DESCRIPTIONS_FILE, beside, open_catalog
 from core.pool.vectors import matrix
 from core.progress import ProgressFn, TextBar, report
 
@@ -191,7 +193,6 @@ def describe_pool(catalog: Catalog, table: pd.DataFrame, *, device=None, progres
     from core.engine.device import pick_device
     from core.engine.loading import load_model, resolve_source
     from core.engine.shared import private_model
-    from core.pool.catalog import pool_base
 
     if len(table) == 0:
         raise DeltaAtlasError("The pool has no vectors to describe: embed it first (`python -m core embed`).")
@@ -270,8 +271,6 @@ def load_descriptions(catalog_path: str | Path | None) -> dict:
 
 
 def write_descriptions(catalog_path: str | Path, found: dict) -> Path:
-    from core.engine.cache import atomic_write
-
     path = descriptions_path(catalog_path)
     try:
         atomic_write(path, json.dumps(found, indent=1, ensure_ascii=False).encode())
@@ -303,8 +302,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from core.engine.pool_vectors import pool_vectors
-    from core.map.clusters import Clusterer
-    from core.pool.folder import open_catalog
 
     catalog = open_catalog(args.catalog)
     table, _ = pool_vectors(catalog)

@@ -34,6 +34,7 @@ from core.pool.folder import DEMO_CATALOG, NOVELTY_FILE, RECIPE_FILE, SEARCH_FIL
 from core.pool.vectors import label_columns, matrix
 from core.progress import Progress, ProgressFn, TextBar, report
 from core.reuse.examples import check_count, load_examples
+from core.reuse.fit import measure_gains, merge_candidates
 from core.reuse.novelty import load_rule, verdict, verdict_words
 from core.reuse.references import load_references
 from core.reuse.run import LOCAL, Run
@@ -301,8 +302,6 @@ def find_models(examples: list[Example], catalog: str | Path | Catalog = DEMO_CA
     result = match_task(vector, vectors, compare=compare, catalog_path=catalog.path, adapter_dir=keep,
                         losses=losses, position=position)
     if check_help:
-        from core.reuse.fit import measure_gains
-
         names = [n for n in result.matches["name"] if n in set(catalog.names)][:check_help]
         try:
             result.gains = measure_gains(examples, catalog, names, base, device=device, models=models,
@@ -445,7 +444,6 @@ def main(args) -> int:
               f"({float(result.gains['base_loss'].iloc[0]):.3f}):")
         for row in result.gains.itertuples():
             print(f"  {row.name:<32} {row.words}" + (f" ({row.note})" if row.note and pd.isna(row.gain) else ""))
-        from core.reuse.fit import merge_candidates
 
         take, _ = merge_candidates(result.gains, open_catalog(args.catalog))
         print("  worth merging: " + (", ".join(take) if len(take) >= 2 else "nothing (fewer than two adapters help)"))
