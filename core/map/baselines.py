@@ -26,6 +26,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from core.engine.activations import right_pad, strip_adapter_layers
+from core.engine.device import pick_device, pick_dtype
+from core.engine.loading import check_adapter_fits, check_full_fits, check_kind, load_model, resolve_source
 from core.engine.probes import DEFAULT_PROBES, MAX_PROBE_TOKENS
 from core.errors import ComputationError, DeltaAtlasError, IncompatibleModelError, ModelSourceError
 from core.map.geometry import cosine_similarities
@@ -256,8 +259,6 @@ def greedy_answers(model, tokenizer, probes: Sequence[str], max_new_tokens: int 
 def embed_answers(base, tokenizer, answers: list[list[int]]) -> np.ndarray:
     """Mean over probes of the base's mean final hidden state over each answer's tokens: [d]. Empty answers are
     left out; a model whose every answer is empty gets the zero vector."""
-    from core.engine.activations import right_pad
-
     prefix = tokenizer("", add_special_tokens=True)["input_ids"]                 # BOS where the tokenizer adds one
     kept = [a for a in answers if a]
     d = base.config.get_text_config().hidden_size
@@ -279,9 +280,6 @@ def output_embeddings(entries: list[ModelEntry], paths: dict[str, Path], base_di
     """The output-embedding baseline of every entry: [n, d] float32."""
     from peft import PeftModel
 
-    from core.engine.activations import strip_adapter_layers
-    from core.engine.device import pick_device, pick_dtype
-    from core.engine.loading import check_adapter_fits, check_full_fits, load_model
 
     device = pick_device(device)
     dtype = pick_dtype(dtype, device)
@@ -318,8 +316,6 @@ def compute_baselines(catalog: Catalog | str | Path, names: list[str] | None = N
                       probes: Sequence[str] | None = None, device=None, dtype=None,
                       max_new_tokens: int = MAX_NEW_TOKENS, progress: ProgressFn | None = None) -> dict[str, Similarity]:
     """The paper's baselines for the models ``names`` of a catalog (all by default), which must share one base."""
-    from core.engine.loading import check_kind, resolve_source
-
     catalog = catalog if isinstance(catalog, Catalog) else read_catalog(catalog)
     entries = [catalog.get(n) for n in names] if names is not None else list(catalog)
     bases = {str(e.base) for e in entries}
