@@ -12,7 +12,7 @@ from core.map.projection import one_point_note
 from pages.parts import charts, jobs, learned, pools, ui
 
 NEIGHBOURS = 8           # closest models listed for a selected model
-LAYOUT_WORDS = {"UMAP": "Neighbours", "PCA": "Straight", "t-SNE": "Tight groups"}  # pools.LAYOUTS in words
+LAYOUT_WORDS = {"UMAP": "Neighbours", "PCA": "Straight", "t-SNE": "Groups"}  # pools.LAYOUTS in words
 COLOUR_GROUPS = "Groups found automatically"
 COLOUR_ORIGIN = "Where it came from"
 LEANS = "leans towards"          # the hover line of what a model learned (core.map.describe)
@@ -47,7 +47,7 @@ def draw(pool: pools.Pool, data: pools.PoolData) -> None:
         colour, colour_title, group_note = colouring(pool, data, settings)
     shown = filtered(frame, settings)
     selected = selection(pool, frame)
-    chart_col, side_col = st.columns([3, 2], gap="medium")
+    chart_col, side_col = st.columns([5, 4], gap="medium")
     leaning = leaning_column(pools.descriptions(pool), frame)
     hover = frame if leaning is None else frame.assign(**{LEANS: leaning})
     with chart_col:
@@ -70,7 +70,7 @@ def draw(pool: pools.Pool, data: pools.PoolData) -> None:
 
 def controls(frame: pd.DataFrame, labels: list[str]) -> dict:
     """The map's settings; a copy goes to session state so that other pages draw the same map."""
-    top = st.columns([2, 2, 3])
+    top = st.columns([3, 2, 3])
     settings, n = pools.map_settings(), len(frame)
     has_mine = bool((frame["origin"] == "yours").any())
     settings["layout"] = top[0].radio("How to flatten the map", list(pools.LAYOUTS), horizontal=True,
@@ -78,7 +78,7 @@ def controls(frame: pd.DataFrame, labels: list[str]) -> dict:
                                       format_func=lambda name: LAYOUT_WORDS.get(name, name),
                                       help="Keep neighbours together (UMAP, the default) keeps each model near the "
                                            "models most like it; straight (PCA) is the simplest projection, with "
-                                           "distances you can compare across the whole map; tight groups (t-SNE) "
+                                           "distances you can compare across the whole map; groups (t-SNE) "
                                            "pulls groups apart.")
     telling, other = colour_choices(frame, labels)
     options = [COLOUR_GROUPS, *telling, *([COLOUR_ORIGIN] if has_mine else []), *other]
@@ -208,10 +208,10 @@ def one_model(pool: pools.Pool, data: pools.PoolData, name: str, labels: list[st
     near.insert(1, "similarity", [float(s) for _, s in pairs])
     st.markdown("**Closest models** — measured on each model's full description (its Delta Activation), not on the "
                 "map (1 = changed the base in exactly the same way, 0 = unrelated).")
-    st.dataframe(near, hide_index=True, width="stretch", column_config={
-        "name": st.column_config.TextColumn("name", width="medium"),
-        "similarity": st.column_config.ProgressColumn("similarity", min_value=0.0, max_value=1.0, format="%.2f",
-                                                      width="small")})
+    st.dataframe(near, hide_index=True, width="stretch", column_config={  # fits the side column: no bars
+        "name": st.column_config.TextColumn("name", width=180),
+        "similarity": st.column_config.NumberColumn("similarity", format="%.2f", width=75),
+        **{label: st.column_config.TextColumn(label, width=105) for label in labels[:1]}})
     compare_with(found, name, [*near["name"], *(n for n in frame["name"] if n != name)])
     if st.button(f"Merge {ui.plain(name)} with its 2 closest models", key="map_to_merge"):
         ui.remember(ui.CANDIDATES_KEY, pool, names=[name, *list(near["name"])[:2]],
