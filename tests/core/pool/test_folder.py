@@ -28,17 +28,6 @@ def test_the_vector_file_named_after_the_catalog_wins_over_the_shared_one(tmp_pa
     assert own_vectors_name(tmp_path / "catalog.csv") == "vectors.parquet"
 
 
-def test_the_app_and_the_commands_read_the_same_vector_file(tmp_path):
-    """A folder with both vectors.parquet and pool.vectors.parquet: the Map page and `find`/`report` agree."""
-    from core.map.report import vectors_target as report_choice
-    from pages.parts.ui import vectors_target as app_choice
-
-    for name in ("vectors.parquet", "pool.vectors.parquet"):
-        (tmp_path / name).write_bytes(b"x")
-    catalog = tmp_path / "pool.csv"
-    assert app_choice(catalog) == report_choice(catalog) == vectors_file(catalog) == tmp_path / "pool.vectors.parquet"
-
-
 @pytest.mark.parametrize("content, says", [("[1, 2]", "holds a JSON list"), ("{", "Expecting"),
                                            ('{"a": ' * 5000 + "1" + "}" * 5000, "recursion")])
 def test_a_broken_settings_file_names_itself_and_what_to_do(tmp_path, content, says):
