@@ -80,9 +80,12 @@ def open_catalog(catalog: str | Path | Catalog) -> Catalog:
 def read_settings(catalog_path: str | Path | None, name: str) -> dict | None:
     """The JSON object of settings file ``name`` beside the catalog (recipe.json, search.json, novelty.json...);
     None when there is none; a clear error, naming the file, when it cannot be read."""
-    if catalog_path is None:
-        return None
-    path = beside(catalog_path, name)
+    return None if catalog_path is None else read_settings_file(beside(catalog_path, name))
+
+
+def read_settings_file(path: str | Path) -> dict | None:
+    """:func:`read_settings` for a settings file given by its own path."""
+    path = Path(path)
     if not path.exists():
         return None
     problem = file_problem(path)

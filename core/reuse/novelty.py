@@ -21,7 +21,6 @@ own pairs are not (bench/README.md, "Answers you can trust").
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import pandas as pd
 
 from core.errors import DeltaAtlasError
 from core.map.geometry import cosine_similarities
+from core.pool.folder import read_settings_file
 
 QUANTILE = 0.85           # chosen on the calibration tasks: the most off-domain flags with <= 1 in-domain flag
 TOP = 3
@@ -104,10 +104,10 @@ class CloseMatchRule:
 def load_rule(path: Path | None) -> CloseMatchRule:
     """The rule with the settings chosen for a pool (``novelty.json`` beside its catalog: quantile, top, combine,
     margin), else the defaults. bench/calibrate_novelty.py --write-settings writes that file from the pool's calibration tasks."""
-    if path is None or not Path(path).is_file():
+    data = None if path is None else read_settings_file(path)
+    if data is None:
         return CloseMatchRule()
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
         margin = data.get("margin")
         return CloseMatchRule(quantile=float(data.get("quantile", QUANTILE)), top=int(data.get("top", TOP)),
                               combine=str(data.get("combine", "both")),

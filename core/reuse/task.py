@@ -38,7 +38,7 @@ from core.reuse.fit import measure_gains, merge_candidates
 from core.reuse.novelty import load_rule, verdict, verdict_words
 from core.reuse.references import load_references
 from core.reuse.run import LOCAL, Run
-from core.reuse.train import Example, Recipe, finetune, load_recipe
+from core.reuse.train import Example, Recipe, finetune
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +101,13 @@ def _records(frame: pd.DataFrame) -> list[dict]:
 # -- the pool: catalog, recipe, vectors, base -------------------------------------------------------------------
 def pool_recipe(catalog_path: Path) -> Recipe:
     """The recipe the pool was trained with, or the default one (with a warning) when none is stored."""
-    path = beside(catalog_path, RECIPE_FILE)
-    if path.is_file():
+    settings = read_settings(catalog_path, RECIPE_FILE)
+    if settings is not None:
         try:
-            return load_recipe(path)
+            return Recipe.from_json(settings)
         except (ValueError, TypeError) as exc:
-            raise DeltaAtlasError(f"Recipe file {path} cannot be read ({exc}): fix or delete it.") from None
+            raise DeltaAtlasError(f"Recipe file {beside(catalog_path, RECIPE_FILE)} cannot be read ({exc}): fix or "
+                                  "delete it.") from None
     log.warning("No %s beside %s: the task is finetuned with the default recipe.", RECIPE_FILE, catalog_path)
     return Recipe()
 

@@ -67,10 +67,6 @@ class Recipe:
         return cls(**data)
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    return Recipe.from_json(json.loads(Path(path).read_text()))
-
-
 @dataclass
 class TrainResult:
     out_dir: Path

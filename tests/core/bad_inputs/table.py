@@ -422,6 +422,10 @@ VECTORS = [
 ]
 
 SETTINGS = [
+    bad("novelty-settings-a-folder", special("novelty.json", load_rule, kind="folder"),
+        "novelty.json cannot be read (it is a folder, not a file)", "fix or delete it"),
+    bad("pool-recipe-a-named-pipe", special("recipe.json", lambda p: pool_recipe(p.parent / "catalog.csv")),
+        "recipe.json cannot be read (it is not a regular file", "fix or delete it"),
     bad("search-settings-negative-steps", settings_file("search.json", '{"steps": -3}', task_steps),
         "search.json cannot be read (steps must be a positive whole number, got -3)", "fix or delete it"),
     bad("search-settings-not-json", settings_file("search.json", "steps = 3", task_steps),
