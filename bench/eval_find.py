@@ -38,7 +38,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)   # transformers' depr
 
 from core.engine.pool_vectors import pool_vectors
 from core.pool.catalog import read_catalog
-from core.pool.folder import DEMO_CATALOG
+from core.pool.folder import DEMO_CATALOG, quality_key
 from core.reuse.fit import helps
 from core.reuse.task import COMPARISONS, default_compare, find_models, match_task, rank_groups, task_steps
 
@@ -260,11 +260,10 @@ def finish(args, results: dict, catalog) -> int:
         known = json.loads(path.read_text()) if path.is_file() else {}
         rows = next(iter(results.values()))
         compare = args.compare or rows[0]["compare"]          # None: the pool's default, which the rows record
-        suffix = "" if compare == "delta" else f"_{compare}"
         which = "ood" if args.ood else "dev" if args.dev else "held_out"
         counts = summary(rows)
         if "in" in counts:
-            known[which + suffix] = counts["in"]
+            known[quality_key(which, compare)] = counts["in"]
         if "off" in counts:   # the verdict reads raw similarities and the saved gains, whichever comparison ranks
             known["off" if which == "ood" else f"off_{which}"] = counts["off"]
         known["default_compare"] = default_compare(pool_vectors(catalog)[0])

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.pool.folder import SEARCH_QUALITY_FILE
+from core.pool.folder import SEARCH_QUALITY_FILE, quality_key
 from core.reuse.fit import HELP_MARGIN
 from core.reuse.task import COMPARISON_TITLES, COMPARISONS, default_compare
 from pages.parts import charts, jobs, pools, task_examples, ui
@@ -74,8 +74,8 @@ def measured_lines(pool: pools.Pool) -> list[str]:
     except (OSError, ValueError):
         return []
     lines = []
-    for key, name in (("ood_domain-lens", "domain-lens"), ("ood_cluster-lens", "cluster-lens"), ("ood", "delta")):
-        q = quality.get(key)
+    for name in COMPARISONS:
+        q = quality.get(quality_key("ood", name))
         if isinstance(q, dict) and "top1" in q:
             lines.append(f"{COMPARISON_TITLES[name]}: the best match had the right domain for {q['top1']} tasks written "
                          "by hand for this project.")

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.pool.folder import RECIPE_FILE, REPORT_FILE, SEARCH_QUALITY_FILE
+from core.pool.folder import RECIPE_FILE, REPORT_FILE, SEARCH_QUALITY_FILE, quality_key
 from pages.parts import charts, learned, pools, ui
 
 PAPER = pd.DataFrame({  # the paper's Table (silhouette of the domain labels, 15 LoRA models per base)
@@ -298,7 +298,7 @@ def demo_zoo(pool: pools.Pool) -> None:
 def plain_search(quality: dict) -> str:
     """How well task search does, in one sentence (the default comparison on tasks nobody tuned to)."""
     default = quality.get("default_compare", "delta")
-    ours = quality.get("ood" if default == "delta" else f"ood_{default}")
+    ours = quality.get(quality_key("ood", default))
     off = quality.get("off")
     if not isinstance(ours, dict):
         return ""
@@ -348,18 +348,17 @@ def search_quality_lines(quality: dict) -> list[str]:
     from core.reuse.task import COMPARISON_TITLES  # imports torch (through core.reuse.train): only for this section
 
     default = quality.get("default_compare", "delta")
-    key = lambda which, compare: which if compare == "delta" else f"{which}_{compare}"   # noqa: E731
     lines = []
     for which, what in (("ood", "tasks written by hand for this project (never used to choose a setting)"),
                         ("held_out", "tasks cut from unseen rows of the training datasets")):
-        q = quality.get(key(which, default))
+        q = quality.get(quality_key(which, default))
         if not isinstance(q, dict):
             continue
         lines.append(f"- On **{q['tasks']} {what}**, compared {compared_by(default, COMPARISON_TITLES)} (the default): "
                      f"the best match was of the right domain for **{q['top1']}**; *nothing fits* was said wrongly "
                      f"for {q['in_flagged']}.")
-        others = [f"{compared_by(c, COMPARISON_TITLES)} {quality[key(which, c)]['top1']}" for c in COMPARISON_TITLES
-                  if c != default and isinstance(quality.get(key(which, c)), dict)]
+        others = [f"{compared_by(c, COMPARISON_TITLES)} {quality[quality_key(which, c)]['top1']}"
+                  for c in COMPARISON_TITLES if c != default and isinstance(quality.get(quality_key(which, c)), dict)]
         if others:
             lines.append("  - Right domain first " + "; ".join(others) + ".")
     if isinstance(quality.get("off"), dict):

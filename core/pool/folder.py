@@ -103,6 +103,13 @@ def read_settings_file(path: str | Path) -> dict | None:
     return data
 
 
+def quality_key(tasks: str, compare: str) -> str:
+    """The key of a figure in search_quality.json: the task set (``ood``, ``held_out``, ``dev``), with the comparison
+    after an underscore unless it is the paper's (``ood``, ``ood_domain-lens``); bench/eval_find.py --summary
+    writes them."""
+    return tasks if compare == "delta" else f"{tasks}_{compare}"
+
+
 def title(catalog_path: str | Path) -> str | None:
     """The pool's TITLE (one line beside a ``catalog.csv``), if it has one."""
     path = beside(catalog_path, TITLE_FILE)
