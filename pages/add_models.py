@@ -13,8 +13,9 @@ from pages.parts import jobs, pools, ui
 
 FOLDER, ZIP, HUB = "A folder on this server", "Upload a zip", "Hugging Face Hub id"
 ADD_JOB = "add_job"  # the session's (and the URL's) job measuring a model being added
-log = logging.getLogger("delta_atlas.app")
 KINDS = {"auto": "find out by itself", "lora": "LoRA adapter", "full": "full finetuned model"}
+
+log = logging.getLogger("delta_atlas.app")
 
 
 def main() -> None:

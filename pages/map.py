@@ -48,7 +48,8 @@ def draw(pool: pools.Pool, data: pools.PoolData) -> None:
     shown = filtered(frame, settings)
     selected = selection(pool, frame)
     chart_col, side_col = st.columns([5, 4], gap="medium")
-    leaning = leaning_column(pools.descriptions(pool), frame)
+    found = pools.descriptions(pool)                     # what each model learned: read once per run
+    leaning = leaning_column(found, frame)
     hover = frame if leaning is None else frame.assign(**{LEANS: leaning})
     with chart_col:
         fig = charts.map_figure(hover[shown], embedding[shown], list(np.asarray(colour, dtype=object)[shown]),
@@ -64,7 +65,7 @@ def draw(pool: pools.Pool, data: pools.PoolData) -> None:
         quality_notes(data, embedding, settings)
         lineage_notes(data)
     with side_col:
-        details(pool, data, selected, labels)
+        details(pool, data, selected, labels, found)
     exports(pool, data, fig)
 
 
@@ -172,7 +173,7 @@ def selection(pool: pools.Pool, frame: pd.DataFrame) -> list[str]:
     return [n for n in (remembered or {}).get("names", []) if n in known]
 
 
-def details(pool: pools.Pool, data: pools.PoolData, selected: list[str], labels: list[str]) -> None:
+def details(pool: pools.Pool, data: pools.PoolData, selected: list[str], labels: list[str], found: dict) -> None:
     names = data.frame["name"].tolist()
     st.selectbox("Find a model by name", names, index=None, key=SEARCH_KEY, placeholder="Type a name...",
                  on_change=on_search, args=(pool,))
@@ -180,15 +181,15 @@ def details(pool: pools.Pool, data: pools.PoolData, selected: list[str], labels:
         st.info("Click a point on the map, or pick a name above, to see the model's closest relatives.")
         return
     if len(selected) == 1:
-        one_model(pool, data, selected[0], labels)
+        one_model(pool, data, selected[0], labels, found)
     else:
-        many_models(pool, data, selected, labels)
+        many_models(pool, data, selected, labels, found)
     if st.button("Clear the selection", key="map_clear"):
         st.session_state.pop(ui.SELECTION_KEY, None)
         st.rerun()
 
 
-def one_model(pool: pools.Pool, data: pools.PoolData, name: str, labels: list[str]) -> None:
+def one_model(pool: pools.Pool, data: pools.PoolData, name: str, labels: list[str], found: dict) -> None:
     from core.map.geometry import nearest_neighbours
 
     frame = data.frame
@@ -200,7 +201,6 @@ def one_model(pool: pools.Pool, data: pools.PoolData, name: str, labels: list[st
         facts["origin"] = "added by you"
     st.dataframe(pd.DataFrame({"label": list(facts), "value": list(facts.values())}), hide_index=True,
                  width="stretch")
-    found = pools.descriptions(pool)
     learned.learned(found, name)
     k = min(NEIGHBOURS, len(frame) - 1)
     pairs = nearest_neighbours(data.X, index, k)
@@ -238,7 +238,7 @@ def leaning_column(found: dict, frame: pd.DataFrame) -> list[str] | None:
     return [", ".join((models.get(n, {}).get("words") or [])[:4]) for n in frame["name"]]
 
 
-def many_models(pool: pools.Pool, data: pools.PoolData, selected: list[str], labels: list[str]) -> None:
+def many_models(pool: pools.Pool, data: pools.PoolData, selected: list[str], labels: list[str], found: dict) -> None:
     frame = data.frame
     chosen = frame[frame["name"].isin(selected)]
     st.subheader(f"{len(chosen):,} models selected")
@@ -247,7 +247,6 @@ def many_models(pool: pools.Pool, data: pools.PoolData, selected: list[str], lab
         counts = chosen[column].astype(str).replace("", "(none)").value_counts()
         st.caption(f"By {ui.plain(column)}: " + ", ".join(f"{v} × {ui.plain(k)}" for k, v in counts.items()))
     st.dataframe(chosen[["name", *labels[:4]]], hide_index=True, width="stretch", height=260)
-    found = pools.descriptions(pool)
     if len(chosen) == 2 and found.get("models"):
         learned.side_by_side(found, *chosen["name"])
     if st.button(f"Use these {len(chosen):,} models on the Merge page", key="map_many_to_merge"):

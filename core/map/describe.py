@@ -294,7 +294,6 @@ def update_descriptions(catalog: Catalog, table: pd.DataFrame, *, device=None,
 
 # -- the command ----------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-
     parser.add_argument("--catalog", default=str(DEMO_CATALOG), help="the pool's catalog (default: the demo zoo)")
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best there is)")
     parser.add_argument("--again", action="store_true", help="describe every model again, not only new ones")

@@ -28,8 +28,6 @@ STAGES = {  # progress stage -> plain words
 }
 STARTING = "Loading the base model (the first time after the server starts, this takes a few seconds)"
 QUIET_ITEMS = {"embed", "finetune", "base", "search"}   # stages whose item is an internal name (a hash, "task")
-
-
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 FORM = "form"  # a job's meta: the widget values of the form that started it
 POLL_S = 0.5  # how often a page waiting for its job redraws its place and progress
@@ -64,23 +62,22 @@ def start_job(slot: str, key: str, kind: str, work, pool: Pool, form: tuple[str,
     st.query_params[slot] = job.id
 
 
-def restore_form(slot: str) -> dict | None:
+def restore_form(slot: str) -> None:
     """In a reloaded tab (the job's id in the URL, not yet in this session): put the form back as it was when the
     job started, so that the page shows what the job runs on and the next click does not run something else.
-    Returns the job's meta then, else None. Call it before the page draws its widgets."""
+    Call it before the page draws its widgets."""
     job_id = st.query_params.get(slot)
     if st.session_state.get(slot) or not job_id or not JOB_ID.match(str(job_id)):
-        return None
+        return
     job = job_queue().get(str(job_id))
     if job is None:
-        return None
+        return
     for key, value in job.meta.get(FORM, {}).items():
         if value == UPLOAD:  # an uploaded file cannot be put back in its uploader; its examples can
             value = LAST_TASK
             st.session_state[f"_{slot}_examples"] = {"title": job.meta.get("title", ""),
                                                      "examples": job.meta.get("examples", [])}
         st.session_state[key] = value
-    return job.meta
 
 
 def restored_examples(slot: str) -> dict | None:
