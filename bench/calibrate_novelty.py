@@ -25,15 +25,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from core.engine.pool_vectors import pool_vectors
 from core.pool.catalog import read_catalog
-from core.pool.folder import DEMO_CATALOG
+from core.pool.folder import DEMO_CATALOG, NOVELTY_FILE, beside
 from core.pool.vectors import matrix
 from core.reuse.fit import helps
 from core.reuse.novelty import COMBINE, CloseMatchRule, verdict
 from core.reuse.references import load_references
 from core.reuse.task import comparison_space, cosine_to, default_compare
 
-QUANTILES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.86, 0.87, 0.88, 0.89, 0.9, 0.95)
+QUANTILES = (0.3, 0.4, 0.5, 0.6, 0.62, 0.64, 0.66, 0.68, 0.7, 0.8, 0.85, 0.86, 0.87, 0.88, 0.89, 0.9, 0.95)
 MARGINS = tuple(round(m, 3) for m in np.arange(-0.30, 0.101, 0.02))   # with reference tasks (novelty.py)
+SIGNAL_SETS = (("raw", "compared"), ("raw", "lead"), ("compared", "lead"), ("raw", "compared", "lead"))
+STRENGTHS = (0.1, 1.0, 10.0)    # inverse L2 strength (scikit-learn's C) of the weighted rules' logistic models
 MAX_IN_FLAGGED = 1          # the choice: the most off-domain flags with at most this many in-domain flags
 
 
@@ -74,18 +76,66 @@ def any_helps(row: dict) -> bool | None:
 
 def flags(rows: list[dict], sims: list[Sims], rule: CloseMatchRule) -> tuple[int, int, int, int]:
     """(off-domain flagged, off-domain tasks, in-domain flagged, in-domain tasks) under ``rule`` and its combine."""
-    flagged = [verdict_of(rule, s, row) == "none" for row, s in zip(rows, sims)]
-    off = [f for f, row in zip(flagged, rows) if row["domain"] == "off"]
-    inside = [f for f, row in zip(flagged, rows) if row["domain"] != "off"]
-    return sum(off), len(off), sum(inside), len(inside)
+    return count_flags(rows, [verdict_of(rule, s, row) == "none" for row, s in zip(rows, sims)])
 
 
 def verdict_of(rule: CloseMatchRule, sims: Sims, row: dict) -> str:
     helps = any_helps(row)
     gains = None if helps is None else pd.DataFrame({"gain": [1.0 if helps else -1.0], "helps": [helps]})
-    close = rule.is_close(sims.space, sims.references) if rule.uses_references(sims.references) else \
-        rule.is_close(sims.raw)
-    return verdict(close, gains, rule.combine)
+    return verdict(rule.is_close(sims.space, sims.references, raw=sims.raw), gains, rule.combine)
+
+
+# -- weighted rules: a logistic model of several signals, judged leave-one-out ------------------------------------
+def weighted_candidates(rows: list[dict], sims: list[Sims], top: int) -> list[tuple[CloseMatchRule, tuple]]:
+    """Every weighted rule tried, each with its leave-one-out counts on ``rows``: for each task, a logistic model
+    fitted on the other tasks scores it; the threshold (folded into the bias) is then chosen on those held-out
+    scores by the same criterion as every other rule, so the counts are not the model's own training fit. The rule
+    returned is fitted on every task."""
+    from sklearn.linear_model import LogisticRegression
+
+    probe = CloseMatchRule(top=top)
+    signals = [probe.signals(s.space, s.references, s.raw) for s in sims]
+    fits = np.array([row["domain"] != "off" for row in rows])               # 1: the task fits (in-domain)
+    out = []
+    for names in SIGNAL_SETS:
+        if any(name not in signal for signal in signals for name in names):
+            continue                                                         # e.g. "lead" without references
+        X = np.array([[signal[name] for name in names] for signal in signals])    # [tasks, signals]
+        centre, scale = X.mean(0), X.std(0) + 1e-12
+        Z = (X - centre) / scale
+        for strength in STRENGTHS:
+            held_out = np.array([LogisticRegression(C=strength).fit(np.delete(Z, i, 0), np.delete(fits, i))
+                                 .decision_function(Z[i:i + 1])[0] for i in range(len(rows))])
+            for combine in ("both", "vectors"):
+                cut, counts = best_cut(held_out, rows, combine)
+                model = LogisticRegression(C=strength).fit(Z, fits)
+                weights = model.coef_[0] / scale                                  # back to the signals' own units
+                bias = float(model.intercept_[0] - weights @ centre - cut)
+                rule = CloseMatchRule(top=top, combine=combine, bias=bias,
+                                      weights={n: float(w) for n, w in zip(names, weights)})
+                out.append((rule, counts, f"weighted {'+'.join(names)}, C={strength}"))
+    return out
+
+
+def best_cut(scores: np.ndarray, rows: list[dict], combine: str) -> tuple[float, tuple]:
+    """The score a task must reach to count as close, chosen by the module's criterion, and its counts."""
+    helps = [any_helps(row) for row in rows]
+    best = None
+    for cut in np.unique(np.concatenate([scores, [np.inf]])):
+        flagged = [verdict(bool(score >= cut), None if h is None else
+                           pd.DataFrame({"gain": [1.0 if h else -1.0], "helps": [h]}), combine) == "none"
+                   for score, h in zip(scores, helps)]
+        counts = count_flags(rows, flagged)
+        if counts[2] <= MAX_IN_FLAGGED and (best is None or counts[0] > best[1][0] or
+                                            (counts[0] == best[1][0] and counts[2] < best[1][2])):
+            best = (float(cut), counts)
+    return best if best is not None else (float(np.min(scores)), count_flags(rows, [False] * len(rows)))
+
+
+def count_flags(rows: list[dict], flagged: list[bool]) -> tuple[int, int, int, int]:
+    off = [f for f, row in zip(flagged, rows) if row["domain"] == "off"]
+    inside = [f for f, row in zip(flagged, rows) if row["domain"] != "off"]
+    return sum(off), len(off), sum(inside), len(inside)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,30 +163,33 @@ def main(argv: list[str] | None = None) -> int:
           + (" check: off-domain flagged | check: in-domain flagged wrongly |" if check else ""))
     print("|---|---|---|---|" + ("---|---|" if check else ""))
     best = None
-    for rule in candidate_rules(args.top, references is not None):
+    fitted = [rule.fit(vectors) for rule in candidate_rules(args.top, references is not None)]
+    plain = [(rule, None, side(rule)) for rule in fitted]
+    for rule, held_out, name in plain + weighted_candidates(calibration, cal_sims, args.top):
         rule.fit(vectors)
-        a, n_off, b, n_in = flags(calibration, cal_sims, rule)
+        a, n_off, b, n_in = held_out or flags(calibration, cal_sims, rule)   # a weighted rule: leave-one-out counts
         if b <= MAX_IN_FLAGGED and (best is None or a > best[1] or (a == best[1] and b < best[2])):
-            best = (rule, a, b)
-        line = f"| {rule.combine} | {side(rule)} | {a}/{n_off} | {b}/{n_in} |"
+            best = (rule, a, b, name)
+        line = f"| {rule.combine} | {name} | {a}/{n_off} | {b}/{n_in} |"
         if check:
             c, m_off, d, m_in = flags(check, check_sims, rule)
             line += f" {c}/{m_off} | {d}/{m_in} |"
         print(line)
     if best is not None:
-        print(f"chosen on the calibration tasks: combine {best[0].combine}, {side(best[0])} ({best[1]} off-domain "
+        print(f"chosen on the calibration tasks: combine {best[0].combine}, {best[3]} ({best[1]} off-domain "
               f"flagged, {best[2]} in-domain flagged)")
     if args.write_settings and best is not None:
         rule = best[0]
         Path(args.write_settings).write_text(json.dumps({
             "quantile": rule.quantile, "top": rule.top, "combine": rule.combine,
             **({"margin": rule.margin} if rule.margin is not None else {}),
+            **({"weights": rule.weights, "bias": rule.bias} if rule.weights is not None else {}),
             "chosen_on": f"{', '.join(Path(p).name for p in args.calibration)}: the most off-domain flags with at "
                          f"most {MAX_IN_FLAGGED} in-domain flag"}, indent=1))
         print(f"-> {args.write_settings}")
     if args.write_summary:
         write_summary(Path(args.write_summary), table, references, calibration, check,
-                      Path(args.write_settings or ""))
+                      Path(args.write_settings) if args.write_settings else beside(catalog.path, NOVELTY_FILE))
     return 0
 
 
@@ -181,7 +234,7 @@ def write_summary(path: Path, table: pd.DataFrame, references: pd.DataFrame | No
         if "off" in counts and (key == "ood" or "off" not in out):
             out["off"] = counts["off"]
     out["rule"] = {"quantile": rule.quantile, "top": rule.top, "combine": rule.combine,
-                   "threshold": round(rule.threshold_, 4), "margin": rule.margin,
+                   "threshold": round(rule.threshold_, 4), "margin": rule.margin, "weights": rule.weights,
                    "reference_tasks": 0 if references is None else len(references)}
     path.write_text(json.dumps(out, indent=1))
 

@@ -38,8 +38,8 @@ warnings.filterwarnings("ignore", category=FutureWarning)   # transformers' depr
 
 from core.engine.pool_vectors import pool_vectors
 from core.pool.catalog import read_catalog
-from core.pool.folder import DEMO_CATALOG, quality_key
-from core.reuse.fit import helps
+from core.pool.folder import DEMO_CATALOG, NOVELTY_FILE, quality_key, read_settings
+from core.reuse.fit import HELP_MARGIN, helps
 from core.reuse.task import COMPARISONS, default_compare, find_models, match_task, rank_groups, task_steps
 
 
@@ -193,6 +193,14 @@ def summary(rows: list[dict]) -> dict:
     return out
 
 
+def verdict_counts(rows: list[dict]) -> dict:
+    """How many in-domain and off-domain tasks got each verdict ("strong", "weak", "none")."""
+    out = {"in": defaultdict(int), "off": defaultdict(int)}
+    for row in rows:
+        out["off" if row["domain"] == "off" else "in"][row["verdict"]] += 1
+    return {side: dict(counts) for side, counts in out.items() if counts}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--catalog", default=str(DEMO_CATALOG))
@@ -266,6 +274,10 @@ def finish(args, results: dict, catalog) -> int:
             known[quality_key(which, compare)] = counts["in"]
         if "off" in counts:   # the verdict reads raw similarities and the saved gains, whichever comparison ranks
             known["off" if which == "ood" else f"off_{which}"] = counts["off"]
+        if not args.compare:  # the pool's own default: what a user gets
+            known[f"{which}_verdicts"] = verdict_counts(rows)
+            known["rule"] = {**(read_settings(catalog.path, NOVELTY_FILE) or {"default": "no novelty.json"}),
+                             "help_margin": HELP_MARGIN}
         known["default_compare"] = default_compare(pool_vectors(catalog)[0])
         path.write_text(json.dumps(known, indent=1))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,11 @@ the vectors' side reads: the task's closest models must stand at least ``margin`
 compared as the search compares (through the lens where the search uses one). A few-shot task adapter shares much
 with any other few-shot task adapter, so the reference tasks are the fair background for a user's task; the pool's
 own pairs are not (bench/README.md, "Answers you can trust").
+
+A pool may instead weigh several signals at once (``weights`` and ``bias`` in its ``novelty.json``, SIGNALS): a
+logistic model fitted by bench/calibrate_novelty.py on the pool's development tasks only, whose score is at least 0
+for a task that fits. Where the pool keeps no reference tasks (or they cannot be read), a rule that needs them
+falls back to the pool's own background, and says so.
 """
 from __future__ import annotations
 
@@ -33,6 +38,11 @@ from core.pool.folder import read_settings_file
 
 QUANTILE = 0.85           # chosen on the calibration tasks: the most off-domain flags with <= 1 in-domain flag
 TOP = 3
+SIGNALS = {               # what a weighted rule may read; each from the mean similarity of the task's TOP closest models
+    "raw": "similarity by the paper's cosine",
+    "compared": "similarity as the search compared (through the lens where it uses one)",
+    "lead": "how far the compared similarity stands above the closest everyday reference task",
+}
 
 
 @dataclass
@@ -43,6 +53,8 @@ class CloseMatchRule:
     top: int = TOP
     combine: str = "both"     # with the measured loss: when a task is "nothing fits" (COMBINE)
     margin: float | None = None   # with reference tasks: how far the closest models must lead the closest reference
+    weights: dict[str, float] | None = None   # a weighted rule: SIGNALS name -> weight (close: score >= 0)
+    bias: float = 0.0
 
     def fit(self, vectors: np.ndarray) -> "CloseMatchRule":
         """Learn the pool's background similarity from its vectors [n, d]."""
@@ -54,6 +66,12 @@ class CloseMatchRule:
                                   "strictly between 0 and 1 and top must be at least 1.")
         if self.margin is not None and not np.isfinite(self.margin):
             raise DeltaAtlasError(f"CloseMatchRule(margin={self.margin}): give a finite number (or none).")
+        if self.weights is not None:
+            unknown = set(self.weights) - set(SIGNALS)
+            numbers = [*self.weights.values(), self.bias]
+            if not self.weights or unknown or not all(np.isfinite(v) for v in numbers):
+                raise DeltaAtlasError(f"CloseMatchRule(weights={self.weights}, bias={self.bias}): give a finite weight "
+                                      f"for one or more of {', '.join(SIGNALS)}, and a finite bias.")
         sims = cosine_similarities(vectors, vectors)                   # [n, n]
         pairs = sims[np.triu_indices(len(vectors), k=1)]               # [n (n - 1) / 2]
         self.threshold_ = float(np.quantile(pairs, self.quantile))
@@ -65,27 +83,63 @@ class CloseMatchRule:
         sims = np.sort(np.asarray(similarities, dtype=np.float64))[::-1]
         return float(sims[: min(self.top, len(sims))].mean()) if len(sims) else float("nan")
 
+    def reads_references(self) -> bool:
+        """Whether the rule compares the task with the pool's reference tasks (when it has them)."""
+        return self.margin is not None or "lead" in (self.weights or {})
+
     def uses_references(self, references: np.ndarray | None) -> bool:
-        return self.margin is not None and references is not None and len(references) > 0
+        return self.reads_references() and references is not None and len(references) > 0
+
+    def weighs(self, references: np.ndarray | None) -> bool:
+        """Whether the weighted rule applies: it has weights and, where it reads the lead, references."""
+        return self.weights is not None and ("lead" not in self.weights or self.uses_references(references))
+
+    def reads_background(self, references: np.ndarray | None) -> bool:
+        """Whether the pool's own background decides (the quantile rule, or the fallback of a rule whose references
+        are missing): it reads the raw similarities."""
+        return not self.weighs(references) and not (self.margin is not None and self.uses_references(references))
 
     def lead(self, similarities: np.ndarray, references: np.ndarray) -> float:
         """How far the task's closest models stand above its closest reference task."""
         return self.strength(similarities) - float(np.max(references))
 
-    def is_close(self, similarities: np.ndarray, references: np.ndarray | None = None) -> bool:
-        """Close by the vectors: against the reference tasks' similarities [r] where the rule uses them, else against
-        the pool's own background (``fit``)."""
-        if self.uses_references(references):
+    def signals(self, similarities: np.ndarray, references: np.ndarray | None = None,
+                raw: np.ndarray | None = None) -> dict[str, float]:
+        """Every signal of SIGNALS that the inputs allow: ``similarities`` [n] as the search compared, the
+        reference tasks' [r] seen the same way, ``raw`` [n] by the paper's cosine (default: ``similarities``)."""
+        out = {"raw": self.strength(similarities if raw is None else raw), "compared": self.strength(similarities)}
+        if references is not None and len(references):
+            out["lead"] = self.lead(similarities, references)
+        return out
+
+    def score(self, signals: dict[str, float]) -> float:
+        """The weighted rule's score: at least 0 for a task that fits."""
+        return self.bias + sum(weight * signals[name] for name, weight in (self.weights or {}).items())
+
+    def is_close(self, similarities: np.ndarray, references: np.ndarray | None = None,
+                 raw: np.ndarray | None = None) -> bool:
+        """Close by the vectors. ``similarities`` [n]: the task's to the pool as the search compared; ``references``
+        [r]: to the reference tasks, the same way; ``raw`` [n]: by the paper's cosine (default: ``similarities``).
+        A weighted rule scores the signals; a margin holds the task against its closest reference task; otherwise
+        (and where the references a rule needs are missing) the raw strength is held against the pool's own
+        background (``fit``)."""
+        if self.weighs(references):
+            return bool(self.score(self.signals(similarities, references, raw)) >= 0.0)
+        if not self.reads_background(references):
             return bool(self.lead(similarities, references) >= self.margin)
         if not hasattr(self, "threshold_"):
             raise DeltaAtlasError("CloseMatchRule is not fitted: call fit(pool_vectors) first.")
-        return bool(self.strength(similarities) >= self.threshold_)
+        return bool(self.strength(similarities if raw is None else raw) >= self.threshold_)
 
     def explain(self, similarities: np.ndarray, references: np.ndarray | None = None,
-                reference_names: list[str] | None = None) -> str:
+                reference_names: list[str] | None = None, raw: np.ndarray | None = None) -> str:
         """One sentence on the vectors' side of the verdict, with its numbers."""
+        if self.weighs(references):
+            return self._explain_weighted(similarities, references, reference_names, raw)
+        if self.reads_background(references):
+            similarities = similarities if raw is None else raw
         strength = self.strength(similarities)
-        if self.uses_references(references):
+        if not self.reads_background(references):
             best = int(np.argmax(references))
             name = f"'{reference_names[best]}'" if reference_names else "one"
             lead = self.lead(similarities, references)
@@ -100,18 +154,33 @@ class CloseMatchRule:
                 f"than {100 * self.quantile:.0f}% of this pool's own model pairs share with each other "
                 f"({self.threshold_:.2f}).")
 
+    def _explain_weighted(self, similarities, references, reference_names, raw) -> str:
+        signals = self.signals(similarities, references, raw)
+        side = "Close" if self.score(signals) >= 0 else "Not close"
+        text = (f"{side} by the vectors: the task's {self.top} closest models have similarity {signals['raw']:.2f} by "
+                f"the paper's measure and {signals['compared']:.2f} as the search compares")
+        if "lead" in signals:
+            best = int(np.argmax(references))
+            name = f" ('{reference_names[best]}')" if reference_names else ""
+            text += (f", {abs(signals['lead']):.2f} {'above' if signals['lead'] >= 0 else 'below'} its closest "
+                     f"everyday reference task{name}")
+        return text + (f"; this pool's calibrated rule weighs them to a score of {self.score(signals):+.2f} (a match "
+                       "needs 0 or more).")
+
 
 def load_rule(path: Path | None) -> CloseMatchRule:
     """The rule with the settings chosen for a pool (``novelty.json`` beside its catalog: quantile, top, combine,
-    margin), else the defaults. bench/calibrate_novelty.py --write-settings writes that file from the pool's calibration tasks."""
+    margin, weights, bias), else the defaults. bench/calibrate_novelty.py --write-settings writes that file from the pool's calibration tasks."""
     data = None if path is None else read_settings_file(path)
     if data is None:
         return CloseMatchRule()
     try:
-        margin = data.get("margin")
+        margin, weights = data.get("margin"), data.get("weights")
         return CloseMatchRule(quantile=float(data.get("quantile", QUANTILE)), top=int(data.get("top", TOP)),
                               combine=str(data.get("combine", "both")),
-                              margin=None if margin is None else float(margin))
+                              margin=None if margin is None else float(margin),
+                              weights=None if weights is None else {str(k): float(v) for k, v in weights.items()},
+                              bias=float(data.get("bias", 0.0)))
     except (ValueError, TypeError, AttributeError) as exc:
         raise DeltaAtlasError(f"{path} cannot be read ({exc}): fix it or delete it to use the default settings.") from None
 

@@ -77,7 +77,7 @@ class TaskResult:
     gains: pd.DataFrame | None = None   # the closest models' loss on the examples against the base (reuse.fit)
     combine: str = "both"               # when the two sides make "none" (the pool's novelty.json)
     verdict: str = ""                   # "strong", "weak" or "none" (core.reuse.novelty.verdict)
-    nearest_reference: str = ""         # the closest everyday reference task, where the pool keeps them
+    nearest_reference: str = ""         # the everyday reference task the task sits nearer than its closest models
     headline: str = ""                  # the verdict in plain words
 
     def to_json(self) -> dict:
@@ -329,8 +329,6 @@ def match_task(vector: np.ndarray, vectors: pd.DataFrame, *, compare: str | None
     raw = matches["similarity"].to_numpy() if compare == "delta" else similarities(vector, vectors)
     references = load_references(catalog_path, width=len(vector))
     judge_closeness(result, vectors, raw, catalog_path, references=references)
-    if compare != "delta" and result.match_note and not result.nearest_reference:
-        result.match_note += " (This judgement reads the paper's similarities, not the lens's shown in the table.)"
     conclude(result)
     return result
 
@@ -348,24 +346,32 @@ def conclude(result: TaskResult) -> None:
 def judge_closeness(result: TaskResult, vectors: pd.DataFrame, raw: np.ndarray, catalog_path: Path | None = None,
                     references: pd.DataFrame | None = None) -> None:
     """Fill in the vectors' side of the verdict (``result.close``), from the rule chosen for this pool (its
-    ``novelty.json``; core.reuse.novelty). With the pool's reference tasks (core.reuse.references) and a margin, the
-    task is compared with them as the search compared it with the models; otherwise its ``raw`` similarities [n]
-    are held against the pool's own pairs. A pool of fewer than 3 models has no background: no judgement then."""
+    ``novelty.json``; core.reuse.novelty): a weighted rule scores the task's similarities, raw [n] and as the search
+    compared; a margin holds it against the pool's reference tasks (core.reuse.references), seen as the search saw
+    the models; otherwise its ``raw`` similarities are held against the pool's own pairs. A pool of fewer than 3
+    models has no background: no judgement then."""
     if len(vectors) < 3:
         result.match_note = "Too few models in this pool to judge how close the best match is."
         return
     rule = load_rule(beside(catalog_path, NOVELTY_FILE) if catalog_path else None).fit(matrix(vectors))
     result.combine = rule.combine
-    if rule.margin is not None and references is not None:
-        sims = result.matches["similarity"].to_numpy()                           # [n] as the search compared
+    compared = result.matches["similarity"].to_numpy() if "similarity" in result.matches else raw   # [n] as compared
+    ref_sims, names = None, None
+    if rule.reads_references() and references is not None:
         ref_sims = similarities(result.vector, vectors, result.compare, others=matrix(references))   # [r]
         names = [str(n) for n in references["name"]]
-        result.nearest_reference = names[int(np.argmax(ref_sims))]
-    else:
-        sims, ref_sims, names = raw, None, None
-    result.close = rule.is_close(sims, ref_sims)
-    result.match_strength = rule.strength(sims)
-    result.match_note = rule.explain(sims, ref_sims, names)
+        if rule.lead(compared, ref_sims) < 0:       # the task sits nearer an everyday task than its closest models
+            result.nearest_reference = names[int(np.argmax(ref_sims))]
+    result.close = rule.is_close(compared, ref_sims, raw=raw)
+    background = rule.reads_background(ref_sims)
+    result.match_strength = rule.strength(raw if background else compared)
+    result.match_note = rule.explain(compared, ref_sims, names, raw=raw)
+    if rule.reads_references() and ref_sims is None:
+        result.match_note += (" (This pool's rule also compares a task with everyday reference tasks, which could "
+                              "not be read, so it fell back to the pool's own background: restore references.parquet "
+                              "beside the catalog, or make it again with `python -m core references`.)")
+    elif background and result.compare != "delta":
+        result.match_note += " (This judgement reads the paper's similarities, not the lens's shown in the table.)"
 
 
 def prepare_out_dir(out_dir: str | Path | None, overwrite: bool = False, what: str = "the output",

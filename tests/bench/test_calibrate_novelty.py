@@ -29,4 +29,30 @@ def test_write_summary_keeps_keys_it_does_not_own(tmp_path):
     assert out["ood"]["top1"] == "1/2" and out["ood"]["in_flagged"] == "0/2"
     assert out["held_out"]["top1"] == "1/1"
     assert out["off"] == {"tasks": 1, "flagged": "1/1"}
-    assert set(out["rule"]) == {"quantile", "top", "combine", "threshold", "margin", "reference_tasks"}
+    assert set(out["rule"]) == {"quantile", "top", "combine", "threshold", "margin", "weights", "reference_tasks"}
+
+
+def test_weighted_rules_are_judged_on_tasks_they_were_not_fitted_on():
+    calibrate = load_bench("calibrate_novelty")
+    rng = np.random.default_rng(1)
+    inside = [calibrate.Sims(raw=np.array([0.8, 0.7, 0.6]) + 0.05 * rng.normal(size=3),
+                             space=np.array([0.9, 0.9, 0.8]) + 0.05 * rng.normal(size=3), references=None)
+              for _ in range(8)]
+    outside = [calibrate.Sims(raw=np.array([0.3, 0.2, 0.2]) + 0.05 * rng.normal(size=3),
+                              space=np.array([0.4, 0.3, 0.3]) + 0.05 * rng.normal(size=3), references=None)
+               for _ in range(6)]
+    rows = [row("legal", np.zeros(2), True)] * 8 + [row("off", np.zeros(2), False)] * 6
+    candidates = calibrate.weighted_candidates(rows, inside + outside, top=3)
+    assert {name.split(",")[0] for _, _, name in candidates} == {"weighted raw+compared"}   # no references: no lead
+    for rule, (off_flagged, n_off, in_flagged, n_in), _ in candidates:
+        assert (n_off, n_in) == (6, 8) and off_flagged == 6 and in_flagged == 0   # well apart: every task right
+        assert set(rule.weights) == {"raw", "compared"}
+        assert rule.is_close(inside[0].space, raw=inside[0].raw) and not rule.is_close(outside[0].space,
+                                                                                         raw=outside[0].raw)
+
+
+def test_eval_find_counts_each_verdict_per_side():
+    eval_find = load_bench("eval_find")
+    rows = [{"domain": "math", "verdict": "strong"}, {"domain": "math", "verdict": "weak"},
+            {"domain": "off", "verdict": "none"}, {"domain": "legal", "verdict": "strong"}]
+    assert eval_find.verdict_counts(rows) == {"in": {"strong": 2, "weak": 1}, "off": {"none": 1}}

@@ -101,3 +101,43 @@ def test_unknown_combine_is_refused():
 
     with pytest.raises(DeltaAtlasError, match="Unknown combine"):
         verdict(True, gains_frame([0.1]), "sometimes")
+
+
+# -- a weighted rule: several signals, weighed as the pool's calibration chose -----------------------------------
+def test_a_weighted_rule_scores_the_signals_it_names():
+    rule = CloseMatchRule(top=2, weights={"raw": 2.0, "compared": 1.0}, bias=-2.0).fit(np.eye(4))
+    raw, compared = np.array([0.5, 0.5, 0.1]), np.array([0.9, 0.7, 0.0])     # strengths 0.5 and 0.8
+    assert rule.signals(compared, raw=raw) == pytest.approx({"raw": 0.5, "compared": 0.8})
+    assert rule.score(rule.signals(compared, raw=raw)) == pytest.approx(-0.2)
+    assert not rule.is_close(compared, raw=raw)
+    assert rule.is_close(compared, raw=np.array([0.7, 0.6, 0.0]))            # 2 * 0.65 + 0.8 - 2 = 0.1
+    note = rule.explain(compared, raw=raw)
+    assert note.startswith("Not close by the vectors") and "0.50 by the paper's measure" in note and "-0.20" in note
+
+
+def test_a_weighted_rule_reads_the_lead_over_the_references_or_falls_back_to_the_pool():
+    rule = CloseMatchRule(top=1, weights={"lead": 10.0}, bias=0.5).fit(np.eye(4))   # close: lead >= -0.05
+    sims = np.array([0.6, 0.2])
+    assert rule.reads_references() and rule.is_close(sims, np.array([0.64, 0.1]))
+    assert not rule.is_close(sims, np.array([0.66, 0.1]))
+    assert "'chat'" in rule.explain(sims, np.array([0.66, 0.1]), ["chat", "cards"])
+    assert rule.reads_background(None)                     # no references: the pool's own background decides
+    assert rule.is_close(sims, None) == (0.6 >= rule.threshold_)
+
+
+@pytest.mark.parametrize("weights, bias", [({}, 0.0), ({"loudness": 1.0}, 0.0), ({"raw": float("nan")}, 0.0),
+                                           ({"raw": 1.0}, float("inf"))])
+def test_bad_weights_are_refused(weights, bias):
+    with pytest.raises(DeltaAtlasError, match="weights"):
+        CloseMatchRule(weights=weights, bias=bias).fit(np.eye(4))
+
+
+def test_a_pool_may_ship_a_weighted_rule(tmp_path):
+    from core.reuse.novelty import load_rule
+
+    (tmp_path / "novelty.json").write_text('{"top": 3, "weights": {"raw": 4.0, "compared": 2.5}, "bias": -3.0}')
+    assert load_rule(tmp_path / "novelty.json") == CloseMatchRule(top=3, weights={"raw": 4.0, "compared": 2.5},
+                                                                  bias=-3.0)
+    (tmp_path / "novelty.json").write_text('{"weights": [1, 2]}')
+    with pytest.raises(DeltaAtlasError, match="cannot be read"):
+        load_rule(tmp_path / "novelty.json")

@@ -132,3 +132,16 @@ def test_reference_vectors_are_task_vectors_stored_beside_the_catalog(pool, tmp_
     finally:
         for name in ("search.json", "novelty.json", "references.parquet"):
             (pool.parent / name).unlink(missing_ok=True)
+
+
+def test_a_rule_whose_references_are_missing_falls_back_to_the_pool_and_says_how_to_mend_it(tmp_path):
+    from tests.core.reuse.test_novelty import clustered_pool
+
+    vectors, centres = clustered_pool()
+    table = make_table([f"m{i}" for i in range(len(vectors))], vectors)
+    (tmp_path / "novelty.json").write_text('{"margin": 0.0, "quantile": 0.7}')
+    task = (-centres.sum(0)).astype(np.float32)
+    result = TaskResult(vector=task, matches=rank(task, table), group_matches=pd.DataFrame())
+    judge_closeness(result, table, result.matches["similarity"].to_numpy(), tmp_path / "catalog.csv", references=None)
+    assert not result.close and result.nearest_reference == ""
+    assert "could not be read" in result.match_note and "python -m core references" in result.match_note
