@@ -30,7 +30,7 @@ from core.pool.vectors import matrix
 from core.reuse.fit import helps
 from core.reuse.novelty import COMBINE, CloseMatchRule, verdict
 from core.reuse.references import load_references
-from core.reuse.task import comparison_space, cosine_to, default_compare
+from core.reuse.task import comparison_space, cosine_to, default_compare, lens_shrinkage
 
 QUANTILES = (0.3, 0.4, 0.5, 0.6, 0.62, 0.64, 0.66, 0.68, 0.7, 0.8, 0.85, 0.86, 0.87, 0.88, 0.89, 0.9, 0.95)
 MARGINS = tuple(round(m, 3) for m in np.arange(-0.30, 0.101, 0.02))   # with reference tasks (novelty.py)
@@ -52,11 +52,12 @@ class Sims:
     references: np.ndarray | None
 
 
-def task_similarities(rows: list[dict], table: pd.DataFrame, references: pd.DataFrame | None) -> list[Sims]:
+def task_similarities(rows: list[dict], table: pd.DataFrame, references: pd.DataFrame | None,
+                      shrinkage: str | float = "auto") -> list[Sims]:
     """Each task's similarities, replayed from its saved vector with the pool's default comparison (its space fitted
-    once for every row)."""
+    once for every row, with the pool's lens ``shrinkage``)."""
     vectors = matrix(table).astype(np.float64)
-    space = comparison_space(table, default_compare(table))
+    space = comparison_space(table, default_compare(table), shrinkage)
     pool = space(vectors)                                                          # [n, k]
     refs = None if references is None else space(matrix(references).astype(np.float64))   # [r, k]
     out = []
@@ -157,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     references = load_references(catalog.path, width=vectors.shape[1])
     calibration = rows_of(args.calibration)
     check = rows_of([args.check]) if args.check else None
-    cal_sims = task_similarities(calibration, table, references)
-    check_sims = task_similarities(check, table, references) if check else None
+    shrinkage = lens_shrinkage(catalog.path)
+    cal_sims = task_similarities(calibration, table, references, shrinkage)
+    check_sims = task_similarities(check, table, references, shrinkage) if check else None
     print("| combine | vectors' side | calibration: off-domain flagged | calibration: in-domain flagged wrongly |"
           + (" check: off-domain flagged | check: in-domain flagged wrongly |" if check else ""))
     print("|---|---|---|---|" + ("---|---|" if check else ""))
@@ -189,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"-> {args.write_settings}")
     if args.write_summary:
         write_summary(Path(args.write_summary), table, references, calibration, check,
-                      Path(args.write_settings) if args.write_settings else beside(catalog.path, NOVELTY_FILE))
+                      Path(args.write_settings) if args.write_settings else beside(catalog.path, NOVELTY_FILE),
+                      shrinkage)
     return 0
 
 
@@ -212,7 +215,7 @@ def side(rule: CloseMatchRule) -> str:
 
 
 def write_summary(path: Path, table: pd.DataFrame, references: pd.DataFrame | None, calibration: list[dict],
-                  check: list[dict] | None, settings: Path | None = None) -> None:
+                  check: list[dict] | None, settings: Path | None = None, shrinkage: str | float = "auto") -> None:
     """eval_find's counts with the verdicts of the pool's rule (the runs may have used another quantile).
 
     Only the keys this tool owns are replaced; the rest of the summary (e.g. ``loss_on``) stays as it was."""
@@ -226,7 +229,7 @@ def write_summary(path: Path, table: pd.DataFrame, references: pd.DataFrame | No
     for key, rows in (("held_out", calibration), ("ood", check)):
         if not rows:
             continue
-        for row, sims in zip(rows, task_similarities(rows, table, references)):
+        for row, sims in zip(rows, task_similarities(rows, table, references, shrinkage)):
             row["no_close_match"] = verdict_of(rule, sims, row) == "none"
         counts = summary(rows)
         if "in" in counts:

@@ -6,7 +6,8 @@ merge_candidates``: only LoRA adapters that lower the error by HELP_MARGIN, at m
 merge the Merge page runs by default (TIES, automatic weights from similarity to the task), measured on the
 same examples against the base. Also times one search of 20 examples end to end (``--timing``).
 
-    .venv/bin/python bench/sample_merge.py --threads 2 --out bench/out/sample_merge.json
+    .venv/bin/python bench/sample_merge.py --threads 2 --out bench/out/sample_merge.json \
+        --summary data/demo-smollm2/search_quality.json
 """
 from __future__ import annotations
 
@@ -73,7 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--timing", action="store_true", help="also time one 20-example search")
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "sample_merge.json"))
+    parser.add_argument("--summary", default=None, metavar="FILE",
+                        help="also write the counts the How it works page shows (its search_quality.json)")
+    parser.add_argument("--from", dest="earlier", default=None, metavar="FILE",
+                        help="write --summary from an earlier --out file instead of running the tasks again")
     args = parser.parse_args(argv)
+    if args.earlier:
+        write_summary(Path(args.summary), json.loads(Path(args.earlier).read_text())["tasks"])
+        return 0
     if args.threads:
         import torch
 
@@ -85,7 +93,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"20 examples: {out['timing']['seconds']:.1f} s {out['timing']['stages']}", file=sys.stderr)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1, default=str))
+    if args.summary:
+        write_summary(Path(args.summary), out["tasks"])
     return 0
+
+
+def merge_counts(tasks: list[dict]) -> dict:
+    """How many sample tasks were offered a merge, and how many of those merges beat the base."""
+    offered = [t for t in tasks if len(t.get("offered") or []) >= 2]
+    beats = sum(bool(t.get("merge_beats_base")) for t in offered)
+    return {"tasks": len(tasks), "offered": f"{len(offered)}/{len(tasks)}", "beats_base": f"{beats}/{len(offered)}"}
+
+
+def write_summary(path: Path, tasks: list[dict]) -> None:
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    known["sample_merge"] = merge_counts(tasks)
+    path.write_text(json.dumps(known, indent=1))
 
 
 if __name__ == "__main__":

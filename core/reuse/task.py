@@ -125,6 +125,18 @@ def task_steps(catalog_path: Path | None) -> int:
     return steps
 
 
+def lens_shrinkage(catalog_path: Path | None) -> str | float:
+    """How much a lens shrinks the pool's within-domain scatter (``search.json``: {"lens_shrinkage": 0.3}), else
+    "auto" (Ledoit-Wolf). Per pool, chosen on its development tasks (bench/README.md, "The lens's shrinkage")."""
+    settings = read_settings(catalog_path, SEARCH_FILE) or {}
+    value = settings.get("lens_shrinkage", "auto")
+    if value != "auto" and (not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1):
+        raise DeltaAtlasError(f"Search settings {beside(catalog_path, SEARCH_FILE)} cannot be read (lens_shrinkage "
+                              f"must be \"auto\" or a number from 0 to 1, got {value!r}): fix or delete it (without "
+                              "it, the default settings are used).")
+    return value
+
+
 # -- embedding the task -----------------------------------------------------------------------------------------
 def finetune_task(examples: list[Example], base: Source, recipe: Recipe, out_dir: Path, run: Run = LOCAL) -> list[float]:
     """A brief, seeded LoRA finetune of the base on the examples (always LoRA, in float32); returns the losses.
@@ -199,19 +211,21 @@ def check_compare(compare: str) -> str:
     return compare
 
 
-def comparison_space(table: pd.DataFrame, compare: str = "delta"):
+def comparison_space(table: pd.DataFrame, compare: str = "delta", shrinkage: str | float = "auto"):
     """The map from vectors [m, d] to what the comparison ``compare`` compares [m, k]: the vectors themselves for the
-    paper's cosine, else a lens fitted on the pool ``table``."""
+    paper's cosine, else a lens fitted on the pool ``table``: the domain lens with the pool's ``shrinkage`` (chosen
+    on its labelled development tasks, see lens_shrinkage), the cluster lens with Ledoit-Wolf's."""
     check_compare(compare)
     if compare == "delta":
         return lambda rows: np.asarray(rows, dtype=np.float64)
 
     vectors = matrix(table).astype(np.float64)
-    return DomainLens().fit(vectors, lens_classes(table, vectors, compare)).transform
+    lens = DomainLens(shrinkage if compare == "domain-lens" else "auto")
+    return lens.fit(vectors, lens_classes(table, vectors, compare)).transform
 
 
 def similarities(vector: np.ndarray, table: pd.DataFrame, compare: str = "delta",
-                 others: np.ndarray | None = None) -> np.ndarray:
+                 others: np.ndarray | None = None, shrinkage: str | float = "auto") -> np.ndarray:
     """Similarity [n] of ``vector`` [d] to each model of ``table``, by the named comparison (COMPARISONS); with
     ``others`` [m, d], to those rows instead [m], seen as the comparison fitted on ``table`` sees them."""
     check_compare(compare)
@@ -219,7 +233,7 @@ def similarities(vector: np.ndarray, table: pd.DataFrame, compare: str = "delta"
     if vectors.shape[1] != len(vector):
         raise DeltaAtlasError(f"The task vector has {len(vector)} dimensions but the pool's have {vectors.shape[1]}: "
                               "the vector file was made with another base; recompute it with `python -m core embed`.")
-    space = comparison_space(table, compare)
+    space = comparison_space(table, compare, shrinkage)
     targets = vectors if others is None else np.asarray(others, dtype=np.float64)
     return cosine_to(space(np.asarray(vector, dtype=np.float64)[None, :])[0], space(targets))
 
@@ -234,10 +248,11 @@ def lens_classes(table: pd.DataFrame, vectors: np.ndarray, compare: str) -> list
     return list(table["domain"].fillna(""))
 
 
-def rank(vector: np.ndarray, table: pd.DataFrame, top: int | None = None, compare: str = "delta") -> pd.DataFrame:
+def rank(vector: np.ndarray, table: pd.DataFrame, top: int | None = None, compare: str = "delta",
+         shrinkage: str | float = "auto") -> pd.DataFrame:
     """Pool models by similarity to ``vector`` (``compare``: a name of COMPARISONS): name, similarity, every label
     column; best first."""
-    sims = similarities(vector, table, compare)
+    sims = similarities(vector, table, compare, shrinkage=shrinkage)
     frame = table[["name", *label_columns(table)]].copy()
     frame.insert(1, "similarity", sims)
     frame = frame.sort_values("similarity", ascending=False, kind="stable").reset_index(drop=True)
@@ -322,7 +337,7 @@ def match_task(vector: np.ndarray, vectors: pd.DataFrame, *, compare: str | None
     judge how close the best match is and, with the closest models' measured ``gains``, give the verdict.
     ``fields`` fill in the rest of the TaskResult."""
     compare = compare or default_compare(vectors)
-    matches = rank(vector, vectors, compare=compare)
+    matches = rank(vector, vectors, compare=compare, shrinkage=lens_shrinkage(catalog_path))
     result = TaskResult(vector=vector, matches=matches if top is None else matches.head(top),
                         group_matches=rank_groups(matches), compare=compare, gains=gains, **fields)
     # the "no close match" rule is calibrated on raw similarities, whichever comparison ranked the models
@@ -358,7 +373,8 @@ def judge_closeness(result: TaskResult, vectors: pd.DataFrame, raw: np.ndarray, 
     compared = result.matches["similarity"].to_numpy() if "similarity" in result.matches else raw   # [n] as compared
     ref_sims, names = None, None
     if rule.reads_references() and references is not None:
-        ref_sims = similarities(result.vector, vectors, result.compare, others=matrix(references))   # [r]
+        ref_sims = similarities(result.vector, vectors, result.compare, others=matrix(references),   # [r]
+                                shrinkage=lens_shrinkage(catalog_path))
         names = [str(n) for n in references["name"]]
         if rule.lead(compared, ref_sims) < 0:       # the task sits nearer an everyday task than its closest models
             result.nearest_reference = names[int(np.argmax(ref_sims))]

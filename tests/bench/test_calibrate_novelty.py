@@ -56,3 +56,14 @@ def test_eval_find_counts_each_verdict_per_side():
     rows = [{"domain": "math", "verdict": "strong"}, {"domain": "math", "verdict": "weak"},
             {"domain": "off", "verdict": "none"}, {"domain": "legal", "verdict": "strong"}]
     assert eval_find.verdict_counts(rows) == {"in": {"strong": 2, "weak": 1}, "off": {"none": 1}}
+
+
+def test_sample_merge_counts_offers_and_merges_that_beat_the_base(tmp_path):
+    sample_merge = load_bench("sample_merge")
+    tasks = [{"offered": ["a", "b"], "merge_beats_base": True}, {"offered": [], "merge_beats_base": None},
+             {"offered": ["a", "b", "c"], "merge_beats_base": False}]
+    assert sample_merge.merge_counts(tasks) == {"tasks": 3, "offered": "2/3", "beats_base": "1/2"}
+    summary = tmp_path / "search_quality.json"
+    summary.write_text('{"loss_on": {"text": "19/30"}}')
+    sample_merge.write_summary(summary, tasks)
+    assert json.loads(summary.read_text()) == {"loss_on": {"text": "19/30"}, "sample_merge": sample_merge.merge_counts(tasks)}

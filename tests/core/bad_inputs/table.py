@@ -15,7 +15,7 @@ from core.pool.vectors import make_table, read_vectors
 from core.reuse.examples import load_examples
 from core.reuse.merge import replay_recipe
 from core.reuse.novelty import load_rule
-from core.reuse.task import pool_recipe, task_steps
+from core.reuse.task import lens_shrinkage, pool_recipe, task_steps
 from tests.core.bad_inputs.world import (
     CENTRAL_FLAGS,
     CENTRAL_METHOD,
@@ -430,6 +430,12 @@ SETTINGS = [
         "search.json cannot be read (steps must be a positive whole number, got -3)", "fix or delete it"),
     bad("search-settings-not-json", settings_file("search.json", "steps = 3", task_steps),
         "search.json cannot be read", "fix or delete it"),
+    bad("search-settings-lens-shrinkage-too-big", settings_file("search.json", '{"lens_shrinkage": 7}', lens_shrinkage),
+        "search.json cannot be read (lens_shrinkage must be \"auto\" or a number from 0 to 1, got 7)",
+        "fix or delete it"),
+    bad("novelty-settings-weights-unknown", settings_file("novelty.json", '{"weights": {"mood": 1.0}}',
+                                                          lambda c: load_rule(c.parent / "novelty.json").fit(np.eye(4))),
+        "CloseMatchRule(weights={'mood': 1.0}", "give a finite weight for one or more of raw, compared, lead"),
     bad("novelty-settings-margin-text", settings_file("novelty.json", '{"margin": "wide"}',
                                                       lambda c: load_rule(c.parent / "novelty.json")),
         "novelty.json cannot be read", "fix it or delete it to use the default settings"),

@@ -281,3 +281,24 @@ def test_cluster_lens_needs_no_labels_and_ranks_every_model():
     table = make_table([f"m{i}" for i in range(12)], vectors)                 # no label column at all
     sims = similarities(centres[1].astype(np.float32), table, "cluster-lens")
     assert sims.shape == (12,) and set(np.argsort(-sims)[:4]) == {4, 5, 6, 7}
+
+
+def test_the_domain_lens_uses_the_shrinkage_the_pool_chose(tmp_path):
+    from core.reuse.task import lens_shrinkage, match_task
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(4, 16))
+    vectors = np.repeat(centres, 3, axis=0) + 0.4 * rng.normal(size=(12, 16))
+    table = make_table([f"m{i}" for i in range(12)], vectors)
+    table["domain"] = np.repeat(["a", "b", "c", "d"], 3)
+    task = (centres[1] + 0.8 * rng.normal(size=16)).astype(np.float32)
+    assert lens_shrinkage(tmp_path / "catalog.csv") == "auto" and lens_shrinkage(None) == "auto"
+    (tmp_path / "search.json").write_text('{"steps": 5, "lens_shrinkage": 0.05}')
+    assert lens_shrinkage(tmp_path / "catalog.csv") == 0.05
+    result = match_task(task, table, compare="domain-lens", catalog_path=tmp_path / "catalog.csv")
+    chosen = rank(task, table, compare="domain-lens", shrinkage=0.05)
+    auto = rank(task, table, compare="domain-lens")
+    np.testing.assert_allclose(result.matches["similarity"], chosen["similarity"])
+    assert not np.allclose(chosen["similarity"], auto["similarity"])     # the setting really changes the lens
+    cluster = rank(task, table, compare="cluster-lens", shrinkage=0.05)  # the cluster lens keeps Ledoit-Wolf's
+    np.testing.assert_allclose(cluster["similarity"], rank(task, table, compare="cluster-lens")["similarity"])
