@@ -8,16 +8,18 @@ When a pool labels its models' domains, those labels say which differences matte
 differ among themselves, so a direction shared by the letter-answering models of law, medicine and commonsense
 weighs little. Comparing a task with the pool by cosine in that space is the lens.
 
-It is a named setting beside the paper's method (plain cosine of the raw vectors), never the default: it needs
-domain labels, it is fitted on the pool it ranks, and both figures are shown to the user (``search_quality.json``).
+It is a named comparison beside the paper's method (plain cosine of the raw vectors), and task search's default
+where a pool's labels allow one (core.reuse.task.default_compare, chosen by measurement): it needs domain labels,
+it is fitted on the pool it ranks, and both figures are shown to the user (``search_quality.json``).
 
     lens = DomainLens().fit(pool_vectors, pool_domains)     # [n, d], [n]
     lens.transform(vectors)                                 # [m, d] -> [m, n_domains - 1]
 
 Rows are L2-normalised before fitting and transforming (cosine geometry, as everywhere else). Mixture labels
 (``math+coding``) are left out of the fit, since LDA needs one class per model; they are still transformed.
-Pools have far fewer models than dimensions, so the covariance is shrunk (Ledoit-Wolf, scikit-learn's
-``shrinkage="auto"``) instead of inverted as it is.
+Pools have far fewer models than dimensions, so the covariance is shrunk instead of inverted as it is: by
+Ledoit-Wolf's estimate (scikit-learn's ``shrinkage="auto"``) unless a pool chose its own on its development tasks
+(``lens_shrinkage`` in its search.json; bench/choose_lens_shrinkage.py).
 """
 from __future__ import annotations
 
