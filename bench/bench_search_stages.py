@@ -23,7 +23,8 @@ from core.reuse.examples import load_examples
 from core.reuse.task import find_models
 
 
-def timed_search(examples: list, catalog: Path, models: SharedModels) -> dict:
+def timed_search(examples: list, catalog, models: SharedModels | None = None) -> dict:
+    """One search's total seconds, the seconds before its first progress report, and each stage's seconds."""
     stages: dict[str, list[float]] = {}
     start = time.perf_counter()
 

@@ -81,9 +81,13 @@ def flags(rows: list[dict], sims: list[Sims], rule: CloseMatchRule) -> tuple[int
 
 
 def verdict_of(rule: CloseMatchRule, sims: Sims, row: dict) -> str:
-    helps = any_helps(row)
-    gains = None if helps is None else pd.DataFrame({"gain": [1.0 if helps else -1.0], "helps": [helps]})
-    return verdict(rule.is_close(sims.space, sims.references, raw=sims.raw), gains, rule.combine)
+    return verdict(rule.is_close(sims.space, sims.references, raw=sims.raw), saved_gains(any_helps(row)),
+                   rule.combine)
+
+
+def saved_gains(helps: bool | None) -> pd.DataFrame | None:
+    """The loss side of a saved row as novelty.verdict reads it (None: nothing was measured)."""
+    return None if helps is None else pd.DataFrame({"gain": [1.0 if helps else -1.0], "helps": [helps]})
 
 
 # -- weighted rules: a logistic model of several signals, judged leave-one-out ------------------------------------
@@ -107,10 +111,10 @@ def weighted_candidates(rows: list[dict], sims: list[Sims], top: int) -> list[tu
         for strength in STRENGTHS:
             held_out = np.array([LogisticRegression(C=strength).fit(np.delete(Z, i, 0), np.delete(fits, i))
                                  .decision_function(Z[i:i + 1])[0] for i in range(len(rows))])
+            model = LogisticRegression(C=strength).fit(Z, fits)
+            weights = model.coef_[0] / scale                                      # back to the signals' own units
             for combine in ("both", "vectors"):
                 cut, counts = best_cut(held_out, rows, combine)
-                model = LogisticRegression(C=strength).fit(Z, fits)
-                weights = model.coef_[0] / scale                                  # back to the signals' own units
                 bias = float(model.intercept_[0] - weights @ centre - cut)
                 rule = CloseMatchRule(top=top, combine=combine, bias=bias,
                                       weights={n: float(w) for n, w in zip(names, weights)})
@@ -123,9 +127,7 @@ def best_cut(scores: np.ndarray, rows: list[dict], combine: str) -> tuple[float,
     helps = [any_helps(row) for row in rows]
     best = None
     for cut in np.unique(np.concatenate([scores, [np.inf]])):
-        flagged = [verdict(bool(score >= cut), None if h is None else
-                           pd.DataFrame({"gain": [1.0 if h else -1.0], "helps": [h]}), combine) == "none"
-                   for score, h in zip(scores, helps)]
+        flagged = [verdict(bool(score >= cut), saved_gains(h), combine) == "none" for score, h in zip(scores, helps)]
         counts = count_flags(rows, flagged)
         if counts[2] <= MAX_IN_FLAGGED and (best is None or counts[0] > best[1][0] or
                                             (counts[0] == best[1][0] and counts[2] < best[1][2])):
@@ -165,10 +167,10 @@ def main(argv: list[str] | None = None) -> int:
           + (" check: off-domain flagged | check: in-domain flagged wrongly |" if check else ""))
     print("|---|---|---|---|" + ("---|---|" if check else ""))
     best = None
-    fitted = [rule.fit(vectors) for rule in candidate_rules(args.top, references is not None)]
-    plain = [(rule, None, side(rule)) for rule in fitted]
+    plain = [(rule, None, None) for rule in candidate_rules(args.top, references is not None)]
     for rule, held_out, name in plain + weighted_candidates(calibration, cal_sims, args.top):
         rule.fit(vectors)
+        name = name or side(rule)
         a, n_off, b, n_in = held_out or flags(calibration, cal_sims, rule)   # a weighted rule: leave-one-out counts
         if b <= MAX_IN_FLAGGED and (best is None or a > best[1] or (a == best[1] and b < best[2])):
             best = (rule, a, b, name)

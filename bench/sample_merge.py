@@ -20,6 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from bench.bench_search_stages import timed_search
 from core.pool.catalog import read_catalog
 from core.pool.folder import DEMO_CATALOG
 from core.reuse.examples import load_examples
@@ -56,16 +57,7 @@ def timing(catalog) -> dict:
     """One search of 20 examples (the first 10 of two sample tasks), end to end in this process."""
     files = sorted(SAMPLES.glob("*.jsonl"))[:2]
     examples = [ex for f in files for ex in load_examples(f)[:10]]
-    start = time.perf_counter()
-    stages: dict[str, list[float]] = {}
-
-    def progress(p) -> None:
-        now = time.perf_counter() - start
-        stages.setdefault(p.stage, [now, now])[1] = now
-
-    find_models(examples, catalog, progress=progress)
-    return {"examples": len(examples), "seconds": time.perf_counter() - start,
-            "stages": {k: [round(a, 1), round(b, 1)] for k, (a, b) in stages.items()}}
+    return {"examples": len(examples), **timed_search(examples, catalog)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from", dest="earlier", default=None, metavar="FILE",
                         help="write --summary from an earlier --out file instead of running the tasks again")
     args = parser.parse_args(argv)
+    if args.earlier and not args.summary:
+        parser.error("--from writes the summary: give --summary FILE too.")
     if args.earlier:
         write_summary(Path(args.summary), json.loads(Path(args.earlier).read_text())["tasks"])
         return 0

@@ -5,7 +5,7 @@
         vectors.parquet        their Delta Activations           python -m core embed
         TITLE                  the pool's name for people (one line)
         recipe.json            how its models were finetuned     (a task is finetuned the same way)
-        search.json            task-search settings: {"steps": N}
+        search.json            task-search settings: {"steps": N, "lens_shrinkage": S}
         novelty.json           the "no close match" rule's settings (bench/calibrate_novelty.py)
         references.parquet     everyday reference tasks          python -m core references
         descriptions.json      what each model learned           python -m core describe

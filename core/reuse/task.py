@@ -15,6 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -116,24 +117,26 @@ def task_steps(catalog_path: Path | None) -> int:
     """The pool's own few-shot step count (``search.json`` beside its catalog: {"steps": N}), else TASK_STEPS.
     Why per pool: a task adapter should be trained about as many epochs as the pool's adapters were, which
     differs between zoos (bench/README.md)."""
-    settings = read_settings(catalog_path, SEARCH_FILE) or {}
-    steps = settings.get("steps", TASK_STEPS)
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise DeltaAtlasError(f"Search settings {beside(catalog_path, SEARCH_FILE)} cannot be read (steps must be a "
-                              f"positive whole number, got {steps!r}): fix or delete it (without it, the default "
-                              "settings are used).")
-    return steps
+    return search_setting(catalog_path, "steps", TASK_STEPS, "a positive whole number",
+                          lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)
 
 
 def lens_shrinkage(catalog_path: Path | None) -> str | float:
     """How much a lens shrinks the pool's within-domain scatter (``search.json``: {"lens_shrinkage": 0.3}), else
     "auto" (Ledoit-Wolf). Per pool, chosen on its development tasks (bench/README.md, "The lens's shrinkage")."""
-    settings = read_settings(catalog_path, SEARCH_FILE) or {}
-    value = settings.get("lens_shrinkage", "auto")
-    if value != "auto" and (not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1):
-        raise DeltaAtlasError(f"Search settings {beside(catalog_path, SEARCH_FILE)} cannot be read (lens_shrinkage "
-                              f"must be \"auto\" or a number from 0 to 1, got {value!r}): fix or delete it (without "
-                              "it, the default settings are used).")
+    return search_setting(catalog_path, "lens_shrinkage", "auto", '"auto" or a number from 0 to 1',
+                          lambda v: v == "auto" or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                    and 0 <= v <= 1))
+
+
+def search_setting(catalog_path: Path | None, key: str, default, wanted: str, valid: Callable[[object], bool]):
+    """One setting of the pool's ``search.json`` (``default`` where it has none), refused with its name when it is
+    not ``wanted``."""
+    value = (read_settings(catalog_path, SEARCH_FILE) or {}).get(key, default)
+    if not valid(value):
+        raise DeltaAtlasError(f"Search settings {beside(catalog_path, SEARCH_FILE)} cannot be read ({key} must be "
+                              f"{wanted}, got {value!r}): fix or delete it (without it, the default settings are "
+                              "used).")
     return value
 
 
