@@ -31,13 +31,23 @@ from core.errors import DeltaAtlasError
 from core.pool.catalog import Catalog, Source
 from core.progress import ProgressFn, report
 from core.reuse.examples import check_count
-from core.reuse.train import Example, TopLayers, collate, decoder_layers, encode, encoded_loss, example_loss
+from core.reuse.train import (
+    Example,
+    TopLayers,
+    collate,
+    decoder_layers,
+    encode,
+    encoded_loss,
+    example_loss,
+    length_parts,
+)
 
 log = logging.getLogger(__name__)
 
 HELP_MARGIN = 0.03        # "helps": at least 3% lower loss on the examples (chosen on the dev set: bench/README.md)
 MAX_LENGTH = 256          # tokens per example, as example_loss and the merge page measure
 ROWS_PER_PASS = 48        # example rows per stacked forward pass (adapters x examples), bounds the logits' memory
+EXAMPLES_PER_PART = 8     # examples of similar length padded together (less padding; the same token-weighted means)
 LAYER = re.compile(r"\.layers\.(\d+)\.")
 
 VERDICTS = {"helps": "helps", "no": "does not help", "unmeasured": "not measured"}
@@ -176,30 +186,38 @@ def _first_layer(adapters: list[LoraWeights]) -> int:
 
 @torch.no_grad()
 def _stacked_losses(model, tokenizer, encoded, adapters: dict[str, LoraWeights]) -> dict[str, float]:
-    """Mean response-token loss of the base ("") and of each adapter: lower layers once, top layers side by side."""
-    labels = collate(encoded, tokenizer.pad_token_id)["labels"].to(model.device)         # [B, T]
+    """Mean response-token loss of the base ("") and of each adapter: lower layers once, top layers side by side.
+
+    The examples run in parts of similar length (each padded only to its own longest), every adapter on every
+    part; each model's token losses are summed over the parts, then divided by its token count."""
     start = _first_layer(list(adapters.values())) if adapters else len(decoder_layers(model)) - 1
     if start == 0:                       # an adapter touches the lowest layer: no frozen part to run once
         return _full_pass_losses(model, tokenizer, encoded, adapters)
     top = TopLayers(model, start, encoded, tokenizer.pad_token_id, nullcontext())
-    n = len(encoded)
-    out = {"": _group_means(top, labels, n, 1)[0]}
     names = list(adapters)
-    per_pass = max(ROWS_PER_PASS // n, 1)
-    for first in range(0, len(names), per_pass):
-        chunk = names[first:first + per_pass]
-        with stacked_lora(model, [adapters[name] for name in chunk]):
-            out.update(zip(chunk, _group_means(top, labels, n, len(chunk))))
-    return out
+    sums = torch.zeros(1 + len(names), dtype=torch.float64)        # [models]: the base, then each adapter
+    counts = torch.zeros(1 + len(names), dtype=torch.float64)
+    for part in length_parts(top.lengths, range(len(encoded)), EXAMPLES_PER_PART):
+        labels = collate([encoded[i] for i in part], tokenizer.pad_token_id)["labels"].to(model.device)   # [P, T]
+        _add_group_losses(top, part, labels, 1, sums[:1], counts[:1])
+        per_pass = max(ROWS_PER_PASS // len(part), 1)
+        for first in range(0, len(names), per_pass):
+            chunk = names[first:first + per_pass]
+            with stacked_lora(model, [adapters[name] for name in chunk]):
+                picked = slice(1 + first, 1 + first + len(chunk))
+                _add_group_losses(top, part, labels, len(chunk), sums[picked], counts[picked])
+    means = (sums / counts.clamp(min=1)).tolist()
+    return {"": means[0], **dict(zip(names, means[1:]))}
 
 
-def _group_means(top: TopLayers, labels: torch.Tensor, n: int, k: int) -> list[float]:
-    """Row group g (rows g*n .. (g+1)*n - 1, every example once) runs through adapter g: its token-weighted mean."""
-    everything = [i for _ in range(k) for i in range(n)]
-    token_losses, batch_rows = top.token_losses(everything, labels.repeat(k, 1))     # [N], [N]
-    group = (batch_rows // n).cpu()
-    sums = torch.zeros(k, dtype=torch.float64).index_add_(0, group, token_losses.double().cpu())
-    return (sums / torch.bincount(group, minlength=k).clamp(min=1)).tolist()
+def _add_group_losses(top: TopLayers, part: list[int], labels: torch.Tensor, k: int, sums: torch.Tensor,
+                      counts: torch.Tensor) -> None:
+    """Row group g (every example of ``part`` once) runs through adapter g: add its token losses to ``sums[g]`` and
+    its token count to ``counts[g]`` (views of the caller's totals)."""
+    token_losses, batch_rows = top.token_losses(part * k, labels.repeat(k, 1))     # [N], [N]
+    group = (batch_rows // len(part)).cpu()
+    sums.index_add_(0, group, token_losses.double().cpu())
+    counts.index_add_(0, group, torch.ones_like(group, dtype=torch.float64))
 
 
 def _full_pass_losses(model, tokenizer, encoded, adapters: dict[str, LoraWeights]) -> dict[str, float]:

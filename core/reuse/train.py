@@ -274,13 +274,14 @@ class TopLayers:
     def __init__(self, model, start: int, encoded: list, pad_id: int, autocast, chunk: int = 16):
         self.causal = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.layers, self.start = decoder_layers(model), start
-        self.states: list[torch.Tensor] = []                    # per example [T_i, d], float32
-        for first in range(0, len(encoded), chunk):
-            rows = encoded[first:first + chunk]
-            batch = collate(rows, pad_id)
+        self.lengths = [len(ids) for ids, _ in encoded]
+        self.states: list[torch.Tensor] = [torch.empty(0)] * len(encoded)    # per example [T_i, d], float32
+        for rows in length_parts(self.lengths, range(len(encoded)), chunk):
+            batch = collate([encoded[i] for i in rows], pad_id)
             with autocast:
                 hidden = self._below(batch["input_ids"], batch["attention_mask"])     # [B, T, d]
-            self.states.extend(hidden[i, : len(ids)].float() for i, (ids, _) in enumerate(rows))
+            for b, i in enumerate(rows):
+                self.states[i] = hidden[b, : self.lengths[i]].float()
 
     @torch.no_grad()
     def _below(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -329,6 +330,13 @@ class TopLayers:
         keep = targets != -100                          # the vocabulary projection only where there is a loss
         logits = self.causal.lm_head(out[:, :-1][keep])                                # [N, V]
         return logits, targets[keep], keep.nonzero()[:, 0]
+
+
+def length_parts(lengths: list[int], rows, size: int) -> list[list[int]]:
+    """``rows`` (indices into ``lengths``) in parts of at most ``size``, shortest first, so that rows of similar
+    length are padded together."""
+    order = sorted(rows, key=lambda i: lengths[i])
+    return [order[first:first + size] for first in range(0, len(order), size)]
 
 
 def save_trained(model, tokenizer, recipe: Recipe, out_dir: Path, save_dtype: torch.dtype | None) -> None:

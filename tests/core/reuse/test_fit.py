@@ -68,6 +68,16 @@ def test_only_top_layer_adapters_take_the_shortcut_and_agree(top_pool, tiny_pool
                                                   rel=1e-4)
 
 
+def test_examples_in_parts_of_uneven_length_give_the_same_loss(top_pool, tiny_pool, monkeypatch):
+    """Examples padded in parts of similar length (here 2 and 1, of different lengths), the base and the adapter
+    each summed over the parts: token-weighted means equal to PEFT's over all examples at once."""
+    monkeypatch.setattr("core.reuse.fit.EXAMPLES_PER_PART", 2)
+    gains = measure_gains(EXAMPLES, top_pool, ["top_only"], top_pool.get("top_only").base)
+    assert gains["loss"].iloc[0] == pytest.approx(peft_loss(tiny_pool["base"], top_pool.get("top_only").source.local),
+                                                  rel=1e-4)
+    assert gains["base_loss"].iloc[0] == pytest.approx(peft_loss(tiny_pool["base"], None), rel=1e-4)
+
+
 def test_missing_weights_are_reported_not_fatal(top_pool):
     gains = measure_gains(EXAMPLES, top_pool, ["gone", "lora_2"], top_pool.get("gone").base)
     gone = gains.set_index("name").loc["gone"]
