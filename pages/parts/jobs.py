@@ -6,6 +6,7 @@ A page starts its job with :func:`start_job` (the job's id goes in the session a
 """
 from __future__ import annotations
 
+import logging
 import re
 import time
 
@@ -17,6 +18,8 @@ from core.progress import Progress
 from pages.parts.pools import Pool
 from pages.parts.task_examples import LAST_TASK, UPLOAD
 from pages.parts.ui import job_queue, remember, remembered
+
+log = logging.getLogger(__name__)
 
 STAGES = {  # progress stage -> plain words
     "finetune": "Teaching the base model your task", "base": "Reading the base model",
@@ -36,7 +39,8 @@ POLL_S = 0.5  # how often a page waiting for its job redraws its place and progr
 @st.cache_resource(show_spinner=False)
 def shared_models():
     """Each base loaded once per server process and lent to one job at a time (``core.engine.shared``); never mutated:
-    a task search or a merge trains or wraps a private copy. Jobs run torch on every core but one."""
+    a task search or a merge trains or wraps a private copy. Torch starts on every core but one; each job then sets
+    its own threads as it starts (:func:`with_job_threads`)."""
     import torch
 
     from core.engine.device import background_threads
@@ -56,10 +60,22 @@ def start_job(slot: str, key: str, kind: str, work, pool: Pool, form: tuple[str,
     reloaded tab finds the job again. ``meta`` is kept with the job for the page that shows its result, and so are
     the values of the widgets named in ``form``, which :func:`restore_form` puts back after a reload."""
     values = {k: st.session_state[k] for k in form if k in st.session_state}
-    job = job_queue().submit(str(key), kind, session_id(), work,
+    job = job_queue().submit(str(key), kind, session_id(), with_job_threads(work),
                              {**meta, "catalog": str(pool.catalog_path), FORM: values})
     st.session_state[slot] = job.id
     st.query_params[slot] = job.id
+
+
+def with_job_threads(work):
+    """``work`` that first sets torch's threads for the moment it starts: every core when it is the only job of the
+    server, every core but one when others run or wait (core.engine.device.job_threads)."""
+    def run(progress):
+        from core.engine.device import use_job_threads  # imports torch: not for the map
+
+        log.info("Job starts on %d torch threads", use_job_threads(len(job_queue().active())))
+        return work(progress)
+
+    return run
 
 
 def restore_form(slot: str) -> None:

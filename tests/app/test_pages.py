@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -270,13 +271,46 @@ def test_a_busy_model_is_shown_in_the_sidebar(app_env):
 
     gate = threading.Event()
     job = _ui.job_queue().submit(str(app_env["models"] / "base"), "search", "someone-else",
-                                 lambda progress: gate.wait(10))
+                                 lambda progress: gate.wait(120))   # the gate opens at the end; a first run is slow
     try:
         at = app().run()
         assert any("Busy: 1 running, 0 waiting (search)" in c.value for c in at.sidebar.caption)
     finally:
         gate.set()
         _ui.job_queue().wait(job.id, timeout=10)
+
+
+def test_a_job_takes_every_core_when_alone_and_leaves_one_when_others_wait(app_env, monkeypatch):
+    """Three jobs wait behind a running one: the first and the second start with others waiting behind them, the
+    last alone."""
+    import threading
+
+    import torch
+
+    from core.engine.device import JOB_THREADS_ENV, job_threads
+    from pages.parts import jobs as _jobs
+    from pages.parts import ui as _ui
+
+    monkeypatch.delenv(JOB_THREADS_ENV, raising=False)
+    before, gate, seen = torch.get_num_threads(), threading.Event(), {}
+
+    def record(name):
+        def work(progress):
+            seen[name] = torch.get_num_threads()
+        return _jobs.with_job_threads(work)
+
+    key = str(app_env["models"] / "base")
+    try:
+        jobs = [_ui.job_queue().submit(key, "search", "someone", lambda progress: gate.wait(60))]
+        jobs += [_ui.job_queue().submit(key, "search", "someone", record(name)) for name in ("first", "second", "last")]
+        gate.set()
+        for job in jobs:
+            _ui.job_queue().wait(job.id, timeout=30)
+    finally:
+        gate.set()
+        torch.set_num_threads(before)
+    assert seen == {"first": job_threads(3), "second": job_threads(2), "last": job_threads(1)}
+    assert job_threads(1) == (os.cpu_count() or 1)
 
 
 def test_a_search_waits_its_turn_and_survives_a_reload(app_env):

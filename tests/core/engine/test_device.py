@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.engine.device import JOB_THREADS_ENV, background_threads, pick_device, pick_dtype
+from core.engine.device import JOB_THREADS_ENV, background_threads, job_threads, pick_device, pick_dtype
 from core.errors import DeltaAtlasError
 
 
@@ -21,6 +21,20 @@ def test_background_threads_can_be_set_and_bad_values_are_named(monkeypatch):
         monkeypatch.setenv(JOB_THREADS_ENV, bad)
         with pytest.raises(DeltaAtlasError, match=f"{JOB_THREADS_ENV}='{bad}'.*positive whole number"):
             background_threads(2)
+
+
+@pytest.mark.parametrize("jobs, cores, threads", [(1, 2, 2), (2, 2, 1), (3, 16, 15), (1, 1, 1), (0, 4, 4)])
+def test_a_job_alone_takes_every_core_and_leaves_one_when_others_wait(monkeypatch, jobs, cores, threads):
+    monkeypatch.delenv(JOB_THREADS_ENV, raising=False)
+    assert job_threads(jobs, cores) == threads
+
+
+def test_job_threads_follow_the_setting_when_given(monkeypatch):
+    monkeypatch.setenv(JOB_THREADS_ENV, "3")
+    assert job_threads(1, 2) == job_threads(5, 2) == 3
+    monkeypatch.setenv(JOB_THREADS_ENV, "none")
+    with pytest.raises(DeltaAtlasError, match=f"{JOB_THREADS_ENV}='none'"):
+        job_threads(1, 2)
 
 
 def test_cpu_defaults_and_unknown_names():
