@@ -41,7 +41,7 @@ def main() -> None:
 def draw(pool: pools.Pool, data: pools.PoolData) -> None:
     frame = data.frame
     labels = [c for c in frame.columns if c not in ("name", "origin")]
-    settings = controls(frame, labels)
+    settings = controls(frame, labels, colour_choices(data, labels))
     with st.spinner("Drawing the map (the first time for this pool takes a few seconds)..."):
         embedding = pools.map_embedding(data, settings)
         colour, colour_title, group_note = colouring(pool, data, settings)
@@ -69,8 +69,9 @@ def draw(pool: pools.Pool, data: pools.PoolData) -> None:
     exports(pool, data, fig)
 
 
-def controls(frame: pd.DataFrame, labels: list[str]) -> dict:
-    """The map's settings; a copy goes to session state so that other pages draw the same map."""
+def controls(frame: pd.DataFrame, labels: list[str], choices: tuple[list[str], list[str]]) -> dict:
+    """The map's settings; a copy goes to session state so that other pages draw the same map. ``choices``: the
+    label columns worth colouring by, then the others (:func:`colour_choices`)."""
     top = st.columns([3, 2, 3])
     settings, n = pools.map_settings(), len(frame)
     has_mine = bool((frame["origin"] == "yours").any())
@@ -81,7 +82,7 @@ def controls(frame: pd.DataFrame, labels: list[str]) -> dict:
                                            "models most like it; straight (PCA) is the simplest projection, with "
                                            "distances you can compare across the whole map; groups (t-SNE) "
                                            "pulls groups apart.")
-    telling, other = colour_choices(frame, labels)
+    telling, other = choices
     options = [COLOUR_GROUPS, *telling, *([COLOUR_ORIGIN] if has_mine else []), *other]
     default = "domain" if "domain" in labels else COLOUR_GROUPS
     settings["colour"] = top[1].selectbox("Colour by", options, index=options.index(settings.get("colour", default))
@@ -116,12 +117,18 @@ def controls(frame: pd.DataFrame, labels: list[str]) -> dict:
     return settings
 
 
-def colour_choices(frame: pd.DataFrame, labels: list[str]) -> tuple[list[str], list[str]]:
+def colour_choices(data: pools.PoolData, labels: list[str]) -> tuple[list[str], list[str]]:
     """Label columns worth colouring by first (a few named groups: domain, format, method), then the rest (numbers
-    such as a learning rate or a loss, yes/no flags, one value for nearly every model, one value per model)."""
+    such as a learning rate or a loss, yes/no flags, one value for nearly every model, one value per model). Read
+    once per pool: it was 40% of a map page's time (bench/README.md, load test)."""
+    return _colour_choices(data.key, data.digest, tuple(labels), data.frame)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _colour_choices(key: str, digest: str, labels: tuple[str, ...], _frame: pd.DataFrame) -> tuple[list[str], list[str]]:
     telling, other = [], []
     for column in labels:
-        values = frame[column].astype(str).str.strip()
+        values = _frame[column].astype(str).str.strip()
         values = values[values != ""]
         numbers = pd.to_numeric(values, errors="coerce").notna().mean() if len(values) else 1.0
         flag = set(values.str.lower()) <= {"yes", "no", "true", "false"}

@@ -70,19 +70,19 @@ def background_threads(cores: int | None = None) -> int:
     return max(1, cores - 1)
 
 
-def job_threads(jobs_active: int, cores: int | None = None) -> int:
-    """Torch threads for one of the app's background jobs as it starts, with ``jobs_active`` jobs running or waiting
-    in the process (itself included): every core when it is the only one, since a person is waiting for it and
-    nothing else needs the CPU (a search of 20 examples: 76 s on 2 threads against 123 s on 1, bench/README.md);
-    every core but one when others run or wait too (:func:`background_threads`, which keeps the map pages quick
-    under load). ``DELTA_ATLAS_JOB_THREADS`` overrides both."""
-    if os.environ.get(JOB_THREADS_ENV, "").strip() or jobs_active > 1:
+def job_threads(alone: bool, cores: int | None = None) -> int:
+    """Torch threads for one of the app's background jobs: every core while it is ``alone`` (the only job, and one
+    person connected, waiting for it: a search of 20 examples took 76 s on 2 threads against 123 s on 1,
+    bench/README.md), every core but one otherwise (:func:`background_threads`, which keeps the map pages quick for
+    the others). ``DELTA_ATLAS_JOB_THREADS`` overrides both."""
+    if os.environ.get(JOB_THREADS_ENV, "").strip() or not alone:
         return background_threads(cores)
     return cores or os.cpu_count() or 1
 
 
-def use_job_threads(jobs_active: int) -> int:
-    """Set torch's threads for a background job that starts now (:func:`job_threads`); returns the number set."""
-    threads = job_threads(jobs_active)
-    torch.set_num_threads(threads)
+def use_job_threads(alone: bool) -> int:
+    """Set torch's threads for a background job (:func:`job_threads`) where they differ; returns the number."""
+    threads = job_threads(alone)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
     return threads

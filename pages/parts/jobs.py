@@ -17,7 +17,7 @@ from core.jobs import Job, noun
 from core.progress import Progress
 from pages.parts.pools import Pool
 from pages.parts.task_examples import LAST_TASK, UPLOAD
-from pages.parts.ui import job_queue, remember, remembered
+from pages.parts.ui import connected_sessions, job_queue, remember, remembered
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +67,21 @@ def start_job(slot: str, key: str, kind: str, work, pool: Pool, form: tuple[str,
 
 
 def with_job_threads(work):
-    """``work`` that first sets torch's threads for the moment it starts: every core when it is the only job of the
-    server, every core but one when others run or wait (core.engine.device.job_threads)."""
+    """``work`` on as many torch threads as the server can give it: every core while it is the only job and one
+    browser session is connected (a person alone, waiting for it), every core but one otherwise, so that the others'
+    pages stay quick (core.engine.device.job_threads). Checked as it starts and at each of its progress reports."""
     def run(progress):
         from core.engine.device import use_job_threads  # imports torch: not for the map
 
-        log.info("Job starts on %d torch threads", use_job_threads(len(job_queue().active())))
-        return work(progress)
+        def alone() -> bool:
+            return len(job_queue().active()) <= 1 and connected_sessions() == 1
+
+        def report(p: Progress) -> None:
+            use_job_threads(alone())
+            progress(p)
+
+        log.info("Job starts on %d torch threads", use_job_threads(alone()))
+        return work(report)
 
     return run
 

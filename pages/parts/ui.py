@@ -143,6 +143,19 @@ def session_alive(session: str) -> bool:
     return not Runtime.exists() or Runtime.instance().is_active_session(session)
 
 
+def connected_sessions() -> int | None:
+    """How many browser sessions the server holds now; None outside a server (as in AppTest) or where Streamlit's
+    session manager cannot be read (it is not public API: a newer Streamlit may move it)."""
+    from streamlit.runtime import Runtime
+
+    if not Runtime.exists():
+        return None
+    try:
+        return int(Runtime.instance()._session_mgr.num_active_sessions())
+    except Exception:  # noqa: BLE001 - unknown counts as "not alone": the jobs then leave a core to the pages
+        return None
+
+
 # ---- shared state ----------------------------------------------------------------------------------------------
 
 def remembered(key: str, pool: Pool) -> dict | None:

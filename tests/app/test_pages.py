@@ -280,37 +280,49 @@ def test_a_busy_model_is_shown_in_the_sidebar(app_env):
         _ui.job_queue().wait(job.id, timeout=10)
 
 
-def test_a_job_takes_every_core_when_alone_and_leaves_one_when_others_wait(app_env, monkeypatch):
-    """Three jobs wait behind a running one: the first and the second start with others waiting behind them, the
-    last alone."""
+@pytest.mark.parametrize("sessions", [1, 2, None])
+def test_a_job_takes_every_core_only_while_it_is_alone_with_one_person(app_env, monkeypatch, sessions):
+    """Two jobs wait behind a running one: the first starts with the other waiting (a core left to the pages), the
+    last alone, with every core where one browser session is connected; a second person connecting mid-job takes
+    the core back at the job's next progress report. Outside a server (None) the jobs always leave a core."""
     import threading
 
     import torch
 
     from core.engine.device import JOB_THREADS_ENV, job_threads
+    from core.progress import Progress
     from pages.parts import jobs as _jobs
     from pages.parts import ui as _ui
 
     monkeypatch.delenv(JOB_THREADS_ENV, raising=False)
+    connected = {"now": sessions}
+    monkeypatch.setattr(_jobs, "connected_sessions", lambda: connected["now"])
     before, gate, seen = torch.get_num_threads(), threading.Event(), {}
 
     def record(name):
         def work(progress):
             seen[name] = torch.get_num_threads()
+            if name == "last" and connected["now"] == 1:
+                connected["now"] = 2                    # someone else opens the app
+                progress(Progress(1, 2, "finetune"))
+                seen["after a second person came"] = torch.get_num_threads()
         return _jobs.with_job_threads(work)
 
     key = str(app_env["models"] / "base")
     try:
         jobs = [_ui.job_queue().submit(key, "search", "someone", lambda progress: gate.wait(60))]
-        jobs += [_ui.job_queue().submit(key, "search", "someone", record(name)) for name in ("first", "second", "last")]
+        jobs += [_ui.job_queue().submit(key, "search", "someone", record(name)) for name in ("first", "last")]
         gate.set()
         for job in jobs:
-            _ui.job_queue().wait(job.id, timeout=30)
+            assert _ui.job_queue().wait(job.id, timeout=30).state == "done"
     finally:
         gate.set()
         torch.set_num_threads(before)
-    assert seen == {"first": job_threads(3), "second": job_threads(2), "last": job_threads(1)}
-    assert job_threads(1) == (os.cpu_count() or 1)
+    expected = {"first": job_threads(False), "last": job_threads(sessions == 1)}
+    if sessions == 1:
+        expected["after a second person came"] = job_threads(False)
+    assert seen == expected
+    assert job_threads(True) == (os.cpu_count() or 1)
 
 
 def test_a_search_waits_its_turn_and_survives_a_reload(app_env):

@@ -23,18 +23,18 @@ def test_background_threads_can_be_set_and_bad_values_are_named(monkeypatch):
             background_threads(2)
 
 
-@pytest.mark.parametrize("jobs, cores, threads", [(1, 2, 2), (2, 2, 1), (3, 16, 15), (1, 1, 1), (0, 4, 4)])
-def test_a_job_alone_takes_every_core_and_leaves_one_when_others_wait(monkeypatch, jobs, cores, threads):
+@pytest.mark.parametrize("alone, cores, threads", [(True, 2, 2), (False, 2, 1), (False, 16, 15), (True, 1, 1)])
+def test_a_job_alone_takes_every_core_and_leaves_one_otherwise(monkeypatch, alone, cores, threads):
     monkeypatch.delenv(JOB_THREADS_ENV, raising=False)
-    assert job_threads(jobs, cores) == threads
+    assert job_threads(alone, cores) == threads
 
 
 def test_job_threads_follow_the_setting_when_given(monkeypatch):
     monkeypatch.setenv(JOB_THREADS_ENV, "3")
-    assert job_threads(1, 2) == job_threads(5, 2) == 3
+    assert job_threads(True, 2) == job_threads(False, 2) == 3
     monkeypatch.setenv(JOB_THREADS_ENV, "none")
     with pytest.raises(DeltaAtlasError, match=f"{JOB_THREADS_ENV}='none'"):
-        job_threads(1, 2)
+        job_threads(True, 2)
 
 
 def test_cpu_defaults_and_unknown_names():
