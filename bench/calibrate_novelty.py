@@ -27,6 +27,7 @@ from core.engine.pool_vectors import pool_vectors
 from core.pool.catalog import read_catalog
 from core.pool.folder import DEMO_CATALOG, NOVELTY_FILE, beside
 from core.pool.vectors import matrix
+from core.reuse.fingerprints import load_fingerprints, task_signals
 from core.reuse.fit import helps
 from core.reuse.novelty import COMBINE, CloseMatchRule, verdict
 from core.reuse.references import load_references
@@ -34,7 +35,12 @@ from core.reuse.task import comparison_space, cosine_to, default_compare, lens_s
 
 QUANTILES = (0.3, 0.4, 0.5, 0.6, 0.62, 0.64, 0.66, 0.68, 0.7, 0.8, 0.85, 0.86, 0.87, 0.88, 0.89, 0.9, 0.95)
 MARGINS = tuple(round(m, 3) for m in np.arange(-0.30, 0.101, 0.02))   # with reference tasks (novelty.py)
-SIGNAL_SETS = (("raw", "compared"), ("raw", "lead"), ("compared", "lead"), ("raw", "compared", "lead"))
+SIGNAL_SETS = (("raw", "compared"), ("raw", "lead"), ("compared", "lead"), ("raw", "compared", "lead"),
+               # with the data side (core.reuse.fingerprints), where the rows and the pool have it
+               ("like_data",), ("data_lead",), ("like_data", "data_lead"), ("raw", "like_data"),
+               ("compared", "like_data"), ("lead", "like_data"), ("raw", "data_lead"), ("compared", "data_lead"),
+               ("lead", "data_lead"), ("raw", "compared", "like_data"),
+               ("raw", "compared", "lead", "like_data", "data_lead"))
 STRENGTHS = (0.1, 1.0, 10.0)    # inverse L2 strength (scikit-learn's C) of the weighted rules' logistic models
 MAX_IN_FLAGGED = 1          # the choice: the most off-domain flags with at most this many in-domain flags
 
@@ -46,16 +52,19 @@ def rows_of(paths: list[str]) -> list[dict]:
 
 @dataclass
 class Sims:
-    """One task's similarities: raw to the pool [n]; as the search compares, to the pool [n] and the references [r]."""
+    """One task's similarities: raw to the pool [n]; as the search compares, to the pool [n] and the references [r];
+    and its data-side signals (core.reuse.fingerprints) where the row and the pool have them."""
     raw: np.ndarray
     space: np.ndarray
     references: np.ndarray | None
+    data: dict | None = None
 
 
 def task_similarities(rows: list[dict], table: pd.DataFrame, references: pd.DataFrame | None,
-                      shrinkage: str | float = "auto") -> list[Sims]:
+                      shrinkage: str | float = "auto", fingerprints: tuple | None = None) -> list[Sims]:
     """Each task's similarities, replayed from its saved vector with the pool's default comparison (its space fitted
-    once for every row, with the pool's lens ``shrinkage``)."""
+    once for every row, with the pool's lens ``shrinkage``); with the pool's ``fingerprints`` (load_fingerprints),
+    the data side of every row that saved its examples' fingerprints."""
     vectors = matrix(table).astype(np.float64)
     space = comparison_space(table, default_compare(table), shrinkage)
     pool = space(vectors)                                                          # [n, k]
@@ -64,8 +73,11 @@ def task_similarities(rows: list[dict], table: pd.DataFrame, references: pd.Data
     for row in rows:
         vector = np.asarray(row["vector"], dtype=np.float64)                       # [d]
         seen = space(vector[None, :])[0]                                           # [k]
+        data = None
+        if fingerprints is not None and row.get("fingerprints"):
+            data = task_signals(np.asarray(row["fingerprints"], dtype=np.float32), *fingerprints)
         out.append(Sims(cosine_to(vector, vectors), cosine_to(seen, pool),
-                        None if refs is None else cosine_to(seen, refs)))
+                        None if refs is None else cosine_to(seen, refs), data))
     return out
 
 
@@ -81,7 +93,7 @@ def flags(rows: list[dict], sims: list[Sims], rule: CloseMatchRule) -> tuple[int
 
 
 def verdict_of(rule: CloseMatchRule, sims: Sims, row: dict) -> str:
-    return verdict(rule.is_close(sims.space, sims.references, raw=sims.raw), saved_gains(any_helps(row)),
+    return verdict(rule.is_close(sims.space, sims.references, raw=sims.raw, data=sims.data), saved_gains(any_helps(row)),
                    rule.combine)
 
 
@@ -99,7 +111,7 @@ def weighted_candidates(rows: list[dict], sims: list[Sims], top: int) -> list[tu
     from sklearn.linear_model import LogisticRegression
 
     probe = CloseMatchRule(top=top)
-    signals = [probe.signals(s.space, s.references, s.raw) for s in sims]
+    signals = [probe.signals(s.space, s.references, s.raw, s.data) for s in sims]
     fits = np.array([row["domain"] != "off" for row in rows])               # 1: the task fits (in-domain)
     out = []
     for names in SIGNAL_SETS:
@@ -161,12 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     calibration = rows_of(args.calibration)
     check = rows_of([args.check]) if args.check else None
     shrinkage = lens_shrinkage(catalog.path)
-    cal_sims = task_similarities(calibration, table, references, shrinkage)
-    check_sims = task_similarities(check, table, references, shrinkage) if check else None
+    fingerprints = load_fingerprints(catalog.path)
+    cal_sims = task_similarities(calibration, table, references, shrinkage, fingerprints)
+    check_sims = task_similarities(check, table, references, shrinkage, fingerprints) if check else None
     print("| combine | vectors' side | calibration: off-domain flagged | calibration: in-domain flagged wrongly |"
           + (" check: off-domain flagged | check: in-domain flagged wrongly |" if check else ""))
     print("|---|---|---|---|" + ("---|---|" if check else ""))
-    best = None
+    best, fallback = None, None
     plain = [(rule, None, None) for rule in candidate_rules(args.top, references is not None)]
     for rule, held_out, name in plain + weighted_candidates(calibration, cal_sims, args.top):
         rule.fit(vectors)
@@ -174,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         a, n_off, b, n_in = held_out or flags(calibration, cal_sims, rule)   # a weighted rule: leave-one-out counts
         if b <= MAX_IN_FLAGGED and (best is None or a > best[1] or (a == best[1] and b < best[2])):
             best = (rule, a, b, name)
+        if (rule.margin is None and rule.weights is None and b <= MAX_IN_FLAGGED and
+                (fallback is None or a > fallback[1] or (a == fallback[1] and b < fallback[2]))):
+            fallback = (rule, a, b)     # the pool's own background: what a rule falls back to without its inputs
         line = f"| {rule.combine} | {name} | {a}/{n_off} | {b}/{n_in} |"
         if check:
             c, m_off, d, m_in = flags(check, check_sims, rule)
@@ -184,17 +200,19 @@ def main(argv: list[str] | None = None) -> int:
               f"flagged, {best[2]} in-domain flagged)")
     if args.write_settings and best is not None:
         rule = best[0]
+        quantile = fallback[0].quantile if fallback is not None and rule.weights is not None else rule.quantile
         Path(args.write_settings).write_text(json.dumps({
-            "quantile": rule.quantile, "top": rule.top, "combine": rule.combine,
+            "quantile": quantile, "top": rule.top, "combine": rule.combine,
             **({"margin": rule.margin} if rule.margin is not None else {}),
             **({"weights": rule.weights, "bias": rule.bias} if rule.weights is not None else {}),
             "chosen_on": f"{', '.join(Path(p).name for p in args.calibration)}: the most off-domain flags with at "
-                         f"most {MAX_IN_FLAGGED} in-domain flag"}, indent=1))
+                         f"most {MAX_IN_FLAGGED} in-domain flag, by bench/calibrate_novelty.py ({best[3]}; the "
+                         "quantile is the fallback where the rule's inputs are missing)"}, indent=1))
         print(f"-> {args.write_settings}")
     if args.write_summary:
         write_summary(Path(args.write_summary), table, references, calibration, check,
                       Path(args.write_settings) if args.write_settings else beside(catalog.path, NOVELTY_FILE),
-                      shrinkage)
+                      shrinkage, fingerprints)
     return 0
 
 
@@ -217,7 +235,8 @@ def side(rule: CloseMatchRule) -> str:
 
 
 def write_summary(path: Path, table: pd.DataFrame, references: pd.DataFrame | None, calibration: list[dict],
-                  check: list[dict] | None, settings: Path | None = None, shrinkage: str | float = "auto") -> None:
+                  check: list[dict] | None, settings: Path | None = None, shrinkage: str | float = "auto",
+                  fingerprints: tuple | None = None) -> None:
     """eval_find's counts with the verdicts of the pool's rule (the runs may have used another quantile).
 
     Only the keys this tool owns are replaced; the rest of the summary (e.g. ``loss_on``) stays as it was."""
@@ -231,7 +250,7 @@ def write_summary(path: Path, table: pd.DataFrame, references: pd.DataFrame | No
     for key, rows in (("held_out", calibration), ("ood", check)):
         if not rows:
             continue
-        for row, sims in zip(rows, task_similarities(rows, table, references, shrinkage)):
+        for row, sims in zip(rows, task_similarities(rows, table, references, shrinkage, fingerprints)):
             row["no_close_match"] = verdict_of(rule, sims, row) == "none"
         counts = summary(rows)
         if "in" in counts:

@@ -128,8 +128,9 @@ def replay(rows: list[dict], catalog, compare: str | None, hide_labels: bool = F
         vector = np.asarray(row["vector"], dtype=np.float32)
         gains = pd.DataFrame(row.get("gains") or [], columns=["name", "loss", "base_loss", "gain"])
         gains["helps"] = gains["gain"].map(helps)
+        fingerprints = np.asarray(row["fingerprints"], dtype=np.float32) if row.get("fingerprints") else None
         result = match_task(vector, seen, compare=compare, catalog_path=catalog.path,
-                            gains=gains if row.get("gains") else None)
+                            gains=gains if row.get("gains") else None, fingerprints=fingerprints)
         if hide_labels:
             result.matches["domain"] = result.matches["name"].map(domains)
             result.group_matches = rank_groups(result.matches)
@@ -155,6 +156,8 @@ def row_of(dataset, domain, n_examples, steps, seconds, result, final_loss=None)
            "gains": [] if result.gains is None else result.gains[["name", "loss", "base_loss", "gain"]].to_dict(
                orient="records"),
            "vector": [round(float(x), 6) for x in result.vector]}   # to replay other rankings offline
+    if result.fingerprints is not None:      # the examples read by the base, for replaying the data side
+        row["fingerprints"] = [[round(float(x), 4) for x in example] for example in result.fingerprints]
     return row
 
 

@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "find": ("core.reuse.task", "find the models that fit a task, from a few examples"),
     "merge": ("core.reuse.merge", "merge adapters for a task and evaluate the result"),
     "references": ("core.reuse.reference_build", "train the everyday reference tasks that tell 'nothing fits' apart"),
+    "fingerprints": ("core.zoo.fingerprint_build", "read a sample of the pool's training examples with the base, for "
+                     "'nothing fits'"),
 }
 
 

@@ -105,7 +105,7 @@ def measure_gains(examples: list[Example], catalog: Catalog, names: list[str], b
     entries = [catalog.get(name) for name in names]          # an unknown name is refused before any model loads
     base_dir = resolve_source(base)
     device = pick_device(device)
-    with _borrow(base_dir, device, models) as (model, tokenizer):
+    with borrow_base(base_dir, device, models) as (model, tokenizer):
         if tokenizer is None:
             raise DeltaAtlasError(f"Base {base_dir} has no tokenizer: the task's examples cannot be measured.")
         encoded = encode(examples, tokenizer, MAX_LENGTH)
@@ -122,7 +122,8 @@ def measure_gains(examples: list[Example], catalog: Catalog, names: list[str], b
 
 
 @contextmanager
-def _borrow(base_dir: Path, device, models):
+def borrow_base(base_dir: Path, device, models):
+    """The base (model, tokenizer) in float32: lent from ``models`` (a SharedModels) when given, else loaded."""
     if models is not None:
         with models.lend(base_dir, device, torch.float32) as pair:
             yield pair

@@ -42,7 +42,11 @@ SIGNALS = {               # what a weighted rule may read; each from the mean si
     "raw": "similarity by the paper's cosine",
     "compared": "similarity as the search compared (through the lens where it uses one)",
     "lead": "how far the compared similarity stands above the closest everyday reference task",
+    # the data side (core.reuse.fingerprints): the task's examples read by the base, against the pool's training data
+    "like_data": "how like the pool's training examples the task's examples read, to the base",
+    "data_lead": "how much more like the pool's training examples than like the everyday tasks' examples",
 }
+DATA_SIGNALS = ("like_data", "data_lead")
 
 
 @dataclass
@@ -90,26 +94,36 @@ class CloseMatchRule:
     def uses_references(self, references: np.ndarray | None) -> bool:
         return self.reads_references() and references is not None and len(references) > 0
 
-    def weighs(self, references: np.ndarray | None) -> bool:
-        """Whether the weighted rule applies: it has weights and, where it reads the lead, references."""
-        return self.weights is not None and ("lead" not in self.weights or self.uses_references(references))
+    def reads_data(self) -> bool:
+        """Whether the rule weighs the data side (core.reuse.fingerprints), where the pool keeps fingerprints."""
+        return any(name in DATA_SIGNALS for name in self.weights or {})
 
-    def reads_background(self, references: np.ndarray | None) -> bool:
+    def weighs(self, references: np.ndarray | None, data: dict[str, float] | None = None) -> bool:
+        """Whether the weighted rule applies: it has weights and every signal they read is at hand (the lead needs
+        references, the data side the task's ``data`` signals)."""
+        if self.weights is None:
+            return False
+        have = {"raw", "compared", *(data or {})} | ({"lead"} if self.uses_references(references) else set())
+        return set(self.weights) <= have
+
+    def reads_background(self, references: np.ndarray | None, data: dict[str, float] | None = None) -> bool:
         """Whether the pool's own background decides (the quantile rule, or the fallback of a rule whose references
-        are missing): it reads the raw similarities."""
-        return not self.weighs(references) and not (self.margin is not None and self.uses_references(references))
+        or data side are missing): it reads the raw similarities."""
+        return not self.weighs(references, data) and not (self.margin is not None and self.uses_references(references))
 
     def lead(self, similarities: np.ndarray, references: np.ndarray) -> float:
         """How far the task's closest models stand above its closest reference task."""
         return self.strength(similarities) - float(np.max(references))
 
     def signals(self, similarities: np.ndarray, references: np.ndarray | None = None,
-                raw: np.ndarray | None = None) -> dict[str, float]:
+                raw: np.ndarray | None = None, data: dict[str, float] | None = None) -> dict[str, float]:
         """Every signal of SIGNALS that the inputs allow: ``similarities`` [n] as the search compared, the
-        reference tasks' [r] seen the same way, ``raw`` [n] by the paper's cosine (default: ``similarities``)."""
+        reference tasks' [r] seen the same way, ``raw`` [n] by the paper's cosine (default: ``similarities``),
+        ``data``: the task's data-side signals (core.reuse.fingerprints.task_signals), where the pool has them."""
         out = {"raw": self.strength(similarities if raw is None else raw), "compared": self.strength(similarities)}
         if references is not None and len(references):
             out["lead"] = self.lead(similarities, references)
+        out.update({name: float(value) for name, value in (data or {}).items() if name in DATA_SIGNALS})
         return out
 
     def score(self, signals: dict[str, float]) -> float:
@@ -117,14 +131,14 @@ class CloseMatchRule:
         return self.bias + sum(weight * signals[name] for name, weight in (self.weights or {}).items())
 
     def is_close(self, similarities: np.ndarray, references: np.ndarray | None = None,
-                 raw: np.ndarray | None = None) -> bool:
+                 raw: np.ndarray | None = None, data: dict[str, float] | None = None) -> bool:
         """Close by the vectors. ``similarities`` [n]: the task's to the pool as the search compared; ``references``
         [r]: to the reference tasks, the same way; ``raw`` [n]: by the paper's cosine (default: ``similarities``).
         A weighted rule scores the signals; a margin holds the task against its closest reference task; otherwise
-        (and where the references a rule needs are missing) the raw strength is held against the pool's own
-        background (``fit``)."""
-        if self.weighs(references):
-            return bool(self.score(self.signals(similarities, references, raw)) >= 0.0)
+        (and where the references or data side a rule needs are missing) the raw strength is held against the
+        pool's own background (``fit``)."""
+        if self.weighs(references, data):
+            return bool(self.score(self.signals(similarities, references, raw, data)) >= 0.0)
         if not self.reads_background(references):
             return bool(self.lead(similarities, references) >= self.margin)
         if not hasattr(self, "threshold_"):
@@ -132,10 +146,11 @@ class CloseMatchRule:
         return bool(self.strength(similarities if raw is None else raw) >= self.threshold_)
 
     def explain(self, similarities: np.ndarray, references: np.ndarray | None = None,
-                reference_names: list[str] | None = None, raw: np.ndarray | None = None) -> str:
+                reference_names: list[str] | None = None, raw: np.ndarray | None = None,
+                data: dict[str, float] | None = None) -> str:
         """One sentence on the vectors' side of the verdict, with its numbers."""
-        if self.weighs(references):
-            return self._explain_weighted(similarities, references, reference_names, raw)
+        if self.weighs(references, data):
+            return self._explain_weighted(similarities, references, reference_names, raw, data)
         if self.reads_background(references):
             similarities = similarities if raw is None else raw
         strength = self.strength(similarities)
@@ -154,18 +169,22 @@ class CloseMatchRule:
                 f"than {100 * self.quantile:.0f}% of this pool's own model pairs share with each other "
                 f"({self.threshold_:.2f}).")
 
-    def _explain_weighted(self, similarities, references, reference_names, raw) -> str:
-        signals = self.signals(similarities, references, raw)
+    def _explain_weighted(self, similarities, references, reference_names, raw, data) -> str:
+        signals = self.signals(similarities, references, raw, data)
         side = "Close" if self.score(signals) >= 0 else "Not close"
-        text = (f"{side} by the vectors: the task's {self.top} closest models have similarity {signals['raw']:.2f} by "
-                f"the paper's measure and {signals['compared']:.2f} as the search compares")
+        text = (f"{side} by this pool's calibrated rule: the task's {self.top} closest models have similarity "
+                f"{signals['raw']:.2f} by the paper's measure and {signals['compared']:.2f} as the search compares")
+        if "like_data" in signals:
+            text += (f"; read by the base model, your examples resemble the pool's training examples at "
+                     f"{signals['like_data']:.2f} (cosine)")
+        if "data_lead" in signals:
+            text += f", {signals['data_lead']:+.2f} against the everyday tasks' examples"
         if "lead" in signals:
             best = int(np.argmax(references))
             name = f" ('{reference_names[best]}')" if reference_names else ""
             text += (f", {abs(signals['lead']):.2f} {'above' if signals['lead'] >= 0 else 'below'} its closest "
                      f"everyday reference task{name}")
-        return text + (f"; this pool's calibrated rule weighs them to a score of {self.score(signals):+.2f} (a match "
-                       "needs 0 or more).")
+        return text + f"; weighed together they score {self.score(signals):+.2f} (a match needs 0 or more)."
 
 
 def load_rule(path: Path | None) -> CloseMatchRule:
@@ -211,9 +230,10 @@ def verdict(close: bool, gains: pd.DataFrame | None, combine: str = "both") -> s
 
 
 def verdict_words(kind: str, close: bool, group: str | None, gains: pd.DataFrame | None,
-                  reference: str = "") -> str:
+                  reference: str = "", unlike_data: bool = False) -> str:
     """The verdict in plain words, for the page and the command line; ``reference``: the everyday reference task
-    the examples sit closest to, where the pool keeps them."""
+    the examples sit closest to, where the pool keeps them; ``unlike_data``: the data side found the examples unlike
+    the pool's training examples."""
     measured = gains[gains["gain"].notna()] if gains is not None else gains
     n = 0 if measured is None else len(measured)
     helping = 0 if measured is None else int(measured["helps"].sum())
@@ -221,6 +241,8 @@ def verdict_words(kind: str, close: bool, group: str | None, gains: pd.DataFrame
     where = f"the {group} models" if group else "some of the models"
     if close:
         sits = f"your task sits with {where}"
+    elif unlike_data:
+        sits = "your examples read unlike what this pool's models were trained on"
     elif reference:
         sits = (f"your examples look more like everyday tasks (such as '{reference.replace('-', ' ')}') than like "
                 "any model here")

@@ -35,6 +35,7 @@ from core.pool.folder import DEMO_CATALOG, NOVELTY_FILE, RECIPE_FILE, SEARCH_FIL
 from core.pool.vectors import label_columns, matrix
 from core.progress import Progress, ProgressFn, TextBar, report
 from core.reuse.examples import check_count, load_examples
+from core.reuse.fingerprints import data_signals, read_task, reads_data_side
 from core.reuse.fit import measure_gains, merge_candidates
 from core.reuse.novelty import load_rule, verdict, verdict_words
 from core.reuse.references import load_references
@@ -79,6 +80,8 @@ class TaskResult:
     combine: str = "both"               # when the two sides make "none" (the pool's novelty.json)
     verdict: str = ""                   # "strong", "weak" or "none" (core.reuse.novelty.verdict)
     nearest_reference: str = ""         # the everyday reference task the task sits nearer than its closest models
+    fingerprints: np.ndarray | None = None   # [m, d] the examples read by the base (core.reuse.fingerprints)
+    data_signals: dict = field(default_factory=dict)   # their data-side signals, where the pool keeps fingerprints
     headline: str = ""                  # the verdict in plain words
 
     def to_json(self) -> dict:
@@ -91,6 +94,7 @@ class TaskResult:
                 "final_loss": float(np.mean(self.losses[-10:])) if self.losses else None,
                 "adapter_dir": str(self.adapter_dir) if self.adapter_dir else None,
                 "position": None if self.position is None else [float(x) for x in self.position],
+                "data_signals": {k: round(v, 4) for k, v in self.data_signals.items()},
                 "gains": None if self.gains is None else _records(self.gains)}
 
 
@@ -318,8 +322,13 @@ def find_models(examples: list[Example], catalog: str | Path | Catalog = DEMO_CA
     finally:
         shutil.rmtree(work, ignore_errors=True)
     position = None if projector is None else np.asarray(projector.transform(vector[None, :]))[0]
+    fingerprints = None
+    if reads_data_side(catalog.path):
+        report(progress, 0, 1, "read", "reading your examples")
+        fingerprints = read_task(examples, base, device=device, models=models)          # [m, d]
+        report(progress, 1, 1, "read", "")
     result = match_task(vector, vectors, compare=compare, catalog_path=catalog.path, adapter_dir=keep,
-                        losses=losses, position=position)
+                        losses=losses, position=position, fingerprints=fingerprints)
     if check_help:
         names = [n for n in result.matches["name"] if n in set(catalog.names)][:check_help]
         try:
@@ -346,6 +355,7 @@ def match_task(vector: np.ndarray, vectors: pd.DataFrame, *, compare: str | None
     # the "no close match" rule is calibrated on raw similarities, whichever comparison ranked the models
     raw = matches["similarity"].to_numpy() if compare == "delta" else similarities(vector, vectors)
     references = load_references(catalog_path, width=len(vector))
+    result.data_signals = data_signals(result.fingerprints, catalog_path)
     judge_closeness(result, vectors, raw, catalog_path, references=references)
     conclude(result)
     return result
@@ -358,7 +368,8 @@ def conclude(result: TaskResult) -> None:
     groups = result.group_matches
     domains = groups[groups["group_by"] == "domain"] if len(groups) else groups
     group = str(domains["group"].iloc[0]) if len(domains) else None
-    result.headline = verdict_words(result.verdict, result.close, group, result.gains, result.nearest_reference)
+    result.headline = verdict_words(result.verdict, result.close, group, result.gains, result.nearest_reference,
+                                    unlike_data=bool(result.data_signals) and not result.close)
 
 
 def judge_closeness(result: TaskResult, vectors: pd.DataFrame, raw: np.ndarray, catalog_path: Path | None = None,
@@ -381,11 +392,17 @@ def judge_closeness(result: TaskResult, vectors: pd.DataFrame, raw: np.ndarray, 
         names = [str(n) for n in references["name"]]
         if rule.lead(compared, ref_sims) < 0:       # the task sits nearer an everyday task than its closest models
             result.nearest_reference = names[int(np.argmax(ref_sims))]
-    result.close = rule.is_close(compared, ref_sims, raw=raw)
-    background = rule.reads_background(ref_sims)
+    data = result.data_signals or None
+    result.close = rule.is_close(compared, ref_sims, raw=raw, data=data)
+    background = rule.reads_background(ref_sims, data)
     result.match_strength = rule.strength(raw if background else compared)
-    result.match_note = rule.explain(compared, ref_sims, names, raw=raw)
-    if rule.reads_references() and ref_sims is None:
+    result.match_note = rule.explain(compared, ref_sims, names, raw=raw, data=data)
+    if rule.reads_data() and not data:
+        result.match_note += (" (This pool's rule also reads your examples against the pool's training examples, "
+                              "which could not be done here, so it fell back to the pool's own background: restore "
+                              "fingerprints.parquet beside the catalog, or make it again with `python -m core "
+                              "fingerprints`.)")
+    elif rule.reads_references() and ref_sims is None:
         result.match_note += (" (This pool's rule also compares a task with everyday reference tasks, which could "
                               "not be read, so it fell back to the pool's own background: restore references.parquet "
                               "beside the catalog, or make it again with `python -m core references`.)")

@@ -28,9 +28,10 @@ STAGES = {  # progress stage -> plain words
     "embed": "Measuring how the model changed", "load": "Loading the models",
     "measure": "Checking whether the closest models help with your examples",
     "describe": "Reading what the model learned (its answers and words)",
+    "read": "Comparing your examples with what the models were trained on",
 }
 STARTING = "Loading the base model (the first time after the server starts, this takes a few seconds)"
-QUIET_ITEMS = {"embed", "finetune", "base", "search"}   # stages whose item is an internal name (a hash, "task")
+QUIET_ITEMS = {"embed", "finetune", "base", "search", "read"}   # stages whose item is an internal name (a hash, "task")
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 FORM = "form"  # a job's meta: the widget values of the form that started it
 POLL_S = 0.5  # how often a page waiting for its job redraws its place and progress

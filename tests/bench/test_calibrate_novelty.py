@@ -67,3 +67,23 @@ def test_sample_merge_counts_offers_and_merges_that_beat_the_base(tmp_path):
     summary.write_text('{"loss_on": {"text": "19/30"}}')
     sample_merge.write_summary(summary, tasks)
     assert json.loads(summary.read_text()) == {"loss_on": {"text": "19/30"}, "sample_merge": sample_merge.merge_counts(tasks)}
+
+
+def test_weighted_rules_may_weigh_the_data_side_where_the_rows_have_it():
+    calibrate = load_bench("calibrate_novelty")
+    rng = np.random.default_rng(2)
+    same = np.array([0.5, 0.4, 0.4])                       # the vectors cannot tell the tasks apart ...
+
+    def sims(like: float) -> object:                       # ... the data side can
+        return calibrate.Sims(raw=same + 0.05 * rng.normal(size=3), space=same + 0.05 * rng.normal(size=3),
+                              references=None, data={"like_data": like + 0.01 * rng.normal(),
+                                                     "data_lead": like - 0.5 + 0.01 * rng.normal()})
+
+    rows = [row("legal", np.zeros(2), True)] * 8 + [row("off", np.zeros(2), False)] * 6
+    candidates = calibrate.weighted_candidates(rows, [sims(0.9) for _ in range(8)] + [sims(0.6) for _ in range(6)],
+                                               top=3)
+    names = {name.split(",")[0] for _, _, name in candidates}
+    assert {"weighted like_data+data_lead", "weighted raw+like_data"} <= names
+    assert not any("lead+" in name.replace("data_lead", "") for name in names)    # no references: no vector lead
+    best = max((counts[0] - 10 * counts[2], name) for _, counts, name in candidates if "like_data" in name)
+    assert best[0] == 6                                    # every off-domain task flagged, no in-domain task

@@ -112,7 +112,8 @@ def test_a_weighted_rule_scores_the_signals_it_names():
     assert not rule.is_close(compared, raw=raw)
     assert rule.is_close(compared, raw=np.array([0.7, 0.6, 0.0]))            # 2 * 0.65 + 0.8 - 2 = 0.1
     note = rule.explain(compared, raw=raw)
-    assert note.startswith("Not close by the vectors") and "0.50 by the paper's measure" in note and "-0.20" in note
+    assert note.startswith("Not close by this pool's calibrated rule")
+    assert "0.50 by the paper's measure" in note and "-0.20" in note
 
 
 def test_a_weighted_rule_reads_the_lead_over_the_references_or_falls_back_to_the_pool():
