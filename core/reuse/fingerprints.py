@@ -110,7 +110,11 @@ def load_fingerprints(catalog_path: str | Path | None,
     if catalog_path is None or not fingerprint_path(catalog_path).is_file():
         return None
     path = fingerprint_path(catalog_path)
-    table = read_vectors(path)
+    try:
+        table = read_vectors(path)
+    except DeltaAtlasError as exc:      # a broken file must not stop a search: the rule falls back, and says so
+        log.warning("%s cannot be used (%s); make it again with `python -m core fingerprints`.", path, exc)
+        return None
     if "side" not in table.columns or not (table["side"] == POOL).any():
         log.warning("%s holds no pool fingerprints: not used; make it again with `python -m core fingerprints`.", path)
         return None

@@ -113,6 +113,21 @@ def test_a_search_reads_the_examples_only_where_the_pool_weighs_them(pool):  # n
             (pool.parent / name).unlink(missing_ok=True)
 
 
+def test_a_broken_file_is_not_used_and_a_search_still_answers(pool, caplog):  # noqa: F811
+    (pool.parent / "search.json").write_text(json.dumps({"steps": STEPS}))
+    (pool.parent / "novelty.json").write_text(json.dumps({"weights": {"like_data": 1.0}, "bias": -10.0}))
+    fingerprint_path(pool).write_bytes(b"PAR1 not really a parquet file")
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert load_fingerprints(pool) is None
+            result = find_models(EXAMPLES, pool, check_help=0)
+        assert "cannot be used" in caplog.text and "python -m core fingerprints" in result.match_note
+        assert result.data_signals == {} and result.verdict in ("strong", "none")   # the pool's own background
+    finally:
+        for name in ("search.json", "novelty.json", "fingerprints.parquet"):
+            (pool.parent / name).unlink(missing_ok=True)
+
+
 def test_a_table_without_pool_rows_is_not_used(tmp_path, caplog):
     catalog = tmp_path / "catalog.csv"
     table = make_table(["a", "b"], np.ones((2, 4)))
