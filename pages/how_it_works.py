@@ -306,9 +306,22 @@ def plain_search(quality: dict) -> str:
             f"setting was tuned to, a model of the right kind came first for **{ours['top1']}**")
     if isinstance(off, dict):
         text += (f"; on **{off['tasks']} tasks of kinds the zoo does not hold** (poems, jokes, finance...), the app "
-                 f"said *nothing in this pool fits your task* for **{off['flagged']}** — the others got a "
-                 "*weak match* or a best-of-the-rest answer, so read the verdict, not only the ranking")
+                 f"said *nothing in this pool fits your task* for **{off['flagged']}**")
+        if missed := _missed(off["flagged"]):
+            text += f" ({missed} got a *weak match*: read the verdict, not only the ranking)"
+        if ours.get("in_flagged"):
+            text += f", and said it wrongly for **{ours['in_flagged']}** of the tasks it does hold"
     return text + "."
+
+
+def _missed(share: str) -> str:
+    """ "12/13" -> "the other one"; "7/13" -> "the other 6"; "" when every task was caught (or the text is odd)."""
+    try:
+        caught, total = (int(x) for x in str(share).split("/"))
+    except ValueError:
+        return ""
+    rest = total - caught
+    return "" if rest <= 0 else ("the other one" if rest == 1 else f"the other {rest}")
 
 
 def zoo_details(pool: pools.Pool, frame: pd.DataFrame, base: str) -> None:

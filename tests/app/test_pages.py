@@ -606,3 +606,15 @@ def test_a_pool_not_described_yet_says_how_to_describe_it(app_env):
     at = app().run()
     at.selectbox(key="map_search").set_value("lora_1").run()
     assert any("python -m core describe" in c.value for c in at.caption)
+
+
+def test_how_it_works_says_how_often_nothing_fits_was_said_rightly_and_wrongly(synthetic_env):
+    from core.pool.folder import quality_key
+
+    (synthetic_env.parent / "search_quality.json").write_text(json.dumps({
+        "default_compare": "delta", quality_key("ood", "delta"): {"tasks": 30, "top1": "27/30", "in_flagged": "2/30"},
+        "off": {"tasks": 13, "flagged": "12/13"}}))
+    at = app("pages/how_it_works.py").run()
+    assert problems(at) == []
+    text = next(m.value for m in at.markdown if "When you bring your own task" in m.value)
+    assert "**12/13** (the other one got a *weak match*" in text and "wrongly for **2/30**" in text
