@@ -25,6 +25,8 @@ PER_DATASET = 64          # training examples read per dataset of the pool (a se
 def demo_training_examples(catalog, data_dir: str | Path, per_dataset: int = PER_DATASET) -> dict[str, list[Example]]:
     """{dataset: a seeded sample of ``per_dataset`` of its trainable examples} for every dataset the pool was trained
     on, read from ``data_dir`` by the demo zoo's readers (core.zoo.demo_data)."""
+    if isinstance(per_dataset, bool) or not isinstance(per_dataset, int) or per_dataset < 1:
+        raise DeltaAtlasError(f"per_dataset={per_dataset!r}: give a positive whole number of examples per dataset.")
     datasets = pool_datasets(open_catalog(catalog))
     unknown = [d for d in datasets if d not in demo_data.DATASETS]
     if unknown:

@@ -10,3 +10,9 @@ def test_the_command_refuses_a_pool_whose_datasets_it_cannot_read(pool, tmp_path
 
     assert main(["fingerprints", "--catalog", str(pool), "--data-dir", str(tmp_path)]) == 2   # set0, set1: unknown
     assert not fingerprint_path(pool).exists()
+
+
+def test_the_sample_size_must_be_a_positive_whole_number(pool, tmp_path):  # noqa: F811
+    from core.cli import main
+
+    assert main(["fingerprints", "--catalog", str(pool), "--data-dir", str(tmp_path), "--per-dataset", "0"]) == 2
