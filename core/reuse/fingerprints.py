@@ -30,13 +30,14 @@ import torch
 from core.engine.device import pick_device
 from core.engine.loading import load_model, resolve_source
 from core.errors import DeltaAtlasError
+from core.map.geometry import cosine_similarities
 from core.pool.catalog import Source, pool_base
 from core.pool.folder import FINGERPRINT_FILE, NOVELTY_FILE, beside, open_catalog
 from core.pool.vectors import make_table, matrix, read_vectors, write_vectors
 from core.progress import ProgressFn, report
 from core.reuse.fit import borrow_base
 from core.reuse.novelty import load_rule
-from core.reuse.train import Example
+from core.reuse.train import Example, collate, length_parts
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +57,11 @@ def read_examples(model, tokenizer, examples: list[Example]) -> np.ndarray:
            for ex in examples]
     inner = model.get_base_model().model if hasattr(model, "get_base_model") else model.model
     out = np.zeros((len(ids), model.config.hidden_size), dtype=np.float32)
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    for first in range(0, len(order), BATCH):
-        rows = order[first:first + BATCH]
-        width = max(len(ids[i]) for i in rows)
-        input_ids = torch.zeros(len(rows), width, dtype=torch.long)                  # [B, T]
-        mask = torch.zeros(len(rows), width, dtype=torch.long)                       # [B, T]
-        for b, i in enumerate(rows):
-            input_ids[b, :len(ids[i])] = torch.tensor(ids[i])
-            mask[b, :len(ids[i])] = 1
-        hidden = inner(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
-                       use_cache=False).last_hidden_state.float()                   # [B, T, d]
-        weights = mask.to(hidden.device).unsqueeze(-1).float()                       # [B, T, 1]
+    for rows in length_parts([len(seq) for seq in ids], range(len(ids)), BATCH):
+        batch = collate([(ids[i], ids[i]) for i in rows], tokenizer.pad_token_id or 0)   # right-padded, [B, T]
+        hidden = inner(input_ids=batch["input_ids"].to(model.device), use_cache=False,
+                       attention_mask=batch["attention_mask"].to(model.device)).last_hidden_state.float()  # [B, T, d]
+        weights = batch["attention_mask"].to(hidden.device).unsqueeze(-1).float()    # [B, T, 1]
         out[rows] = ((hidden * weights).sum(1) / weights.sum(1)).cpu().numpy()
     return out
 
@@ -78,11 +72,6 @@ def read_task(examples: list[Example], base: Source, *, device=None, models=None
         return read_examples(model, tokenizer, examples)
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 def task_signals(task: np.ndarray, pool: np.ndarray, references: np.ndarray | None = None) -> dict[str, float]:
     """The data-side signals of a task from its examples' fingerprints [m, d], against the pool's training
     examples' [p, d] and (for ``data_lead``) the reference tasks' examples' [r, d]."""
@@ -90,10 +79,10 @@ def task_signals(task: np.ndarray, pool: np.ndarray, references: np.ndarray | No
     if task.ndim != 2 or pool.ndim != 2 or not len(task) or not len(pool) or task.shape[1] != pool.shape[1]:
         raise DeltaAtlasError(f"Fingerprints of shapes {task.shape} and {pool.shape} cannot be compared: both need "
                               "one row per example and the same width (the same base).")
-    nearest_pool = (_unit(task) @ _unit(pool).T).max(axis=1)                         # [m]
+    nearest_pool = cosine_similarities(task, pool).max(axis=1)                       # [m]
     out = {"like_data": float(nearest_pool.mean())}
     if references is not None and len(references):
-        nearest_reference = (_unit(task) @ _unit(references).T).max(axis=1)          # [m]
+        nearest_reference = cosine_similarities(task, references).max(axis=1)        # [m]
         out["data_lead"] = float((nearest_pool - nearest_reference).mean())
     return out
 
