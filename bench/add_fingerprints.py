@@ -25,8 +25,10 @@ from core.pool.folder import DEMO_CATALOG
 from core.reuse.fingerprints import read_examples
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def open_run(description: str, argv: list[str] | None = None):
+    """Parse the options that say how an eval_find run drew its tasks (give the run's own); returns (args, the
+    run's path, its parsed content, [(row, the row's examples rebuilt as the run drew them)])."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("run", help="an eval_find.py --out file")
     parser.add_argument("--catalog", default=str(DEMO_CATALOG))
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "datasets"))
@@ -49,18 +51,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.off_domain:
         tasks += off_domain_tasks(data_dir, args.examples, args.seed)
     examples = {name: task_examples for name, _, task_examples in tasks}
-    catalog = read_catalog(args.catalog)
-    model, tokenizer = load_model(resolve_source(pool_base(catalog, catalog.names)), "cpu", torch.float32)
     path = Path(args.run)
     runs = json.loads(path.read_text())
-    for rows in runs.values():
-        for row in rows:
-            task = examples.get(row["dataset"])
-            if task is None or len(task) != row["examples"]:
-                raise SystemExit(f"{row['dataset']}: not rebuilt as the run drew it (give the run's task options)")
-            read = read_examples(model, tokenizer, task)                                   # [m, d]
-            row["fingerprints"] = [[round(float(x), 4) for x in example] for example in read]
-            print(f"{row['dataset']}: {len(task)} examples read", file=sys.stderr)
+    pairs = []
+    for row in (row for rows in runs.values() for row in rows):
+        task = examples.get(row["dataset"])
+        if task is None or len(task) != row["examples"]:
+            raise SystemExit(f"{row['dataset']}: not rebuilt as the run drew it (give the run's task options)")
+        pairs.append((row, task))
+    return args, path, runs, pairs
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, path, runs, pairs = open_run(__doc__.splitlines()[0], argv)
+    catalog = read_catalog(args.catalog)
+    model, tokenizer = load_model(resolve_source(pool_base(catalog, catalog.names)), "cpu", torch.float32)
+    for row, task in pairs:
+        read = read_examples(model, tokenizer, task)                                       # [m, d]
+        row["fingerprints"] = [[round(float(x), 4) for x in example] for example in read]
+        print(f"{row['dataset']}: {len(task)} examples read", file=sys.stderr)
     path.write_text(json.dumps(runs, default=str))
     return 0
 

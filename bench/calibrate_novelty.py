@@ -23,12 +23,12 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from bench.eval_find import saved_gains as saved_gains_of
 from core.engine.pool_vectors import pool_vectors
 from core.pool.catalog import read_catalog
 from core.pool.folder import DEMO_CATALOG, NOVELTY_FILE, beside
 from core.pool.vectors import matrix
 from core.reuse.fingerprints import load_fingerprints, task_signals
-from core.reuse.fit import helps
 from core.reuse.novelty import COMBINE, CloseMatchRule, verdict
 from core.reuse.references import load_references
 from core.reuse.task import comparison_space, cosine_to, default_compare, lens_shrinkage
@@ -82,9 +82,12 @@ def task_similarities(rows: list[dict], table: pd.DataFrame, references: pd.Data
 
 
 def any_helps(row: dict) -> bool | None:
-    """Whether a measured model lowered the loss by HELP_MARGIN; None when nothing was measured."""
-    gains = [g["gain"] for g in row.get("gains") or [] if g.get("gain") is not None and math.isfinite(g["gain"])]
-    return None if not gains else any(helps(g) for g in gains)
+    """Whether a measured model helps (core.reuse.fit.helps, example by example where the row counted them); None
+    when nothing was measured."""
+    gains = saved_gains_of(row)
+    if gains is None or not gains["gain"].map(lambda g: g is not None and math.isfinite(g)).any():
+        return None
+    return bool(gains["helps"].any())
 
 
 def flags(rows: list[dict], sims: list[Sims], rule: CloseMatchRule) -> tuple[int, int, int, int]:

@@ -118,7 +118,6 @@ def replay(rows: list[dict], catalog, compare: str | None, hide_labels: bool = F
     """The rows of an earlier run, re-ranked by ``compare`` from their saved task vectors (no finetuning). With
     ``hide_labels`` the ranking sees the vectors alone, as for a pool from the Hub; the labels only score it."""
     import numpy as np
-    import pandas as pd
 
     pool, _ = pool_vectors(catalog)
     seen = pool[["name", "vector"]] if hide_labels else pool
@@ -126,17 +125,50 @@ def replay(rows: list[dict], catalog, compare: str | None, hide_labels: bool = F
     out = []
     for row in rows:
         vector = np.asarray(row["vector"], dtype=np.float32)
-        gains = pd.DataFrame(row.get("gains") or [], columns=["name", "loss", "base_loss", "gain"])
-        gains["helps"] = gains["gain"].map(helps)
+        gains = saved_gains(row)
         fingerprints = np.asarray(row["fingerprints"], dtype=np.float32) if row.get("fingerprints") else None
         result = match_task(vector, seen, compare=compare, catalog_path=catalog.path,
-                            gains=gains if row.get("gains") else None, fingerprints=fingerprints)
+                            gains=gains, fingerprints=fingerprints)
         if hide_labels:
             result.matches["domain"] = result.matches["name"].map(domains)
             result.group_matches = rank_groups(result.matches)
         out.append(row_of(row["dataset"], row["domain"], row["examples"], row["steps"], row["seconds"], result,
                           row.get("final_loss")))
     return out
+
+
+def saved_gains(row: dict):
+    """A saved row's measured gains as the search's loss check gives them (name, loss, base_loss, gain, better,
+    compared, helps), or None when nothing was measured. ``better``/``compared`` come from the row's own counts, or
+    from its per-example losses (bench/add_example_losses.py); rows with neither judge by the overall gain alone."""
+    import pandas as pd
+
+    if not row.get("gains"):
+        return None
+    gains = pd.DataFrame(row["gains"])
+    per_example = row.get("example_losses") or {}
+    if "better" not in gains and "" in per_example:
+        counted = [examples_better(per_example, name) for name in gains["name"]]
+        gains["better"] = [c[0] for c in counted]
+        gains["compared"] = [c[1] for c in counted]
+    if "better" not in gains:
+        gains["better"], gains["compared"] = None, 0
+    gains["helps"] = [helps(g, None if b is None or b != b else int(b), int(c or 0))
+                      for g, b, c in zip(gains["gain"], gains["better"], gains["compared"])]
+    return gains
+
+
+def examples_better(per_example: dict, name: str) -> tuple[int | None, int]:
+    """(examples on which model ``name`` has a lower mean loss than the base, examples compared) from a row's
+    ``example_losses``; (None, 0) for a model not measured."""
+    import numpy as np
+
+    if name not in per_example:
+        return None, 0
+    base_sums, counts = (np.asarray(per_example[""][k], dtype=np.float64) for k in ("sums", "counts"))
+    sums = np.asarray(per_example[name]["sums"], dtype=np.float64)
+    seen = counts > 0
+    return int((sums[seen] / counts[seen] < base_sums[seen] / counts[seen]).sum()), int(seen.sum())
 
 
 def row_of(dataset, domain, n_examples, steps, seconds, result, final_loss=None) -> dict:
@@ -153,7 +185,8 @@ def row_of(dataset, domain, n_examples, steps, seconds, result, final_loss=None)
            "group_right": bool(len(domains)) and in_domain(domains["group"].iloc[0], domain),
            "final_loss": final_loss if final_loss is not None else result.to_json()["final_loss"],
            "matches": result.matches[["name", "similarity", "domain"]].to_dict(orient="records"),
-           "gains": [] if result.gains is None else result.gains[["name", "loss", "base_loss", "gain"]].to_dict(
+           "gains": [] if result.gains is None else result.gains[
+               [c for c in ("name", "loss", "base_loss", "gain", "better", "compared") if c in result.gains]].to_dict(
                orient="records"),
            "vector": [round(float(x), 6) for x in result.vector]}   # to replay other rankings offline
     if result.fingerprints is not None:      # the examples read by the base, for replaying the data side

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from core.pool.folder import SEARCH_QUALITY_FILE, quality_key
-from core.reuse.fit import HELP_MARGIN
+from core.reuse.fit import HELP_MARGIN, HELP_SHARE
 from core.reuse.task import COMPARISON_TITLES, COMPARISONS, default_compare
 from pages.parts import charts, jobs, pools, task_examples, ui
 
@@ -147,7 +147,9 @@ def details(result, n_examples: int) -> list[str]:
         base = float(result.gains["base_loss"].iloc[0])
         lines.append(f"Error on your examples (mean loss per answer token): the base model {base:.3f}; "
                      + "; ".join(f"{r.name} {r.loss:.3f}" for r in result.gains.itertuples() if pd.notna(r.loss))
-                     + f". A model “helps” when it lowers the base's error by at least {100 * HELP_MARGIN:.0f}%.")
+                     + f". A model “helps” when it lowers the base's error by at least {100 * HELP_MARGIN:.0f}%"
+                     + (f" and does better than the base on at least {100 * HELP_SHARE:.0f}% of your examples"
+                        if HELP_SHARE else "") + ".")
     if len(result.losses):
         lines.append(f"The task was learned in {len(result.losses)} steps (final loss "
                      f"{np.mean(result.losses[-10:]):.3f}).")

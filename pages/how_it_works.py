@@ -383,6 +383,12 @@ def search_quality_lines(quality: dict) -> list[str]:
         lines.append(f"- *Strong match* (close, and a model lowers the error on the examples) was said for "
                      f"{verdicts['in'].get('strong', 0)} of the in-domain tasks written by hand and for "
                      f"**{verdicts['off'].get('strong', 0)}** of the tasks outside the five domains.")
+    checked = quality.get("help_check")
+    if isinstance(checked, dict) and "ood_held" in checked:
+        lines.append(f"- Is *helps* true? Each task's examples were split in two at random ({checked['splits']} times); "
+                     f"where a model helped on one half, it also lowered the error on the other half "
+                     f"**{100 * checked['ood_held']:.0f}%** of the time on the tasks written by hand "
+                     f"({100 * checked['dev_held']:.0f}% on the tasks used to choose settings).")
     merges = quality.get("sample_merge")
     if isinstance(merges, dict):
         lines.append(f"- The {merges['tasks']} sample tasks, Find then Merge as offered: a merge was offered for "

@@ -366,8 +366,17 @@ def example_loss(model, tokenizer, examples: list[Example], max_length: int = 25
 def encoded_loss(model, tokenizer, encoded: list[tuple[list[int], list[int]]], batch_size: int = 8,
                  precision: str = "float32") -> float:
     """Mean loss on the labelled tokens of already encoded examples (see :func:`encode`), token-weighted."""
+    sums, counts = encoded_example_losses(model, tokenizer, encoded, batch_size, precision)
+    return float(sums.sum() / max(float(counts.sum()), 1.0))
+
+
+@torch.no_grad()
+def encoded_example_losses(model, tokenizer, encoded: list[tuple[list[int], list[int]]], batch_size: int = 8,
+                           precision: str = "float32") -> tuple[torch.Tensor, torch.Tensor]:
+    """Each example's summed loss over its labelled tokens [n] and its count of labelled tokens [n] (float64)."""
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    sums = torch.zeros(len(encoded), dtype=torch.float64)
+    counts = torch.zeros(len(encoded), dtype=torch.float64)
     model.eval()
     for start in range(0, len(encoded), batch_size):
         inputs = {k: v.to(device) for k, v in collate(encoded[start:start + batch_size], tokenizer.pad_token_id).items()}
@@ -375,7 +384,7 @@ def encoded_loss(model, tokenizer, encoded: list[tuple[list[int], list[int]]], b
             logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits.float()
         shift_logits, shift_labels = logits[:, :-1], inputs["labels"][:, 1:]
         losses = torch.nn.functional.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=-100,
-                                                   reduction="sum")
-        total += losses.item()
-        count += int((shift_labels != -100).sum())
-    return total / max(count, 1)
+                                                   reduction="none")                      # [B, T - 1], 0 off the loss
+        sums[start:start + len(losses)] = losses.double().sum(1).cpu()
+        counts[start:start + len(losses)] = (shift_labels != -100).sum(1).double().cpu()
+    return sums, counts

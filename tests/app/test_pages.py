@@ -618,3 +618,15 @@ def test_how_it_works_says_how_often_nothing_fits_was_said_rightly_and_wrongly(s
     assert problems(at) == []
     text = next(m.value for m in at.markdown if "When you bring your own task" in m.value)
     assert "**12/13** (the other one got a *weak match*" in text and "wrongly for **2/30**" in text
+
+
+def test_how_it_works_says_how_often_helps_held_on_other_examples(synthetic_env):
+    from core.pool.folder import quality_key
+
+    (synthetic_env.parent / "search_quality.json").write_text(json.dumps({
+        "default_compare": "delta", quality_key("ood", "delta"): {"tasks": 30, "top1": "27/30", "in_flagged": "2/30"},
+        "help_check": {"margin": 0.03, "share": 0.0, "splits": 200, "dev_held": 0.863, "ood_held": 0.921}}))
+    at = app("pages/how_it_works.py").run()
+    assert problems(at) == []
+    text = next(m.value for m in at.markdown if "Is *helps* true?" in m.value)
+    assert "**92%** of the time on the tasks written by hand (86% on the tasks used to choose settings)" in text

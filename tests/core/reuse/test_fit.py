@@ -11,7 +11,7 @@ from peft import PeftModel
 from core.engine.loading import load_model
 from core.errors import DeltaAtlasError
 from core.pool.catalog import read_catalog
-from core.reuse.fit import HELP_MARGIN, gain_words, measure_gains, merge_candidates
+from core.reuse.fit import HELP_MARGIN, gain_short, gain_words, helps, measure_gains, merge_candidates
 from core.reuse.train import Example, example_loss
 from tests.conftest import write_catalog
 from tests.core.engine.test_stacked_lora import make_peft_lora
@@ -37,11 +37,11 @@ def top_pool(tiny_pool, tmp_path_factory):
     return read_catalog(write_catalog(root / "catalog.csv", rows))
 
 
-def peft_loss(base_dir, adapter_dir) -> float:
+def peft_loss(base_dir, adapter_dir, examples=EXAMPLES) -> float:
     model, tokenizer = load_model(base_dir, "cpu", torch.float32)
     if adapter_dir is not None:
         model = PeftModel.from_pretrained(model, str(adapter_dir))
-    return example_loss(model, tokenizer, EXAMPLES)
+    return example_loss(model, tokenizer, examples)
 
 
 def test_gains_match_peft_for_every_route(top_pool, tiny_pool):
@@ -76,6 +76,39 @@ def test_examples_in_parts_of_uneven_length_give_the_same_loss(top_pool, tiny_po
     assert gains["loss"].iloc[0] == pytest.approx(peft_loss(tiny_pool["base"], top_pool.get("top_only").source.local),
                                                   rel=1e-4)
     assert gains["base_loss"].iloc[0] == pytest.approx(peft_loss(tiny_pool["base"], None), rel=1e-4)
+
+
+def test_examples_are_counted_one_by_one(top_pool, tiny_pool, monkeypatch):
+    """``better`` counts the examples on which the model's own loss (PEFT's, example by example) is below the
+    base's, for the stacked path, in parts, and for a full finetune."""
+    monkeypatch.setattr("core.reuse.fit.EXAMPLES_PER_PART", 2)
+    names = ["lora_0", "top_only", "full_0"]
+    gains = measure_gains(EXAMPLES, top_pool, names, top_pool.get("lora_0").base).set_index("name")
+    base_each = [peft_loss(tiny_pool["base"], None, [ex]) for ex in EXAMPLES]
+    full_model, tokenizer = load_model(tiny_pool["fulls"]["full_0"], "cpu", torch.float32)
+    for name in names:
+        if name == "full_0":
+            each = [example_loss(full_model, tokenizer, [ex]) for ex in EXAMPLES]
+        else:
+            each = [peft_loss(tiny_pool["base"], top_pool.get(name).source.local, [ex]) for ex in EXAMPLES]
+        assert gains.loc[name, "better"] == sum(m < b for m, b in zip(each, base_each)), name
+        assert gains.loc[name, "compared"] == len(EXAMPLES)
+
+
+@pytest.mark.parametrize("gain, better, compared, expected", [
+    (0.10, None, 0, True), (0.02, 9, 10, False), (0.10, 5, 10, True), (0.10, 2, 10, False), (None, 3, 3, False),
+    (float("nan"), 3, 3, False)])
+def test_helps_needs_the_margin_and_the_share(gain, better, compared, expected, monkeypatch):
+    monkeypatch.setattr("core.reuse.fit.HELP_SHARE", 0.5)
+    assert helps(gain, better, compared) is expected
+
+
+def test_words_say_on_how_many_examples(monkeypatch):
+    monkeypatch.setattr("core.reuse.fit.HELP_SHARE", 0.5)
+    assert gain_words(0.12, 9, 12) == "lowers the error on your examples by 12% (better on 9 of 12)"
+    assert "lower on only 2 of your 12 examples" in gain_words(0.12, 2, 12)
+    assert gain_short(0.12, 9, 12) == "yes, 12% lower error (better on 9 of 12)"
+    assert gain_short(0.12, 2, 12) == "no, better on only 2 of 12"
 
 
 def test_missing_weights_are_reported_not_fatal(top_pool):
