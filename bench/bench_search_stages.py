@@ -23,8 +23,9 @@ from core.reuse.examples import load_examples
 from core.reuse.task import find_models
 
 
-def timed_search(examples: list, catalog, models: SharedModels | None = None) -> dict:
-    """One search's total seconds, the seconds before its first progress report, and each stage's seconds."""
+def timed_search(examples: list, catalog, models: SharedModels | None = None, keep_result: bool = False) -> dict:
+    """One search's total seconds, the seconds before its first progress report, and each stage's seconds (and,
+    with ``keep_result``, the TaskResult under "result")."""
     stages: dict[str, list[float]] = {}
     start = time.perf_counter()
 
@@ -36,7 +37,7 @@ def timed_search(examples: list, catalog, models: SharedModels | None = None) ->
     total = time.perf_counter() - start
     first = min((a for a, _ in stages.values()), default=total)
     return {"seconds": round(total, 1), "before_first_progress": round(first, 1), "verdict": result.verdict,
-            "stages": {k: round(b - a, 1) for k, (a, b) in stages.items()}}
+            "stages": {k: round(b - a, 1) for k, (a, b) in stages.items()}, **({"result": result} if keep_result else {})}
 
 
 def main() -> None:

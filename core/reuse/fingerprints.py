@@ -21,6 +21,7 @@ Both feed the weighted "nothing fits" rule (core.reuse.novelty.SIGNALS) of a poo
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,9 @@ from core.pool.folder import FINGERPRINT_FILE, NOVELTY_FILE, beside, open_catalo
 from core.pool.vectors import make_table, matrix, read_vectors, write_vectors
 from core.progress import ProgressFn, report
 from core.reuse.fit import borrow_base
+from core.reuse.lower_states import LowerStates
 from core.reuse.novelty import load_rule
-from core.reuse.train import Example, collate, length_parts
+from core.reuse.train import Example, TopLayers, collate, length_parts
 
 log = logging.getLogger(__name__)
 
@@ -48,28 +50,39 @@ POOL, REFERENCE = "pool", "reference"     # the two sides of the stored table
 
 # -- reading examples ------------------------------------------------------------------------------------------
 @torch.no_grad()
-def read_examples(model, tokenizer, examples: list[Example]) -> np.ndarray:
+def read_examples(model, tokenizer, examples: list[Example], kept: LowerStates | None = None) -> np.ndarray:
     """Each example's fingerprint [n, d]: the base's final hidden state (after its last norm) averaged over the
-    tokens of the example's whole text (prompt and answer). Padding does not change it (right padding, masked)."""
+    tokens of the example's whole text (prompt and answer). Padding does not change it (right padding, masked).
+    With ``kept`` (a search's LowerStates holding float32 states) the lower layers' output is taken from it where
+    the search already ran them on these tokens, and only the layers above run."""
     if tokenizer is None:
         raise DeltaAtlasError("The base has no tokenizer: the examples cannot be read.")
     ids = [tokenizer(ex.prompt() + ex.response, truncation=True, max_length=MAX_TOKENS)["input_ids"]
            for ex in examples]
+    pad_id = tokenizer.pad_token_id or 0
+    starts = kept.starts("float32") if kept is not None else []
+    top = TopLayers(model, starts[0], [(seq, seq) for seq in ids], pad_id, nullcontext(), kept=kept) if starts else None
     inner = model.get_base_model().model if hasattr(model, "get_base_model") else model.model
     out = np.zeros((len(ids), model.config.hidden_size), dtype=np.float32)
     for rows in length_parts([len(seq) for seq in ids], range(len(ids)), BATCH):
-        batch = collate([(ids[i], ids[i]) for i in rows], tokenizer.pad_token_id or 0)   # right-padded, [B, T]
-        hidden = inner(input_ids=batch["input_ids"].to(model.device), use_cache=False,
-                       attention_mask=batch["attention_mask"].to(model.device)).last_hidden_state.float()  # [B, T, d]
-        weights = batch["attention_mask"].to(hidden.device).unsqueeze(-1).float()    # [B, T, 1]
-        out[rows] = ((hidden * weights).sum(1) / weights.sum(1)).cpu().numpy()
+        if top is not None:
+            hidden, mask = top.hidden(rows)                                              # [B, T, d], [B, T]
+        else:
+            batch = collate([(ids[i], ids[i]) for i in rows], pad_id)                   # right-padded, [B, T]
+            mask = batch["attention_mask"].to(model.device)
+            hidden = inner(input_ids=batch["input_ids"].to(model.device), use_cache=False,
+                           attention_mask=mask).last_hidden_state                        # [B, T, d]
+        weights = mask.unsqueeze(-1).float()                                             # [B, T, 1]
+        out[rows] = ((hidden.float() * weights).sum(1) / weights.sum(1)).cpu().numpy()
     return out
 
 
-def read_task(examples: list[Example], base: Source, *, device=None, models=None) -> np.ndarray:
-    """The fingerprints [m, d] of a task's examples, read by the pool's base (lent by ``models`` when given)."""
+def read_task(examples: list[Example], base: Source, *, device=None, models=None,
+              kept: LowerStates | None = None) -> np.ndarray:
+    """The fingerprints [m, d] of a task's examples, read by the pool's base (lent by ``models`` when given;
+    ``kept``: the search's LowerStates)."""
     with borrow_base(resolve_source(base), pick_device(device), models) as (model, tokenizer):
-        return read_examples(model, tokenizer, examples)
+        return read_examples(model, tokenizer, examples, kept)
 
 
 def task_signals(task: np.ndarray, pool: np.ndarray, references: np.ndarray | None = None) -> dict[str, float]:

@@ -33,6 +33,7 @@ from core.errors import DeltaAtlasError
 from core.pool.catalog import Catalog, Source
 from core.progress import ProgressFn, report
 from core.reuse.examples import check_count
+from core.reuse.lower_states import LowerStates
 from core.reuse.train import Example, TopLayers, collate, decoder_layers, encode, encoded_example_losses, length_parts
 
 log = logging.getLogger(__name__)
@@ -106,11 +107,13 @@ def gain_short(gain: float | None, better: int | None = None, compared: int = 0)
 
 
 def measure_gains(examples: list[Example], catalog: Catalog, names: list[str], base: Source, *, device=None,
-                  models=None, progress: ProgressFn | None = None) -> pd.DataFrame:
+                  models=None, progress: ProgressFn | None = None, kept: LowerStates | None = None) -> pd.DataFrame:
     """Loss of the base and of each named model on ``examples``: one row per name (in the given order) with
     ``name, loss, base_loss, gain, helps, verdict, better, compared, words, short, note``. ``models`` (a
-    ``SharedModels``) lends the base from memory; it is never changed (hooks only)."""
-    losses, notes = example_losses(examples, catalog, names, base, device=device, models=models, progress=progress)
+    ``SharedModels``) lends the base from memory; it is never changed (hooks only). ``kept``: the search's
+    LowerStates, shared with its other stages."""
+    losses, notes = example_losses(examples, catalog, names, base, device=device, models=models, progress=progress,
+                                   kept=kept)
     base_losses = losses.pop("")
     rows = [_gain(name, losses.get(name), base_losses, notes.get(name, "")) for name in names]
     return pd.DataFrame([{"name": g.name, "loss": g.loss, "base_loss": g.base_loss, "gain": g.gain,
@@ -122,7 +125,8 @@ def measure_gains(examples: list[Example], catalog: Catalog, names: list[str], b
 
 
 def example_losses(examples: list[Example], catalog: Catalog, names: list[str], base: Source, *, device=None,
-                   models=None, progress: ProgressFn | None = None) -> tuple[dict[str, Losses], dict[str, str]]:
+                   models=None, progress: ProgressFn | None = None,
+                   kept: LowerStates | None = None) -> tuple[dict[str, Losses], dict[str, str]]:
     """Each example's summed response-token loss and token count, for the base (key "") and each named model that
     could be measured, and {name: why not measured} for the others."""
     check_count(len(examples), "The task")
@@ -135,7 +139,7 @@ def example_losses(examples: list[Example], catalog: Catalog, names: list[str], 
         if not any(label != -100 for _, labels in encoded for label in labels):
             raise DeltaAtlasError("None of the task's examples has a response left to measure after tokenizing: "
                                   "give examples with a non-empty response.")
-        return _measure(model, tokenizer, encoded, entries, progress)
+        return _measure(model, tokenizer, encoded, entries, progress, kept)
 
 
 def _gain(name: str, losses: Losses | None, base: Losses, note: str) -> Gain:
@@ -161,7 +165,8 @@ def borrow_base(base_dir: Path, device, models):
         yield load_model(base_dir, device, torch.float32)
 
 
-def _measure(model, tokenizer, encoded, entries, progress) -> tuple[dict[str, Losses], dict[str, str]]:
+def _measure(model, tokenizer, encoded, entries, progress,
+             kept: LowerStates | None = None) -> tuple[dict[str, Losses], dict[str, str]]:
     """{"": the base's per-example losses, name: the model's} and {name: why not measured}."""
     total = len(entries) + 1
     report(progress, 0, total, "measure", "the base model and the closest adapters")
@@ -177,7 +182,7 @@ def _measure(model, tokenizer, encoded, entries, progress) -> tuple[dict[str, Lo
                 alone.append((entry, folder))
         else:
             alone.append((entry, folder))
-    losses = _stacked_losses(model, tokenizer, encoded, stacked)     # the base's too, under the key ""
+    losses = _stacked_losses(model, tokenizer, encoded, stacked, kept)     # the base's too, under the key ""
     done = 1 + len(stacked)
     report(progress, done, total, "measure", "the base model and the closest adapters")
     for entry, folder in alone:
@@ -216,14 +221,15 @@ def _first_layer(adapters: list[LoraWeights]) -> int:
 
 
 @torch.no_grad()
-def _stacked_losses(model, tokenizer, encoded, adapters: dict[str, LoraWeights]) -> dict[str, Losses]:
+def _stacked_losses(model, tokenizer, encoded, adapters: dict[str, LoraWeights],
+                    kept: LowerStates | None = None) -> dict[str, Losses]:
     """Per-example response-token losses of the base ("") and of each adapter: lower layers once, top layers side
     by side. The examples run in parts of similar length (each padded only to its own longest), every adapter on
     every part; each example's token losses are summed, and its tokens counted."""
     start = _first_layer(list(adapters.values())) if adapters else len(decoder_layers(model)) - 1
     if start == 0:                       # an adapter touches the lowest layer: no frozen part to run once
         return _full_pass_losses(model, tokenizer, encoded, adapters)
-    top = TopLayers(model, start, encoded, tokenizer.pad_token_id, nullcontext())
+    top = TopLayers(model, start, encoded, tokenizer.pad_token_id, nullcontext(), kept=kept)
     names = list(adapters)
     sums = torch.zeros(1 + len(names), len(encoded), dtype=torch.float64)   # [models, examples]: base, then each
     counts = torch.zeros(1 + len(names), len(encoded), dtype=torch.float64)

@@ -10,11 +10,13 @@ from core.progress import ProgressFn
 @dataclass(frozen=True)
 class Run:
     """``device``: "cpu", "cuda", "mps" or None (the best there is); ``progress``: where progress reports go (None:
-    nowhere); ``models``: a ``core.engine.shared.SharedModels`` lending bases from memory (None: load from disk)."""
+    nowhere); ``models``: a ``core.engine.shared.SharedModels`` lending bases from memory (None: load from disk);
+    ``kept``: a ``core.reuse.lower_states.LowerStates`` that a search's stages share (None: each runs its own)."""
 
     device: object = None
     progress: ProgressFn | None = None
     models: object = None
+    kept: object = None
 
 
 LOCAL = Run()   # the default: the best device, no progress, bases loaded from disk

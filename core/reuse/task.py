@@ -37,6 +37,7 @@ from core.progress import Progress, ProgressFn, TextBar, report
 from core.reuse.examples import check_count, load_examples
 from core.reuse.fingerprints import data_signals, read_task, reads_data_side
 from core.reuse.fit import measure_gains, merge_candidates
+from core.reuse.lower_states import LowerStates
 from core.reuse.novelty import load_rule, verdict, verdict_words
 from core.reuse.references import load_references
 from core.reuse.run import LOCAL, Run
@@ -159,7 +160,7 @@ def finetune_task(examples: list[Example], base: Source, recipe: Recipe, out_dir
     def step(done: int, total: int, loss: float) -> None:
         report(run.progress, done, total, "finetune", TASK_NAME, loss)
 
-    result = finetune(model, tokenizer, examples, recipe.replace(method="lora"), out_dir, progress=step)
+    result = finetune(model, tokenizer, examples, recipe.replace(method="lora"), out_dir, progress=step, kept=run.kept)
     del model
     return result.losses
 
@@ -314,9 +315,10 @@ def find_models(examples: list[Example], catalog: str | Path | Catalog = DEMO_CA
         raise DeltaAtlasError("The pool's vector table is empty: embed the catalog first (`python -m core embed`).")
     base = pool_base(catalog, list(vectors["name"]))
     work = work or Path(tempfile.mkdtemp(prefix=".task-"))
+    kept = LowerStates()     # the base's lower layers run once for teaching, reading and the loss check
     try:
         vector, losses = embed_task(examples, catalog, base, settings=settings, steps=steps, adapter_dir=work,
-                                    run=Run(device, progress, models))
+                                    run=Run(device, progress, models, kept))
         if keep is not None:
             publish(work, keep)
     finally:
@@ -325,7 +327,7 @@ def find_models(examples: list[Example], catalog: str | Path | Catalog = DEMO_CA
     fingerprints = None
     if reads_data_side(catalog.path):
         report(progress, 0, 1, "read", "reading your examples")
-        fingerprints = read_task(examples, base, device=device, models=models)          # [m, d]
+        fingerprints = read_task(examples, base, device=device, models=models, kept=kept)     # [m, d]
         report(progress, 1, 1, "read", "")
     result = match_task(vector, vectors, compare=compare, catalog_path=catalog.path, adapter_dir=keep,
                         losses=losses, position=position, fingerprints=fingerprints)
@@ -333,7 +335,7 @@ def find_models(examples: list[Example], catalog: str | Path | Catalog = DEMO_CA
         names = [n for n in result.matches["name"] if n in set(catalog.names)][:check_help]
         try:
             result.gains = measure_gains(examples, catalog, names, base, device=device, models=models,
-                                         progress=progress)
+                                         progress=progress, kept=kept)
         except DeltaAtlasError as exc:     # the ranking stands; the verdict then reads the vectors alone
             log.warning("The closest models' loss could not be measured: %s", exc)
             result.match_note += f" Whether the closest models help could not be measured: {exc}"

@@ -21,6 +21,7 @@ import torch
 from core.engine.device import fast_bfloat16
 from core.errors import DeltaAtlasError
 from core.reuse.examples import PROMPT, PROMPT_WITH_INPUT, Example  # noqa: F401  (Example: re-exported)
+from core.reuse.lower_states import LowerStates
 
 log = logging.getLogger(__name__)
 
@@ -195,13 +196,15 @@ def wrap_lora(model, recipe: Recipe, adapter_name: str = "default"):
 
 
 def finetune(model, tokenizer, examples: list[Example], recipe: Recipe, out_dir: str | Path,
-             progress: Callable[[int, int, float], None] | None = None, save_dtype: torch.dtype | None = None) -> TrainResult:
+             progress: Callable[[int, int, float], None] | None = None, save_dtype: torch.dtype | None = None,
+             kept: LowerStates | None = None) -> TrainResult:
     """Finetune ``model`` (a freshly loaded base; it is changed in place) on ``examples`` and save the result.
 
     LoRA saves a PEFT adapter folder; full saves a whole HF model folder with the tokenizer. ``progress(step,
     total, loss)`` is called after every step. Seeded: the same inputs give the same weights. With
     ``recipe.layers = N`` only the top N layers learn (LoRA on them, or all their weights for full), and the frozen
-    layers below run once per example instead of once per step (:class:`TopLayers`).
+    layers below run once per example instead of once per step (:class:`TopLayers`), and ``kept`` (a search's
+    LowerStates) shares their output with the search's later stages.
     """
     if recipe.method not in ("lora", "full"):
         raise DeltaAtlasError(f"Unknown finetuning method {recipe.method!r}: use lora or full.")
@@ -215,15 +218,16 @@ def finetune(model, tokenizer, examples: list[Example], recipe: Recipe, out_dir:
     if recipe.method == "lora":
         model = wrap_lora(model, recipe)
     elif layer_ids:
-        kept = {f"layers.{i}." for i in layer_ids}
+        learning = {f"layers.{i}." for i in layer_ids}
         for name, param in model.named_parameters():
-            param.requires_grad_(any(k in name for k in kept))
+            param.requires_grad_(any(k in name for k in learning))
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
     encoded = encode(examples, tokenizer, recipe.max_length, recipe.loss_on)
     autocast = _autocast(device, recipe.precision)
     # all layers learning (layers == n) leaves nothing frozen below to run once
-    top = TopLayers(model, layer_ids[0], encoded, tokenizer.pad_token_id, autocast) if layer_ids and layer_ids[0] else None
+    top = TopLayers(model, layer_ids[0], encoded, tokenizer.pad_token_id, autocast, kept=kept,
+                    precision=precision_in_use(device, recipe.precision)) if layer_ids and layer_ids[0] else None
     model.train()
     result = TrainResult(out_dir=Path(out_dir))
     for step, rows in enumerate(batch_indices(len(encoded), recipe.batch_size, recipe.steps, recipe.seed)):
@@ -252,13 +256,18 @@ def finetune(model, tokenizer, examples: list[Example], recipe: Recipe, out_dir:
 PRECISIONS = ("float32", "bfloat16")
 
 
+def precision_in_use(device: torch.device, precision: str) -> str:
+    """What a recipe's ``precision`` computes in on ``device``: bfloat16 only where the hardware has it natively."""
+    return "bfloat16" if precision == "bfloat16" and fast_bfloat16(device) else "float32"
+
+
 def _autocast(device: torch.device, precision: str):
     """bf16 autocast for ``precision="bfloat16"`` where the hardware computes bf16 natively; float32 elsewhere, where
     emulated bf16 is tens of times slower (the numbers move by rounding only)."""
-    wanted = precision == "bfloat16"
-    if wanted and not fast_bfloat16(device):
+    used = precision_in_use(device, precision)
+    if precision == "bfloat16" and used != precision:
         log.info("This %s has no native bfloat16: computing in float32 instead.", device.type)
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=wanted and fast_bfloat16(device))
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=used == "bfloat16")
 
 
 class _StopForward(Exception):
@@ -271,17 +280,26 @@ class TopLayers:
     dropout, so their output is the same at every step. On SmolLM2 (30 layers) with the top 8 learning, this
     makes a step about 3x cheaper than a full forward and backward pass."""
 
-    def __init__(self, model, start: int, encoded: list, pad_id: int, autocast, chunk: int = 16):
+    def __init__(self, model, start: int, encoded: list, pad_id: int, autocast, chunk: int = 16,
+                 kept: LowerStates | None = None, precision: str = "float32"):
+        """``kept``: states one search shares between its stages (core.reuse.lower_states), read from and added
+        to; ``precision``: what ``autocast`` computes in, part of their key."""
         self.causal = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.layers, self.start = decoder_layers(model), start
         self.lengths = [len(ids) for ids, _ in encoded]
         self.states: list[torch.Tensor] = [torch.empty(0)] * len(encoded)    # per example [T_i, d], float32
-        for rows in length_parts(self.lengths, range(len(encoded)), chunk):
+        found = {i: kept.find(start, precision, ids) for i, (ids, _) in enumerate(encoded)} if kept is not None else {}
+        missing = [i for i in range(len(encoded)) if found.get(i) is None]
+        for i in set(range(len(encoded))) - set(missing):
+            self.states[i] = found[i]
+        for rows in length_parts(self.lengths, missing, chunk):
             batch = collate([encoded[i] for i in rows], pad_id)
             with autocast:
                 hidden = self._below(batch["input_ids"], batch["attention_mask"])     # [B, T, d]
             for b, i in enumerate(rows):
                 self.states[i] = hidden[b, : self.lengths[i]].float()
+                if kept is not None:
+                    kept.keep(start, precision, encoded[i][0], self.states[i])
 
     @torch.no_grad()
     def _below(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -312,20 +330,26 @@ class TopLayers:
         logits, targets, batch_rows = self._response_logits(rows, labels)
         return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none"), batch_rows
 
-    def _response_logits(self, rows: list[int], labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Logits [N, V] at the response tokens of examples ``rows``, their targets [N] and batch rows [N]."""
-        width = labels.shape[1]
-        hidden = torch.zeros(len(rows), width, self.states[0].shape[-1], device=labels.device)    # [B, T, d]
-        mask = torch.zeros(len(rows), width, dtype=torch.long, device=labels.device)
+    def hidden(self, rows: list[int], width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's final hidden state (after its last norm) [B, T, d] for examples ``rows``, right-padded to
+        ``width`` (default: the longest), and the mask [B, T] of their real tokens."""
+        width = width or max(self.lengths[i] for i in rows)
+        device = self.causal.device
+        hidden = torch.zeros(len(rows), width, self.states[0].shape[-1], device=device)    # [B, T, d]
+        mask = torch.zeros(len(rows), width, dtype=torch.long, device=device)
         for b, i in enumerate(rows):
             hidden[b, : len(self.states[i])] = self.states[i]
             mask[b, : len(self.states[i])] = 1
         inner, everything = self.causal.model, self.layers
         inner.layers = everything[self.start:]          # the top layers only, for this one call
         try:
-            out = inner(inputs_embeds=hidden, attention_mask=mask, use_cache=False).last_hidden_state   # [B, T, d]
+            return inner(inputs_embeds=hidden, attention_mask=mask, use_cache=False).last_hidden_state, mask
         finally:
             inner.layers = everything
+
+    def _response_logits(self, rows: list[int], labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Logits [N, V] at the response tokens of examples ``rows``, their targets [N] and batch rows [N]."""
+        out, _ = self.hidden(rows, labels.shape[1])                                    # [B, T, d]
         targets = labels[:, 1:]
         keep = targets != -100                          # the vocabulary projection only where there is a loss
         logits = self.causal.lm_head(out[:, :-1][keep])                                # [N, V]
