@@ -3,10 +3,10 @@
 A search runs the base's frozen lower layers over the same examples three times: teaching the base the task
 (``train.TopLayers``: they run once, then only the top layers learn), reading the examples (core.reuse.fingerprints)
 and measuring the closest models' loss (core.reuse.fit: adapters live in the top layers only). The token sequences
-are the same or one is the start of another (the read leaves out the end-of-answer token), so the three can share
+are the same, or the read's is one token shorter (it leaves out the end-of-answer token), so the three can share
 one pass: :class:`LowerStates` keeps each sequence's output of the layers below ``start`` ([T, d], float32) and hands
-it out again, also for a sequence that is the start of a kept one (its first rows: under causal attention a
-token's state never depends on the tokens after it). Exact up to float rounding; a sequence not kept is computed as
+it out again, also for a sequence that is a kept one less its last token (its first rows: under causal attention a
+token's state never depends on the tokens after it). Both look-ups are dictionary hits, for a thousand examples too. Exact up to float rounding; a sequence not kept is computed as
 before. Keyed by the first layer above and the compute precision, so that states made under bf16 autocast never
 stand in for float32 ones.
 
@@ -27,26 +27,27 @@ class LowerStates:
         self.max_bytes = max_bytes
         self.bytes = 0
         self._kept: dict[tuple[int, str], dict[tuple[int, ...], torch.Tensor]] = {}
+        self._longer: dict[tuple[int, str], dict[tuple[int, ...], tuple[int, ...]]] = {}   # ids less last -> ids
 
     def find(self, start: int, precision: str, ids: list[int]) -> torch.Tensor | None:
-        """The kept state [len(ids), d] of ``ids`` below layer ``start``, from an equal sequence or one that starts
-        with ``ids``; None when there is none."""
-        kept = self._kept.get((start, precision), {})
-        key = tuple(ids)
+        """The kept state [len(ids), d] of ``ids`` below layer ``start``, from an equal sequence or from one that
+        is ``ids`` and one token more; None when there is none."""
+        key, where = tuple(ids), (start, precision)
+        kept = self._kept.get(where, {})
         if key in kept:
             return kept[key]
-        n = len(key)
-        for seq, state in kept.items():
-            if len(seq) > n and seq[:n] == key:
-                return state[:n]
-        return None
+        longer = self._longer.get(where, {}).get(key)
+        return None if longer is None else kept[longer][: len(key)]
 
     def keep(self, start: int, precision: str, ids: list[int], state: torch.Tensor) -> None:
         """Keep ``state`` [len(ids), d] (detached), unless that would pass the byte bound."""
         size = state.numel() * state.element_size()
         if self.bytes + size > self.max_bytes:
             return
-        self._kept.setdefault((start, precision), {})[tuple(ids)] = state.detach()
+        key = tuple(ids)
+        self._kept.setdefault((start, precision), {})[key] = state.detach()
+        if len(key) > 1:
+            self._longer.setdefault((start, precision), {})[key[:-1]] = key
         self.bytes += size
 
     def starts(self, precision: str) -> list[int]:

@@ -19,12 +19,13 @@ from tests.core.engine.test_stacked_lora import make_peft_lora
 from tests.core.reuse.test_task import EXAMPLES, STEPS
 
 
-def test_states_are_found_whole_or_as_the_start_of_a_kept_sequence():
+def test_states_are_found_whole_or_for_a_kept_sequence_less_its_last_token():
     kept = LowerStates()
     state = torch.arange(12.0).reshape(4, 3)                         # [T, d]
     kept.keep(1, "float32", [5, 6, 7, 8], state)
     assert torch.equal(kept.find(1, "float32", [5, 6, 7, 8]), state)
-    assert torch.equal(kept.find(1, "float32", [5, 6]), state[:2])   # a start of a kept sequence: its first rows
+    assert torch.equal(kept.find(1, "float32", [5, 6, 7]), state[:3])   # less the end-of-answer token: first rows
+    assert kept.find(1, "float32", [5, 6]) is None                   # shorter starts are not looked for
     assert kept.find(1, "float32", [6, 7]) is None                   # not a start
     assert kept.find(1, "float32", [5, 6, 7, 8, 9]) is None          # longer than anything kept
     assert kept.find(1, "bfloat16", [5, 6]) is None                  # another precision never stands in
