@@ -116,14 +116,18 @@ def show_result(pool: pools.Pool, data: pools.PoolData) -> None:
         else:
             st.markdown("**The closest models**")
         st.dataframe(matches_table(result), hide_index=True, width="stretch", column_config={
-            "model": st.column_config.TextColumn("model", width="medium"),
-            "domain": st.column_config.TextColumn("domain", width="small"),
+            "model": st.column_config.TextColumn("model", width=170),
+            "domain": st.column_config.TextColumn("domain", width=85),
             "helps with your examples?": st.column_config.TextColumn(
-                "helps with your examples?", width="medium",
+                "helps with your examples?", width=155,
                 help="Measured on your examples for the closest models: how much lower (or higher) their error is "
                      "than the untouched base model's."),
+            "better on": st.column_config.TextColumn(
+                "better on", width=70,
+                help="On how many of your examples the model's error is lower than the base model's: a gain on most "
+                     "of them is worth more than one carried by an example or two."),
             "similarity": st.column_config.NumberColumn(
-                "similarity", format="%.2f", width="small", help="How alike the model's change and your task's are: 1 = the same "
+                "similarity", format="%.2f", width=70, help="How alike the model's change and your task's are: 1 = the same "
                                                   "change, 0 = unrelated.")})
         merge_offer(pool, data, result, title)
     with map_col:
@@ -164,6 +168,10 @@ def matches_table(result) -> pd.DataFrame:
         r.name: (r.short if "short" in result.gains else r.words) for r in result.gains.itertuples()}
     table = matches[["name", *labels]].copy()
     table["helps with your examples?"] = [short.get(name, "not checked") for name in matches["name"]]
+    if result.gains is not None and "better" in result.gains:
+        counts = {r.name: f"{int(r.better)} of {int(r.compared)}" for r in result.gains.itertuples()
+                  if pd.notna(r.better) and r.compared}
+        table["better on"] = [counts.get(name, "") for name in matches["name"]]
     table["similarity"] = matches["similarity"].to_numpy()
     return table.rename(columns={"name": "model"})
 

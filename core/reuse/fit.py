@@ -95,12 +95,12 @@ def gain_words(gain: float | None, better: int | None = None, compared: int = 0)
 
 
 def gain_short(gain: float | None, better: int | None = None, compared: int = 0) -> str:
-    """The same in a few words, for a table cell: "yes, 12% lower error" / "no" / "no, 30% higher error"."""
+    """The same in a few words, for a table cell: "yes, 12% lower error" / "no" / "no, 30% higher error" (the
+    count of examples goes in a column of its own)."""
     if gain is None:
         return "not measured"
     if helps(gain, better, compared):
-        return f"yes, {100 * gain:.0f}% lower error" + (
-            f" (better on {better} of {compared})" if better is not None and compared else "")
+        return f"yes, {100 * gain:.0f}% lower error"
     if gain >= HELP_MARGIN and better is not None:
         return f"no, better on only {better} of {compared}"
     return "no" if gain > -HELP_MARGIN else f"no, {100 * -gain:.0f}% higher error"

@@ -117,6 +117,9 @@ def test_sample_task_ranks_models_and_measures_whether_they_help(app_env):
     assert list(matches["similarity"]) == sorted(matches["similarity"], reverse=True)
     helps = list(matches["helps with your examples?"])
     assert all(h != "not checked" for h in helps[:5]) and all(h == "not checked" for h in helps[5:])
+    counts = list(matches["better on"])              # how many examples each measured model beat the base on
+    n = len(at.session_state["task"]["examples"])
+    assert all(c.endswith(f" of {n}") and 0 <= int(c.split()[0]) <= n for c in counts[:5]) and not any(counts[5:])
     task = at.session_state["task"]["result"]
     assert task.verdict in ("strong", "weak", "none") and task.gains is not None
     figure = chart_json(at, "find_map")

@@ -107,7 +107,7 @@ def test_words_say_on_how_many_examples(monkeypatch):
     monkeypatch.setattr("core.reuse.fit.HELP_SHARE", 0.5)
     assert gain_words(0.12, 9, 12) == "lowers the error on your examples by 12% (better on 9 of 12)"
     assert "lower on only 2 of your 12 examples" in gain_words(0.12, 2, 12)
-    assert gain_short(0.12, 9, 12) == "yes, 12% lower error (better on 9 of 12)"
+    assert gain_short(0.12, 9, 12) == "yes, 12% lower error"
     assert gain_short(0.12, 2, 12) == "no, better on only 2 of 12"
 
 
