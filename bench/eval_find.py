@@ -258,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ood", action="store_true", help="the hand-written tasks of bench/ood_tasks/")
     parser.add_argument("--dev", action="store_true",
                         help="the hand-written development tasks (bench/dev_tasks/, data/sample_tasks/)")
+    parser.add_argument("--tasks-dir", default=None, metavar="DIR",
+                        help="the <domain>-<slug>.jsonl tasks of another folder (e.g. bench/fresh_tasks/)")
     parser.add_argument("--off-domain", action="store_true", help="add off-domain tasks made from pretrain/")
     parser.add_argument("--no-held-out", action="store_true", help="leave out the held-out rows of the datasets")
     parser.add_argument("--summary", default=None, metavar="FILE",
@@ -277,8 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         return finish(args, results, catalog)
     pool, _ = pool_vectors(catalog)
     only = [s for s in args.only.split(",") if s]
-    if args.ood:
-        tasks = ood_tasks(OOD_DIR, only)
+    if args.ood or args.tasks_dir:
+        tasks = ood_tasks(Path(args.tasks_dir) if args.tasks_dir else OOD_DIR, only)
     elif args.dev:
         tasks = [task for folder in DEV_DIRS for task in ood_tasks(folder, only)]
     elif args.no_held_out:
@@ -304,7 +306,7 @@ def finish(args, results: dict, catalog) -> int:
         known = json.loads(path.read_text()) if path.is_file() else {}
         rows = next(iter(results.values()))
         compare = args.compare or rows[0]["compare"]          # None: the pool's default, which the rows record
-        which = "ood" if args.ood else "dev" if args.dev else "held_out"
+        which = "ood" if args.ood else "dev" if args.dev else "fresh" if args.tasks_dir else "held_out"
         counts = summary(rows)
         if "in" in counts:
             known[quality_key(which, compare)] = counts["in"]
