@@ -311,6 +311,9 @@ def plain_search(quality: dict) -> str:
             text += f" ({missed} got a *weak match*: read the verdict, not only the ranking)"
         if ours.get("in_flagged"):
             text += f", and said it wrongly for **{ours['in_flagged']}** of the tasks it does hold"
+        if isinstance(fresh := quality.get("off_fresh"), dict):
+            text += (f". On **{fresh['tasks']} more such tasks written later**, it said so for only "
+                     f"**{fresh['flagged']}**")
     return text + "."
 
 
@@ -363,6 +366,7 @@ def search_quality_lines(quality: dict) -> list[str]:
     default = quality.get("default_compare", "delta")
     lines = []
     for which, what in (("ood", "tasks written by hand for this project (never used to choose a setting)"),
+                        ("fresh", "more tasks written by hand after every setting was fixed"),
                         ("held_out", "tasks cut from unseen rows of the training datasets")):
         q = quality.get(quality_key(which, default))
         if not isinstance(q, dict):
@@ -378,6 +382,12 @@ def search_quality_lines(quality: dict) -> list[str]:
         q = quality["off"]
         lines.append(f"- On **{q['tasks']} tasks outside the five domains** (poems, jokes, finance, translation...): "
                      f"*nothing in this pool fits* was said for **{q['flagged']}**.")
+    if isinstance(quality.get("off_fresh"), dict):
+        q = quality["off_fresh"]
+        lines.append(f"- On **{q['tasks']} more tasks outside the five domains, written after every setting was fixed** "
+                     f"(astronomy, capitals, film plots...): *nothing in this pool fits* was said for **{q['flagged']}**; "
+                     "short questions with short answers often read like the everyday questions this zoo was "
+                     "trained on, so they get a *weak* or even *strong match*.")
     verdicts = quality.get("ood_verdicts")
     if isinstance(verdicts, dict) and {"in", "off"} <= set(verdicts):
         lines.append(f"- *Strong match* (close, and a model lowers the error on the examples) was said for "

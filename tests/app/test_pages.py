@@ -633,3 +633,18 @@ def test_how_it_works_says_how_often_helps_held_on_other_examples(synthetic_env)
     assert problems(at) == []
     text = next(m.value for m in at.markdown if "Is *helps* true?" in m.value)
     assert "**92%** of the time on the tasks written by hand (86% on the tasks used to choose settings)" in text
+
+
+def test_how_it_works_reports_the_tasks_written_after_the_settings_too(synthetic_env):
+    from core.pool.folder import quality_key
+
+    (synthetic_env.parent / "search_quality.json").write_text(json.dumps({
+        "default_compare": "delta", quality_key("ood", "delta"): {"tasks": 30, "top1": "27/30", "in_flagged": "2/30"},
+        "off": {"tasks": 13, "flagged": "11/13"}, "off_fresh": {"tasks": 5, "flagged": "2/5"},
+        quality_key("fresh", "delta"): {"tasks": 5, "top1": "5/5", "in_flagged": "0/5"}}))
+    at = app("pages/how_it_works.py").run()
+    assert problems(at) == []
+    plain = next(m.value for m in at.markdown if "When you bring your own task" in m.value)
+    assert "On **5 more such tasks written later**, it said so for only **2/5**." in plain
+    details = next(m.value for m in at.markdown if "written after every setting was fixed" in m.value)
+    assert "**5/5**" in details and "was said for **2/5**" in details and "*strong match*" in details
