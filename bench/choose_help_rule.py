@@ -41,20 +41,20 @@ def candidates(path: str) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]
     return out
 
 
-def claims(base: np.ndarray, model: np.ndarray, counts: np.ndarray, share: float) -> bool:
-    """The rule on these examples: the gain is at least HELP_MARGIN and the model beats the base on >= share."""
-    seen = counts > 0
-    if not seen.any():
-        return False
-    gain = (base[seen].sum() - model[seen].sum()) / base[seen].sum()
-    better = (model[seen] < base[seen]).sum()
-    return bool(gain >= fit.HELP_MARGIN and better >= share * seen.sum())
+def claims(base: np.ndarray, model: np.ndarray, counts: np.ndarray, shares) -> dict[float, bool]:
+    """Per share, the search's rule (core.reuse.fit.helps) on these examples: the gain is at least HELP_MARGIN and
+    the model beats the base on at least that share of them."""
+    if not (counts > 0).any():
+        return {s: False for s in shares}
+    gain = float((base.sum() - model.sum()) / base.sum())
+    better, compared = fit.examples_better(base, model, counts)
+    return {s: fit.helps(gain, better, compared, share=s) for s in shares}
 
 
 def split_half(items, shares, splits: int, seed: int) -> dict[float, dict]:
-    """Per share: claims, claims that hold, models that lower the error on the other half, and those claimed."""
+    """Per share: claims, claims that hold, and models that lower the error on the other half."""
     rng = random.Random(seed)
-    tally = {s: {"claims": 0, "held": 0, "real": 0, "found": 0} for s in shares}
+    tally = {s: {"claims": 0, "held": 0, "real": 0} for s in shares}
     for _, base, model, counts in items:
         n = len(counts)
         for _ in range(splits):
@@ -62,16 +62,14 @@ def split_half(items, shares, splits: int, seed: int) -> dict[float, dict]:
             rng.shuffle(order)
             judged, other = np.array(order[: n // 2]), np.array(order[n // 2:])
             real = model[other].sum() < base[other].sum()
-            for s in shares:
-                said = claims(base[judged], model[judged], counts[judged], s)
+            for s, said in claims(base[judged], model[judged], counts[judged], shares).items():
                 t = tally[s]
                 t["claims"] += said
                 t["held"] += said and real
                 t["real"] += real
-                t["found"] += said and real
-    for t in tally.values():
+    for t in tally.values():          # a claim that holds is also a model that lowers the error and was found
         t["precision"] = t["held"] / t["claims"] if t["claims"] else float("nan")
-        t["recall"] = t["found"] / t["real"] if t["real"] else float("nan")
+        t["recall"] = t["held"] / t["real"] if t["real"] else float("nan")
         p, r = t["precision"], t["recall"]
         t["f1"] = 2 * p * r / (p + r) if p + r > 0 else 0.0
     return tally
@@ -79,7 +77,8 @@ def split_half(items, shares, splits: int, seed: int) -> dict[float, dict]:
 
 def whole(items, shares) -> dict[float, int]:
     """Per share: how many candidates the rule says help, judged on all of their task's examples."""
-    return {s: sum(claims(b, m, c, s) for _, b, m, c in items) for s in shares}
+    said = [claims(b, m, c, shares) for _, b, m, c in items]
+    return {s: sum(each[s] for each in said) for s in shares}
 
 
 def report(name: str, items, splits: int, seed: int) -> dict[float, dict]:

@@ -40,6 +40,7 @@ from core.engine.pool_vectors import pool_vectors
 from core.pool.catalog import read_catalog
 from core.pool.folder import DEMO_CATALOG, NOVELTY_FILE, quality_key, read_settings
 from core.reuse.fit import HELP_MARGIN, helps
+from core.reuse.fit import examples_better as fit_examples_better
 from core.reuse.task import COMPARISONS, default_compare, find_models, match_task, rank_groups, task_steps
 
 
@@ -153,22 +154,17 @@ def saved_gains(row: dict):
         gains["compared"] = [c[1] for c in counted]
     if "better" not in gains:
         gains["better"], gains["compared"] = None, 0
-    gains["helps"] = [helps(g, None if b is None or b != b else int(b), int(c or 0))
+    gains["helps"] = [helps(g, None if pd.isna(b) else int(b), int(c or 0))
                       for g, b, c in zip(gains["gain"], gains["better"], gains["compared"])]
     return gains
 
 
 def examples_better(per_example: dict, name: str) -> tuple[int | None, int]:
     """(examples on which model ``name`` has a lower mean loss than the base, examples compared) from a row's
-    ``example_losses``; (None, 0) for a model not measured."""
-    import numpy as np
-
+    ``example_losses`` (core.reuse.fit.examples_better); (None, 0) for a model not measured."""
     if name not in per_example:
         return None, 0
-    base_sums, counts = (np.asarray(per_example[""][k], dtype=np.float64) for k in ("sums", "counts"))
-    sums = np.asarray(per_example[name]["sums"], dtype=np.float64)
-    seen = counts > 0
-    return int((sums[seen] / counts[seen] < base_sums[seen] / counts[seen]).sum()), int(seen.sum())
+    return fit_examples_better(per_example[""]["sums"], per_example[name]["sums"], per_example[""]["counts"])
 
 
 def row_of(dataset, domain, n_examples, steps, seconds, result, final_loss=None) -> dict:

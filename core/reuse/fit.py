@@ -6,10 +6,10 @@ base and of each candidate on the user's examples (the candidates never saw them
 
     gain = (base loss - model loss) / base loss        e.g. 0.12: "lowers the error on your examples by 12%"
 
-A candidate *helps* when its gain is at least ``HELP_MARGIN`` (and, with ``HELP_SHARE`` above 0, when its loss is lower
-than the base's on at least that share of the examples; the dev set chose 0). Each example is also counted on its own ("better on 9 of 12"),
-so that a person sees whether a gain is one example's doing. Plain LoRA adapters that sit on the base's top layers
-run side by side: the frozen layers below them run once (``train.TopLayers``, exact), then the top layers
+A candidate *helps* when its gain is at least ``HELP_MARGIN`` (and, with ``HELP_SHARE`` above 0, when its loss
+is lower than the base's on at least that share of the examples; the dev set chose 0). Each example is also counted
+on its own ("better on 9 of 12"), so that a person sees whether a gain is one example's doing. Plain LoRA adapters
+that sit on the base's top layers run side by side: the frozen layers below them run once (``train.TopLayers``, exact), then the top layers
 for a few adapters at a time through the stacked-LoRA hooks, which always remove themselves. Full finetunes and
 other adapter types are loaded one by one; a model whose weights are not on disk is reported as not measured.
 """
@@ -23,6 +23,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -39,7 +40,7 @@ from core.reuse.train import Example, TopLayers, collate, decoder_layers, encode
 log = logging.getLogger(__name__)
 
 HELP_MARGIN = 0.03        # "helps": at least 3% lower loss on the examples (chosen on the dev set: bench/README.md)
-HELP_SHARE = 0.0          # ... and lower than the base's on this share of them (0: not asked; chosen on dev, bench/README.md)
+HELP_SHARE = 0.0          # ... and lower than the base's on this share of them (0: not asked; chosen on dev)
 MAX_LENGTH = 256          # tokens per example, as example_loss and the merge page measure
 ROWS_PER_PASS = 48        # example rows per stacked forward pass (adapters x examples), bounds the logits' memory
 EXAMPLES_PER_PART = 8     # examples of similar length padded together (less padding; the same token-weighted means)
@@ -69,12 +70,22 @@ class Gain:
         return VERDICTS["helps"] if helps(self.gain, self.better, self.compared) else VERDICTS["no"]
 
 
-def helps(gain: float | None, better: int | None = None, compared: int = 0) -> bool:
+def helps(gain: float | None, better: int | None = None, compared: int = 0, share: float | None = None) -> bool:
     """Whether a relative gain counts as helping: measured, finite, at least HELP_MARGIN, and (where the examples
-    were counted one by one) a lower loss than the base's on at least HELP_SHARE of the ``compared`` examples."""
+    were counted one by one) a lower loss than the base's on at least ``share`` (default HELP_SHARE) of the
+    ``compared`` examples."""
     if gain is None or not math.isfinite(gain) or gain < HELP_MARGIN:
         return False
-    return better is None or not compared or better >= HELP_SHARE * compared
+    share = HELP_SHARE if share is None else share
+    return better is None or not compared or better >= share * compared
+
+
+def examples_better(base_sums, sums, counts) -> tuple[int, int]:
+    """(examples on which a model's mean loss is below the base's, examples compared) from each example's summed
+    loss [n] of the base and of the model and its token count [n]; examples with no token are not compared."""
+    base_sums, sums, counts = (np.asarray(x, dtype=np.float64) for x in (base_sums, sums, counts))
+    seen = counts > 0
+    return int((sums[seen] / counts[seen] < base_sums[seen] / counts[seen]).sum()), int(seen.sum())
 
 
 def gain_words(gain: float | None, better: int | None = None, compared: int = 0) -> str:
@@ -146,13 +157,12 @@ def _gain(name: str, losses: Losses | None, base: Losses, note: str) -> Gain:
     """A model's Gain from its and the base's per-example losses: token-weighted means, and the examples on which
     its mean loss is below the base's."""
     base_sums, counts = base
-    base_loss = float(base_sums.sum() / counts.sum().clamp(min=1))
+    tokens = float(counts.sum().clamp(min=1))
+    base_loss = float(base_sums.sum()) / tokens
     if losses is None:
         return Gain(name, None, base_loss, note)
-    sums = losses[0]
-    seen = counts > 0
-    better = int((sums[seen] / counts[seen] < base_sums[seen] / counts[seen]).sum())
-    return Gain(name, float(sums.sum() / counts.sum().clamp(min=1)), base_loss, note, better, int(seen.sum()))
+    better, compared = examples_better(base_sums.numpy(), losses[0].numpy(), counts.numpy())
+    return Gain(name, float(losses[0].sum()) / tokens, base_loss, note, better, compared)
 
 
 @contextmanager

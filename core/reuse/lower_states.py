@@ -6,7 +6,8 @@ and measuring the closest models' loss (core.reuse.fit: adapters live in the top
 are the same, or the read's is one token shorter (it leaves out the end-of-answer token), so the three can share
 one pass: :class:`LowerStates` keeps each sequence's output of the layers below ``start`` ([T, d], float32) and hands
 it out again, also for a sequence that is a kept one less its last token (its first rows: under causal attention a
-token's state never depends on the tokens after it). Both look-ups are dictionary hits, for a thousand examples too. Exact up to float rounding; a sequence not kept is computed as
+token's state never depends on the tokens after it). Both look-ups are dictionary hits, for a thousand examples
+too. Exact up to float rounding; a sequence not kept is computed as
 before. Keyed by the first layer above and the compute precision, so that states made under bf16 autocast never
 stand in for float32 ones.
 

@@ -287,11 +287,9 @@ class TopLayers:
         self.causal = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.layers, self.start = decoder_layers(model), start
         self.lengths = [len(ids) for ids, _ in encoded]
-        self.states: list[torch.Tensor] = [torch.empty(0)] * len(encoded)    # per example [T_i, d], float32
-        found = {i: kept.find(start, precision, ids) for i, (ids, _) in enumerate(encoded)} if kept is not None else {}
-        missing = [i for i in range(len(encoded)) if found.get(i) is None]
-        for i in set(range(len(encoded))) - set(missing):
-            self.states[i] = found[i]
+        found = [kept.find(start, precision, ids) if kept is not None else None for ids, _ in encoded]
+        self.states: list[torch.Tensor] = [torch.empty(0) if state is None else state for state in found]  # [T_i, d]
+        missing = [i for i, state in enumerate(found) if state is None]
         for rows in length_parts(self.lengths, missing, chunk):
             batch = collate([encoded[i] for i in rows], pad_id)
             with autocast:
